@@ -1,0 +1,16 @@
+"""Equal weighting: the plain sum of the task losses."""
+from __future__ import annotations
+
+import torch
+
+from mtl_train.balancing.base import Balancer
+
+
+class Equal(Balancer):
+    """L = sum_i L_i over the tasks with at least one valid row in the batch (weights all 1)."""
+
+    def backward(self, losses: torch.Tensor, counts: torch.Tensor, model, out: dict) -> dict[str, float]:
+        valid = counts > 0
+        total = losses[valid].sum() if bool(valid.any()) else losses.sum() * 0.0
+        total.backward()
+        return {}

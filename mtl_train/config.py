@@ -1,0 +1,197 @@
+"""Typed config schemas: the composed config is checked against them before anything runs.
+
+Every config group option has a dataclass; an unknown key, a value of the wrong type or a
+size that is zero or negative fails with a one-line :class:`ConfigError` naming the key.
+A new option registers its schema in ``SCHEMAS`` (group -> selector value -> dataclass).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Any, List, Optional
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
+
+from mtl_train.errors import ConfigError
+
+
+# ---- dataset ----------------------------------------------------------------------------
+@dataclass
+class SyntheticData:
+    name: str = "synthetic"
+    train_rows: int = 100_000
+    val_rows: int = 20_000
+    test_rows: int = 20_000
+    vocab_sizes: List[int] = field(default_factory=lambda: [10_000, 10_000, 1000, 1000, 1000, 100, 100, 10])
+    num_dense: int = 4
+    zipf_a: float = 1.2
+    click_rate: float = 0.1
+    cvr_rate: float = 0.1
+    signal: float = 1.5
+    task_correlation: float = 0.5
+
+
+@dataclass
+class CensusData:
+    name: str = "census"
+    path: Optional[str] = None
+    train_path: Optional[str] = None
+    test_path: Optional[str] = None
+    tasks: List[str] = field(default_factory=lambda: ["income", "marital"])
+    split: List[float] = field(default_factory=lambda: [0.6, 0.2, 0.2])
+    split_seed: Optional[int] = None
+    min_count: int = 1
+    max_rows: Optional[int] = None
+
+
+# ---- model ------------------------------------------------------------------------------
+@dataclass
+class _ModelBase:
+    name: str = ""
+    backbone: str = ""
+    embedding_dim: int = 8
+    sparse_embedding: bool = False
+    activation: str = "relu"
+    dropout: float = 0.0
+
+
+@dataclass
+class MLPModel(_ModelBase):
+    hidden: List[int] = field(default_factory=lambda: [128, 64])
+
+
+@dataclass
+class MoEModel(_ModelBase):
+    num_experts: int = 8
+    expert_hidden: List[int] = field(default_factory=lambda: [64, 32])
+    num_gates: Optional[int] = None
+
+
+@dataclass
+class PLEModel(_ModelBase):
+    num_levels: int = 2
+    num_task_experts: int = 2
+    num_shared_experts: int = 2
+    expert_hidden: List[int] = field(default_factory=lambda: [64, 32])
+
+
+# ---- graph ------------------------------------------------------------------------------
+@dataclass
+class IndependentGraph:
+    name: str = "independent"
+    tower_hidden: List[int] = field(default_factory=lambda: [32])
+    activation: str = "relu"
+    dropout: float = 0.0
+    parent_positive_only: bool = False
+
+
+# ---- loss -------------------------------------------------------------------------------
+@dataclass
+class EqualLoss:
+    name: str = "equal"
+
+
+@dataclass
+class GradNormLoss:
+    name: str = "gradnorm"
+    alpha: float = 1.5
+    lr: float = 0.025
+    target: str = "last_shared_layer"
+    initial_loss: str = "first_step"
+    min_weight: float = 1e-3
+
+
+# ---- trainer ----------------------------------------------------------------------------
+@dataclass
+class TrainerConfig:
+    device: str = "auto"
+    epochs: int = 5
+    batch_size: int = 1024
+    eval_batch_size: int = 16384
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    eval_every_steps: Optional[int] = None
+    monitor: str = "auc/mean"
+    monitor_mode: str = "max"
+    min_delta: float = 0.0
+    patience: Optional[int] = 2
+    max_steps: Optional[int] = None
+    log_every_steps: int = 50
+    progress: bool = True
+    num_threads: Optional[int] = None
+
+
+# group -> (selector key, {selector value: schema})
+SCHEMAS: dict[str, tuple[str, dict[str, type]]] = {
+    "dataset": ("name", {"synthetic": SyntheticData, "census": CensusData}),
+    "model": ("backbone", {"single_task": MLPModel, "shared_bottom": MLPModel, "mmoe": MoEModel, "ple": PLEModel}),
+    "graph": ("name", {"independent": IndependentGraph}),
+    "loss": ("name", {"equal": EqualLoss, "gradnorm": GradNormLoss}),
+    "trainer": ("", {"": TrainerConfig}),
+}
+
+# keys that must be > 0 where set (None allowed where the schema is Optional)
+POSITIVE = {
+    "train_rows", "val_rows", "test_rows", "embedding_dim", "num_experts", "num_levels", "epochs", "batch_size",
+    "eval_batch_size", "lr", "eval_every_steps", "max_steps", "log_every_steps", "num_threads", "min_count",
+    "max_rows", "min_weight", "patience", "num_gates",
+}
+NON_NEGATIVE = {"num_dense", "num_task_experts", "num_shared_experts", "weight_decay", "dropout", "alpha", "min_delta"}
+
+
+def _check_values(group: str, cfg: DictConfig) -> None:
+    for key in cfg:
+        v = cfg[key]
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            continue
+        if key in POSITIVE and v <= 0:
+            raise ConfigError(f"{group}.{key}: must be positive, got {v}")
+        if key in NON_NEGATIVE and v < 0:
+            raise ConfigError(f"{group}.{key}: must not be negative, got {v}")
+
+
+def validate_group(group: str, cfg: DictConfig) -> DictConfig:
+    """Check one group's config against its schema and return the typed config.
+
+    Raises:
+        ConfigError: unknown option, unknown key, wrong type, or a non-positive size.
+    """
+    selector, options = SCHEMAS[group]
+    choice = cfg.get(selector, "") if selector else ""
+    if choice not in options:
+        raise ConfigError(f"{group}.{selector}: unknown value '{choice}' (choose from {sorted(options)})")
+    schema = options[choice]
+    try:
+        typed = OmegaConf.merge(OmegaConf.structured(schema), cfg)
+    except ConfigKeyError as e:
+        known = ", ".join(f.name for f in fields(schema))
+        raise ConfigError(f"{group}.{e.key}: unknown key for {group} '{choice or group}' (known keys: {known})") from None
+    except ValidationError as e:
+        raise ConfigError(f"{group}.{e.full_key}: {e.msg.splitlines()[0]}") from None
+    except OmegaConfBaseException as e:  # pragma: no cover - any other OmegaConf complaint
+        raise ConfigError(f"{group}: {str(e).splitlines()[0]}") from None
+    _check_values(group, typed)
+    return typed
+
+
+def validate(cfg: DictConfig) -> DictConfig:
+    """Validate every group of the composed config; returns a new, typed config.
+
+    Raises:
+        ConfigError: see :func:`validate_group`; also an unknown top-level key.
+    """
+    out: dict[str, Any] = {}
+    for key in cfg:
+        if key in SCHEMAS:
+            out[key] = validate_group(key, cfg[key])
+        elif key in ("seed", "mode", "experiment"):
+            out[key] = cfg[key]
+        else:
+            raise ConfigError(f"{key}: unknown top-level config key")
+    missing = [g for g in SCHEMAS if g not in out]
+    if missing:
+        raise ConfigError(f"config: missing group(s) {missing}")
+    if not isinstance(out.get("seed"), int) or isinstance(out.get("seed"), bool):
+        raise ConfigError(f"seed: must be an integer, got {out.get('seed')!r}")
+    return OmegaConf.create(out)

@@ -1,0 +1,141 @@
+"""UCI Census-Income (KDD), the benchmark of the MMoE (Ma et al., KDD 2018) and PLE
+(Tang et al., RecSys 2020) papers.
+
+Raw files: 42 fields separated by ", ", no header, gzip or plain (``census-income.data.gz``,
+``census-income.test.gz``). Tasks, as in the MMoE paper:
+
+- ``income``: ``income_50k == "50000+."``
+- ``marital``: ``marital_stat == "Never married"`` (group 1 auxiliary task)
+- ``education``: a college degree or above (group 2 task): Bachelors, Masters, Prof school,
+  Doctorate or an Associates degree.
+
+Every label source column (income_50k, marital_stat, education) and the survey weight
+``instance_weight`` are left out of the features. ``?`` is a missing value (null id).
+
+Split protocols:
+
+- ``dataset.path`` (one file): a seeded random 60/20/20 train/val/test split
+  (``numpy.random.default_rng(dataset.split_seed).permutation``; see
+  :func:`mtl_train.data.encode.split_indices`).
+- ``dataset.train_path`` + ``dataset.test_path``: the paper's protocol, train on the first
+  file, split the second half and half into val and test with the same seeded permutation.
+"""
+from __future__ import annotations
+
+import logging
+import os
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+
+from mtl_train.data.encode import encode_splits, split_indices
+from mtl_train.data.schema import DatasetBundle, Task
+from mtl_train.errors import ConfigError, DataError
+
+log = logging.getLogger(__name__)
+
+COLUMNS = [
+    "age", "class_worker", "det_ind_code", "det_occ_code", "education", "wage_per_hour", "hs_college",
+    "marital_stat", "major_ind_code", "major_occ_code", "race", "hisp_origin", "sex", "union_member",
+    "unemp_reason", "full_or_part_emp", "capital_gains", "capital_losses", "stock_dividends",
+    "tax_filer_stat", "region_prev_res", "state_prev_res", "det_hh_fam_stat", "det_hh_summ",
+    "instance_weight", "mig_chg_msa", "mig_chg_reg", "mig_move_reg", "mig_same", "mig_prev_sunbelt",
+    "num_emp", "fam_under_18", "country_father", "country_mother", "country_self", "citizenship",
+    "own_or_self", "vet_question", "vet_benefits", "weeks_worked", "year", "income_50k",
+]
+NUMERIC = ["age", "wage_per_hour", "capital_gains", "capital_losses", "stock_dividends", "num_emp", "weeks_worked"]
+LABEL_SOURCES = ["income_50k", "marital_stat", "education"]
+DROPPED = LABEL_SOURCES + ["instance_weight"]
+CATEGORICAL = [c for c in COLUMNS if c not in NUMERIC and c not in DROPPED]
+
+COLLEGE = [
+    "Bachelors degree(BA AB BS)",
+    "Masters degree(MA MS MEng MEd MSW MBA)",
+    "Prof school degree (MD DDS DVM LLB JD)",
+    "Doctorate degree(PhD EdD)",
+    "Associates degree-occup /vocational",
+    "Associates degree-academic program",
+]
+TASKS = {
+    "income": ("income_50k", lambda t: pc.equal(t.column("income_50k"), "50000+.")),
+    "marital": ("marital_stat", lambda t: pc.equal(t.column("marital_stat"), "Never married")),
+    "education": ("education", lambda t: pc.is_in(t.column("education"), value_set=pa.array(COLLEGE))),
+}
+
+
+def read_raw(path: str, max_rows: int | None = None) -> pa.Table:
+    """Read one raw Census-Income file (gzip or plain) into a table of trimmed strings.
+
+    Raises:
+        DataError: the file is missing, unreadable, or its rows do not have 42 fields.
+    """
+    if not os.path.isfile(path):
+        raise DataError(f"census file not found: {path}")
+    try:
+        tbl = pacsv.read_csv(
+            path,
+            read_options=pacsv.ReadOptions(column_names=COLUMNS, block_size=1 << 24),
+            parse_options=pacsv.ParseOptions(delimiter=",", quote_char=False),
+            convert_options=pacsv.ConvertOptions(column_types={c: pa.string() for c in COLUMNS}, strings_can_be_null=False),
+        )
+    except (pa.ArrowInvalid, OSError, EOFError) as e:
+        msg = str(e).splitlines()[0]
+        raise DataError(f"{path}: not a Census-Income KDD file (42 comma-separated fields): {msg}") from None
+    if max_rows is not None:
+        tbl = tbl.slice(0, max_rows)
+    cols = {}
+    for c in COLUMNS:
+        col = pc.utf8_trim_whitespace(tbl.column(c))
+        col = pc.if_else(pc.equal(col, "?"), pa.scalar(None, pa.string()), col)
+        if c in NUMERIC:
+            try:
+                col = pc.cast(col, pa.float64())
+            except pa.ArrowInvalid as e:
+                raise DataError(f"{path}: column '{c}' is not numeric: {str(e).splitlines()[0]}") from None
+        cols[c] = col
+    return pa.table(cols)
+
+
+def _with_labels(tbl: pa.Table, tasks: list[str]) -> pa.Table:
+    for name in tasks:
+        _, fn = TASKS[name]
+        tbl = tbl.append_column(f"label_{name}", pc.cast(fn(tbl), pa.int8()))
+    return tbl
+
+
+def load(cfg, seed: int) -> DatasetBundle:
+    """Load Census-Income from ``cfg.path`` or ``cfg.train_path`` + ``cfg.test_path``.
+
+    Raises:
+        ConfigError: neither or both protocols given, or an unknown task name.
+        DataError: a file is missing or malformed.
+    """
+    for name in cfg.tasks:
+        if name not in TASKS:
+            raise ConfigError(f"dataset.tasks: unknown census task '{name}' (choose from {sorted(TASKS)})")
+    split_seed = seed if cfg.split_seed is None else cfg.split_seed
+    if cfg.path and not (cfg.train_path or cfg.test_path):
+        raw = _with_labels(read_raw(cfg.path, cfg.max_rows), cfg.tasks)
+        fr = tuple(cfg.split)
+        if len(fr) != 3 or abs(sum(fr) - 1) > 1e-6 or min(fr) <= 0:
+            raise ConfigError(f"dataset.split: need three positive fractions summing to 1, got {list(fr)}")
+        idx = split_indices(raw.num_rows, fr, split_seed)
+        splits = {k: raw.take(pa.array(i)) for k, i in zip(("train", "val", "test"), idx)}
+        protocol = f"{cfg.path}: seeded random split {list(fr)} (seed {split_seed})"
+    elif cfg.train_path and cfg.test_path and not cfg.path:
+        train = _with_labels(read_raw(cfg.train_path, cfg.max_rows), cfg.tasks)
+        test = _with_labels(read_raw(cfg.test_path, cfg.max_rows), cfg.tasks)
+        val_idx, test_idx = split_indices(test.num_rows, (0.5, 0.5), split_seed)
+        splits = {"train": train, "val": test.take(pa.array(val_idx)), "test": test.take(pa.array(test_idx))}
+        protocol = f"train {cfg.train_path}; {cfg.test_path} split half/half into val/test (seed {split_seed})"
+    else:
+        raise ConfigError(
+            "dataset: census needs either dataset.path (one file, split 60/20/20) "
+            "or dataset.train_path and dataset.test_path (the paper's protocol)"
+        )
+    tasks = [Task(name, f"label_{name}", "binary") for name in cfg.tasks]
+    schema, tables, report = encode_splits(splits, CATEGORICAL, NUMERIC, tasks, min_count=cfg.min_count)
+    log.info("census: %s; rows train/val/test = %d/%d/%d", protocol, *(len(tables[k]) for k in ("train", "val", "test")))
+    return DatasetBundle(schema, tables["train"], tables["val"], tables["test"], {"protocol": protocol, "report": report})

@@ -1,0 +1,165 @@
+"""The feature schema and the in-memory columnar table that every dataset produces.
+
+A dataset is turned once into a :class:`FeatureSchema` (features with their vocabulary
+sizes, tasks with label type and funnel parent) plus three :class:`Table` splits. Nothing
+downstream reads raw columns by name except through the schema.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterable
+
+import torch
+
+from mtl_train.errors import ConfigError
+
+NULL_ID = 0
+"""Reserved id of a missing value in every categorical column."""
+OOV_ID = 1
+"""Reserved id of a value never seen in the training split."""
+NUM_RESERVED_IDS = 2
+
+TASK_TYPES = ("binary", "regression")
+
+
+@dataclass(frozen=True)
+class SparseFeature:
+    """A categorical id column.
+
+    Attributes:
+        name: column name.
+        vocab_size: number of embedding rows, reserved ids (null=0, oov=1) included.
+    """
+
+    name: str
+    vocab_size: int
+
+
+@dataclass(frozen=True)
+class DenseFeature:
+    """A numeric column, already normalised (for example standardised with training statistics)."""
+
+    name: str
+
+
+@dataclass(frozen=True)
+class Task:
+    """One prediction target.
+
+    Attributes:
+        name: task name used in metrics, TensorBoard tags and configs (``click``, ``income``).
+        label: the label column in the data.
+        type: ``binary`` (BCE, reported as auc/logloss) or ``regression`` (MSE, reported as mse/r2).
+        parent: name of the task that must be positive for this one to happen (funnel order,
+            e.g. ``purchase`` has parent ``click``), or None.
+    """
+
+    name: str
+    label: str
+    type: str = "binary"
+    parent: str | None = None
+
+
+@dataclass
+class FeatureSchema:
+    """Features and tasks of a dataset, in the column order of the split tensors.
+
+    Raises:
+        ConfigError: on duplicate names, unknown task types or parents, or a label column
+            that is also a feature (label leakage).
+    """
+
+    sparse: list[SparseFeature]
+    dense: list[DenseFeature]
+    tasks: list[Task]
+    eval_columns: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        names = [t.name for t in self.tasks]
+        if not names:
+            raise ConfigError("dataset.tasks: at least one task is needed")
+        if len(set(names)) != len(names):
+            raise ConfigError(f"dataset.tasks: duplicate task names in {names}")
+        features = {f.name for f in self.sparse} | {f.name for f in self.dense}
+        for t in self.tasks:
+            if t.type not in TASK_TYPES:
+                raise ConfigError(f"dataset.tasks.{t.name}.type: '{t.type}' is not one of {TASK_TYPES}")
+            if t.parent is not None and t.parent not in names:
+                raise ConfigError(f"dataset.tasks.{t.name}.parent: unknown task '{t.parent}'")
+            if t.label in features:
+                raise ConfigError(f"dataset: label column '{t.label}' of task '{t.name}' is also a feature (label leakage)")
+        for f in self.sparse:
+            if f.vocab_size <= NUM_RESERVED_IDS - 1:
+                raise ConfigError(f"dataset: feature '{f.name}' has vocab_size {f.vocab_size}")
+
+    @property
+    def task_names(self) -> list[str]:
+        return [t.name for t in self.tasks]
+
+    def task_index(self, name: str) -> int:
+        return self.task_names.index(name)
+
+
+@dataclass
+class Table:
+    """One split held in memory as columnar tensors (no per-row Python objects).
+
+    Attributes:
+        sparse: int64 [N, F_sparse] ids, columns in schema order; 0 is null, 1 is out-of-vocabulary.
+        dense: float32 [N, F_dense] normalised numeric features.
+        labels: float32 [N, T] task labels in schema order; NaN marks a missing label.
+        extra: evaluation-only columns (never features), each float32 [N].
+    """
+
+    sparse: torch.Tensor
+    dense: torch.Tensor
+    labels: torch.Tensor
+    extra: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        n = self.labels.shape[0]
+        for name, t in [("sparse", self.sparse), ("dense", self.dense), *self.extra.items()]:
+            if t.shape[0] != n:
+                raise ValueError(f"column block '{name}' has {t.shape[0]} rows, labels have {n}")
+        if self.sparse.dtype != torch.int64:
+            raise TypeError("sparse ids must be int64")
+
+    def __len__(self) -> int:
+        return self.labels.shape[0]
+
+    def take(self, index: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Rows ``index`` (int64 [B]) as a batch: a mapping of block name to tensor."""
+        batch = {
+            "sparse": self.sparse.index_select(0, index),
+            "dense": self.dense.index_select(0, index),
+            "labels": self.labels.index_select(0, index),
+        }
+        for k, v in self.extra.items():
+            batch[k] = v.index_select(0, index)
+        return batch
+
+    def slice(self, start: int, stop: int) -> dict[str, torch.Tensor]:
+        """Contiguous rows [start, stop) as a batch (views, no copy)."""
+        batch = {"sparse": self.sparse[start:stop], "dense": self.dense[start:stop], "labels": self.labels[start:stop]}
+        for k, v in self.extra.items():
+            batch[k] = v[start:stop]
+        return batch
+
+    def subset(self, index: torch.Tensor) -> "Table":
+        """A new table with rows ``index``."""
+        b = self.take(index)
+        return Table(b.pop("sparse"), b.pop("dense"), b.pop("labels"), b)
+
+
+@dataclass
+class DatasetBundle:
+    """What a dataset loader returns: the schema plus train, val and test tables."""
+
+    schema: FeatureSchema
+    train: Table
+    val: Table
+    test: Table
+    info: dict = field(default_factory=dict)
+
+    def splits(self) -> Iterable[tuple[str, Table]]:
+        return [("train", self.train), ("val", self.val), ("test", self.test)]

@@ -1,0 +1,46 @@
+"""The backbone interface: embedded input -> one representation per task."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+
+
+@dataclass
+class BackboneOutput:
+    """What a backbone returns.
+
+    Attributes:
+        tasks: one representation per task, [B, out_dims[k]] each.
+        shared: the representation every task's gradient flows through (the input of the
+            task-specific part), or None where nothing is shared. Balancers that work on
+            the shared representation (GradNorm's representation mode, MGDA-UB) take
+            gradients with respect to it.
+    """
+
+    tasks: list[torch.Tensor]
+    shared: torch.Tensor | None
+
+
+class Backbone(nn.Module):
+    """Base class of every backbone.
+
+    Attributes:
+        out_dims: width of each task's representation.
+        separate_inputs: True when each task has its own input embedding (no sharing at all).
+    """
+
+    separate_inputs = False
+    out_dims: list[int]
+
+    def forward(self, x: torch.Tensor | list[torch.Tensor]) -> BackboneOutput:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def last_shared_layer(self) -> list[nn.Parameter]:
+        """The weight(s) W of the last layer shared by all tasks (GradNorm's W); [] if none."""
+        return []
+
+    def shared_parameters(self) -> list[nn.Parameter]:
+        """Backbone parameters that receive gradient from more than one task."""
+        return []

@@ -1,0 +1,137 @@
+"""Mixture-of-experts backbones: OMoE, MMoE, CGC and PLE."""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from mtl_train.errors import ConfigError
+from mtl_train.models.backbones.base import Backbone, BackboneOutput
+from mtl_train.models.layers import BatchedExperts, Gate, check_dims
+
+
+class MMoE(Backbone):
+    """Multi-gate Mixture-of-Experts (Ma et al., "Modeling Task Relationships in Multi-task
+    Learning with Multi-gate Mixture-of-Experts", KDD 2018).
+
+    ``num_experts`` expert MLPs share the input; task k's representation is
+    sum_e g_k(x)_e f_e(x) with g_k(x) = softmax(W_k x), one linear gate per task.
+    With ``num_gates=1`` it is the paper's OMoE baseline (one gate for all tasks).
+
+    Shapes: [B, D] -> T outputs [B, expert_hidden[-1]]; shared representation = the expert
+    outputs [E, B, H].
+    """
+
+    def __init__(self, in_dim: int, num_tasks: int, num_experts: int, expert_hidden, activation: str = "relu",
+                 dropout: float = 0.0, num_gates: int | None = None):
+        super().__init__()
+        hidden = check_dims("model.expert_hidden", expert_hidden)
+        self.experts = BatchedExperts(num_experts, in_dim, hidden, activation, dropout)
+        num_gates = num_tasks if num_gates is None else num_gates
+        if num_gates not in (1, num_tasks):
+            raise ConfigError(f"model.num_gates: must be 1 (OMoE) or the number of tasks ({num_tasks}), got {num_gates}")
+        self.gates = nn.ModuleList(Gate(in_dim, num_experts) for _ in range(num_gates))
+        self.num_tasks = num_tasks
+        self.out_dims = [self.experts.out_dim] * num_tasks
+
+    def forward(self, x: torch.Tensor) -> BackboneOutput:
+        ex = self.experts(x)  # [E, B, H]
+        reps = [g.mix(x, ex) for g in self.gates]
+        if len(reps) == 1:
+            reps = reps * self.num_tasks
+        return BackboneOutput(reps, ex)
+
+    def last_shared_layer(self) -> list[nn.Parameter]:
+        return [self.experts.weights[-1]]
+
+    def shared_parameters(self) -> list[nn.Parameter]:
+        params = list(self.experts.parameters())
+        if len(self.gates) == 1:
+            params += list(self.gates.parameters())
+        return params
+
+
+class PLE(Backbone):
+    """Progressive Layered Extraction (Tang et al., "Progressive Layered Extraction (PLE): A Novel
+    Multi-Task Learning (MTL) Model for Personalized Recommendations", RecSys 2020).
+
+    Each of ``num_levels`` extraction levels holds ``num_task_experts`` experts per task and
+    ``num_shared_experts`` shared experts. At every level, task k's gate mixes task k's experts
+    and the shared experts; at every level but the last, a shared gate mixes all experts of
+    the level and feeds the shared experts of the next level. ``num_levels=1`` is CGC
+    (Customized Gate Control). Choices the paper leaves open: all experts of a level have the
+    same ``expert_hidden`` layers; gates are linear + softmax on the level's input, as in MMoE.
+
+    Shapes: [B, D] -> T outputs [B, expert_hidden[-1]]; shared representation = the last
+    level's shared-expert outputs [E_s, B, H].
+    """
+
+    def __init__(self, in_dim: int, num_tasks: int, num_levels: int, num_task_experts: int, num_shared_experts: int,
+                 expert_hidden, activation: str = "relu", dropout: float = 0.0):
+        super().__init__()
+        hidden = check_dims("model.expert_hidden", expert_hidden)
+        if num_levels < 1:
+            raise ConfigError(f"model.num_levels: must be >= 1, got {num_levels}")
+        if num_task_experts < 0 or num_shared_experts < 0 or num_task_experts + num_shared_experts == 0:
+            raise ConfigError(
+                f"model: need experts, got num_task_experts={num_task_experts}, num_shared_experts={num_shared_experts}"
+            )
+        self.num_tasks, self.num_levels = num_tasks, num_levels
+        self.mt, self.ms = num_task_experts, num_shared_experts
+        self.task_experts = nn.ModuleList()
+        self.shared_experts = nn.ModuleList()
+        self.task_gates = nn.ModuleList()
+        self.shared_gates = nn.ModuleList()
+        d = in_dim
+        for level in range(num_levels):
+            self.task_experts.append(
+                BatchedExperts(num_tasks * self.mt, d, hidden, activation, dropout) if self.mt else nn.Identity()
+            )
+            self.shared_experts.append(BatchedExperts(self.ms, d, hidden, activation, dropout) if self.ms else nn.Identity())
+            self.task_gates.append(nn.ModuleList(Gate(d, self.mt + self.ms) for _ in range(num_tasks)))
+            if level < num_levels - 1:
+                self.shared_gates.append(Gate(d, num_tasks * self.mt + self.ms))
+            d = hidden[-1]
+        self.out_dims = [d] * num_tasks
+
+    def forward(self, x: torch.Tensor) -> BackboneOutput:
+        task_in = [x] * self.num_tasks
+        shared_in = x
+        shared_out = None
+        for level in range(self.num_levels):
+            if self.mt:
+                if level == 0:
+                    te = self.task_experts[level](x)  # [T*mt, B, H]
+                else:  # each task's experts read that task's input
+                    xin = torch.stack(task_in).repeat_interleave(self.mt, dim=0)
+                    te = self.task_experts[level](xin)
+            shared_out = self.shared_experts[level](shared_in) if self.ms else None
+            outs = []
+            for k in range(self.num_tasks):
+                parts = []
+                if self.mt:
+                    parts.append(te[k * self.mt:(k + 1) * self.mt])
+                if self.ms:
+                    parts.append(shared_out)
+                outs.append(self.task_gates[level][k].mix(task_in[k], torch.cat(parts) if len(parts) > 1 else parts[0]))
+            if level < self.num_levels - 1:
+                parts = ([te] if self.mt else []) + ([shared_out] if self.ms else [])
+                shared_in = self.shared_gates[level].mix(shared_in, torch.cat(parts) if len(parts) > 1 else parts[0])
+            task_in = outs
+        return BackboneOutput(task_in, shared_out)
+
+    def last_shared_layer(self) -> list[nn.Parameter]:
+        if not self.ms:
+            return []
+        return [self.shared_experts[-1].weights[-1]]
+
+    def shared_parameters(self) -> list[nn.Parameter]:
+        """Shared experts and shared gates of every level; task experts of every level but the
+        last (they feed that level's shared gate); task gates of every level below the last
+        two (they feed task experts that are themselves shared)."""
+        params = [p for m in self.shared_experts for p in m.parameters()]
+        params += [p for g in self.shared_gates for p in g.parameters()]
+        for level in range(self.num_levels - 1):
+            params += list(self.task_experts[level].parameters())
+        for level in range(self.num_levels - 2):
+            params += list(self.task_gates[level].parameters())
+        return params

@@ -1,0 +1,55 @@
+"""Backbones without experts: one network per task, and hard parameter sharing."""
+from __future__ import annotations
+
+import torch
+
+from mtl_train.errors import ConfigError
+from mtl_train.models.backbones.base import Backbone, BackboneOutput
+from mtl_train.models.layers import MLP, check_dims
+from torch import nn
+
+
+class SingleTask(Backbone):
+    """A separate network per task, embeddings included: the baseline every MTL paper reports.
+
+    Nothing is shared, so gradient-balancing methods that need a shared layer refuse it.
+
+    Shapes: list of T inputs [B, D] -> T outputs [B, hidden[-1]].
+    """
+
+    separate_inputs = True
+
+    def __init__(self, in_dim: int, num_tasks: int, hidden, activation: str = "relu", dropout: float = 0.0):
+        super().__init__()
+        hidden = check_dims("model.hidden", hidden)
+        self.nets = nn.ModuleList(MLP(in_dim, hidden, activation, dropout) for _ in range(num_tasks))
+        self.out_dims = [n.out_dim for n in self.nets]
+
+    def forward(self, x: list[torch.Tensor]) -> BackboneOutput:
+        return BackboneOutput([net(xi) for net, xi in zip(self.nets, x)], None)
+
+
+class SharedBottom(Backbone):
+    """Hard parameter sharing (Caruana, 1997): one bottom MLP whose output feeds every tower.
+
+    Shapes: [B, D] -> T outputs [B, hidden[-1]] (the same tensor for every task).
+    """
+
+    def __init__(self, in_dim: int, num_tasks: int, hidden, activation: str = "relu", dropout: float = 0.0):
+        super().__init__()
+        hidden = check_dims("model.hidden", hidden)
+        if not hidden:
+            raise ConfigError("model.hidden: shared_bottom needs at least one shared layer")
+        self.bottom = MLP(in_dim, hidden, activation, dropout)
+        self.num_tasks = num_tasks
+        self.out_dims = [self.bottom.out_dim] * num_tasks
+
+    def forward(self, x: torch.Tensor) -> BackboneOutput:
+        h = self.bottom(x)
+        return BackboneOutput([h] * self.num_tasks, h)
+
+    def last_shared_layer(self) -> list[nn.Parameter]:
+        return [self.bottom.last_linear().weight]
+
+    def shared_parameters(self) -> list[nn.Parameter]:
+        return list(self.bottom.parameters())

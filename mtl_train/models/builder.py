@@ -1,0 +1,96 @@
+"""Model assembly: FeatureEmbedding -> Backbone -> TaskGraph, from the ``model`` and ``graph`` configs."""
+from __future__ import annotations
+
+import importlib
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+import torch.nn as nn
+
+from mtl_train.data.schema import FeatureSchema
+from mtl_train.errors import ConfigError
+from mtl_train.models.backbones.base import Backbone
+from mtl_train.models.embedding import FeatureEmbedding
+from mtl_train.models.graphs.base import TaskGraph
+
+# model.backbone -> (class path, config keys passed as keyword arguments)
+BACKBONES = {
+    "single_task": ("mtl_train.models.backbones.simple:SingleTask", ["hidden", "activation", "dropout"]),
+    "shared_bottom": ("mtl_train.models.backbones.simple:SharedBottom", ["hidden", "activation", "dropout"]),
+    "mmoe": ("mtl_train.models.backbones.moe:MMoE",
+             ["num_experts", "expert_hidden", "activation", "dropout", "num_gates"]),
+    "ple": ("mtl_train.models.backbones.moe:PLE",
+            ["num_levels", "num_task_experts", "num_shared_experts", "expert_hidden", "activation", "dropout"]),
+}
+# graph.name -> (class path, config keys)
+GRAPHS = {
+    "independent": ("mtl_train.models.graphs.independent:Independent",
+                    ["tower_hidden", "activation", "dropout", "parent_positive_only"]),
+}
+
+
+def _resolve(path: str):
+    module, name = path.split(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def _kwargs(cfg, keys: list[str]) -> dict:
+    c = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
+    return {k: c[k] for k in keys if k in c}
+
+
+class MultiTaskModel(nn.Module):
+    """The whole network: embedding(s), backbone and task graph.
+
+    Shapes: batch {"sparse": [B, F_s], "dense": [B, F_d], ...} -> dict with "logits" [B, T],
+    "shared" (the backbone's shared representation, or None) and any graph outputs.
+    """
+
+    def __init__(self, schema: FeatureSchema, embeddings: nn.ModuleList, backbone: Backbone, graph: TaskGraph):
+        super().__init__()
+        self.schema = schema
+        self.embeddings = embeddings
+        self.backbone = backbone
+        self.graph = graph
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        if self.backbone.separate_inputs:
+            x = [e(batch) for e in self.embeddings]
+        else:
+            x = self.embeddings[0](batch)
+        bo = self.backbone(x)
+        out = self.graph(bo.tasks)
+        out["shared"] = bo.shared
+        return out
+
+    def shared_parameters(self) -> list[nn.Parameter]:
+        """Parameters that receive gradient from more than one task: the shared embedding
+        table, the backbone's shared layers and any shared part of the graph."""
+        emb = [] if self.backbone.separate_inputs else list(self.embeddings.parameters())
+        return emb + self.backbone.shared_parameters() + self.graph.shared_parameters()
+
+    def last_shared_layer(self) -> list[nn.Parameter]:
+        """GradNorm's W: the weight of the last layer shared by every task ([] if none)."""
+        return self.backbone.last_shared_layer()
+
+
+def build_model(schema: FeatureSchema, model_cfg, graph_cfg) -> MultiTaskModel:
+    """Build the model named by ``model_cfg.backbone`` with the graph ``graph_cfg.name``.
+
+    Raises:
+        ConfigError: unknown backbone or graph, or an invalid size.
+    """
+    if model_cfg.backbone not in BACKBONES:
+        raise ConfigError(f"model.backbone: unknown backbone '{model_cfg.backbone}' (choose from {sorted(BACKBONES)})")
+    if graph_cfg.name not in GRAPHS:
+        raise ConfigError(f"graph.name: unknown graph '{graph_cfg.name}' (choose from {sorted(GRAPHS)})")
+    T = len(schema.tasks)
+    cls_path, keys = BACKBONES[model_cfg.backbone]
+    cls = _resolve(cls_path)
+    n_emb = T if cls.separate_inputs else 1
+    sparse_grad = bool(model_cfg.get("sparse_embedding", False))
+    embeddings = nn.ModuleList(FeatureEmbedding(schema, model_cfg.embedding_dim, sparse_grad) for _ in range(n_emb))
+    backbone = cls(embeddings[0].out_dim, T, **_kwargs(model_cfg, keys))
+    g_path, g_keys = GRAPHS[graph_cfg.name]
+    graph = _resolve(g_path)(schema, backbone.out_dims, **_kwargs(graph_cfg, g_keys))
+    return MultiTaskModel(schema, embeddings, backbone, graph)

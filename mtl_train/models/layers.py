@@ -1,0 +1,112 @@
+"""Dense building blocks: MLP, batched experts and softmax gates."""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+import torch.nn as nn
+
+from mtl_train.errors import ConfigError
+
+ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU, "tanh": nn.Tanh, "leaky_relu": nn.LeakyReLU}
+
+
+def activation(name: str) -> nn.Module:
+    """The activation module called ``name``; raises ConfigError for an unknown one."""
+    if name not in ACTIVATIONS:
+        raise ConfigError(f"model.activation: unknown activation '{name}' (choose from {sorted(ACTIVATIONS)})")
+    return ACTIVATIONS[name]()
+
+
+def check_dims(key: str, dims: Sequence[int]) -> list[int]:
+    dims = [int(d) for d in dims]
+    if any(d <= 0 for d in dims):
+        raise ConfigError(f"{key}: layer sizes must be positive, got {dims}")
+    return dims
+
+
+class MLP(nn.Sequential):
+    """Linear -> activation (-> dropout) for each hidden size.
+
+    Shapes: [B, in_dim] -> [B, hidden[-1]] (or [B, in_dim] when ``hidden`` is empty).
+    """
+
+    def __init__(self, in_dim: int, hidden: Sequence[int], act: str = "relu", dropout: float = 0.0):
+        layers: list[nn.Module] = []
+        d = in_dim
+        for h in hidden:
+            layers += [nn.Linear(d, h), activation(act)]
+            if dropout > 0:
+                layers.append(nn.Dropout(dropout))
+            d = h
+        super().__init__(*layers)
+        self.out_dim = d
+
+    def last_linear(self) -> nn.Linear | None:
+        linears = [m for m in self if isinstance(m, nn.Linear)]
+        return linears[-1] if linears else None
+
+
+class BatchedExperts(nn.Module):
+    """``num_experts`` MLPs of identical shape, evaluated together as batched matrix products.
+
+    Expert e's layer l is y = act(x W[l][e] + b[l][e]); all experts of a layer are one
+    [E, in, out] parameter, so a layer costs one GEMM (shared input) or one ``baddbmm``
+    instead of a Python loop over experts. Each expert is initialised independently like
+    ``nn.Linear`` (uniform in +-1/sqrt(fan_in)), so experts start different.
+
+    Shapes:
+        input: [B, in_dim] (the same input for every expert) or [E, B, in_dim] (one per expert).
+        output: [E, B, hidden[-1]].
+    """
+
+    def __init__(self, num_experts: int, in_dim: int, hidden: Sequence[int], act: str = "relu", dropout: float = 0.0):
+        super().__init__()
+        if num_experts <= 0:
+            raise ConfigError(f"model: the number of experts must be positive, got {num_experts}")
+        if not hidden:
+            raise ConfigError("model.expert_hidden: experts need at least one layer")
+        self.num_experts = num_experts
+        self.weights = nn.ParameterList()
+        self.biases = nn.ParameterList()
+        d = in_dim
+        for h in hidden:
+            bound = 1 / math.sqrt(d)
+            self.weights.append(nn.Parameter(torch.empty(num_experts, d, h).uniform_(-bound, bound)))
+            self.biases.append(nn.Parameter(torch.empty(num_experts, h).uniform_(-bound, bound)))
+            d = h
+        self.act = activation(act)
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.out_dim = d
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w0, b0 = self.weights[0], self.biases[0]
+        e, d_in, h = w0.shape
+        if x.dim() == 2:
+            # one GEMM for all experts: [B, D] @ [D, E*H]
+            y = (x @ w0.permute(1, 0, 2).reshape(d_in, e * h)).view(-1, e, h).transpose(0, 1) + b0.unsqueeze(1)
+        else:
+            y = torch.baddbmm(b0.unsqueeze(1), x, w0)
+        y = self.dropout(self.act(y))
+        for w, b in zip(self.weights[1:], self.biases[1:]):
+            y = self.dropout(self.act(torch.baddbmm(b.unsqueeze(1), y, w)))
+        return y
+
+
+class Gate(nn.Module):
+    """Softmax gate over ``num_experts`` experts (Ma et al., KDD 2018: g(x) = softmax(W_g x)).
+
+    Shapes: input [B, in_dim]; ``mix(x, experts)`` with experts [E, B, H] returns [B, H].
+    """
+
+    def __init__(self, in_dim: int, num_experts: int):
+        super().__init__()
+        self.linear = nn.Linear(in_dim, num_experts)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(self.linear(x), dim=-1)
+
+    def mix(self, x: torch.Tensor, experts: torch.Tensor) -> torch.Tensor:
+        g = self.forward(x)  # [B, E]
+        return torch.bmm(g.unsqueeze(1), experts.transpose(0, 1)).squeeze(1)

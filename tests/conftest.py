@@ -1,0 +1,33 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared" / "data"
+CENSUS = SHARED / "census-income-kdd" / "census-income.test.gz"
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+def run_cli(args, cwd, check=True, env=None):
+    """Run ``python -m mtl_train`` in ``cwd``; returns the CompletedProcess."""
+    e = dict(os.environ, **(env or {}))
+    e.setdefault("OMP_NUM_THREADS", "1")
+    proc = subprocess.run([sys.executable, "-m", "mtl_train", *args], cwd=cwd, capture_output=True, text=True, env=e,
+                          timeout=600)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"mtl-train failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def find_run_dir(root: Path) -> Path:
+    runs = sorted(p.parent for p in root.glob("outputs/*/*/metrics.json"))
+    assert len(runs) == 1, runs
+    return runs[0]
