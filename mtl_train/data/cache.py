@@ -1,0 +1,75 @@
+"""The prepare-step cache: derived files (Parquet conversions, vocabularies, statistics) are
+stored under a key that changes whenever the data or the schema changes, and reused otherwise.
+
+Key = sha256 of (each input file's absolute path, size and mtime in ns) + the JSON of the
+schema/config that shaped the output + a format version. Files are written atomically
+(temporary name, then rename), so an interrupted prepare never leaves a half file that a
+later run would trust.
+
+Location: ``dataset.cache_dir`` when set; otherwise a ``.mtl_cache`` folder next to the data
+when that folder is writable; otherwise ``$MTL_TRAIN_CACHE`` or ``~/.cache/mtl-train``.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+from mtl_train.errors import DataError
+
+FORMAT_VERSION = 1
+
+
+def fingerprint(paths: list[str], spec: dict | None = None) -> str:
+    """A 16-hex-digit key of the input files (path, size, mtime) and ``spec``.
+
+    Raises:
+        DataError: an input file does not exist.
+    """
+    h = hashlib.sha256(f"v{FORMAT_VERSION}".encode())
+    for p in sorted(os.path.abspath(p) for p in paths):
+        try:
+            st = os.stat(p)
+        except OSError:
+            raise DataError(f"data file not found: {p}") from None
+        h.update(f"{p}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    h.update(json.dumps(spec or {}, sort_keys=True, default=str).encode())
+    return h.hexdigest()[:16]
+
+
+def cache_root(data_paths: list[str], cache_dir: str | None = None) -> Path:
+    """The folder that holds cached prepare outputs for ``data_paths`` (created if needed)."""
+    if cache_dir:
+        root = Path(cache_dir)
+    else:
+        first = Path(os.path.abspath(data_paths[0])) if data_paths else Path.cwd()
+        parent = first if first.is_dir() else first.parent
+        if os.access(parent, os.W_OK):
+            root = parent / ".mtl_cache"
+        else:
+            root = Path(os.environ.get("MTL_TRAIN_CACHE", Path.home() / ".cache" / "mtl-train"))
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+def cached_file(path: Path, build: Callable[[str], None]) -> Path:
+    """Return ``path``, building it first with ``build(tmp_path)`` if it does not exist yet.
+
+    ``build`` writes to the temporary path it is given; the file is then renamed into place,
+    so a concurrent or interrupted build never exposes a partial file.
+    """
+    if path.exists():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=path.suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        build(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path

@@ -1,0 +1,45 @@
+import os
+
+import pytest
+
+from mtl_train.data.cache import cache_root, cached_file, fingerprint
+from mtl_train.errors import DataError
+
+
+def test_fingerprint_changes_with_data_and_spec(tmp_path):
+    f = tmp_path / "a.csv"
+    f.write_text("x\n1\n")
+    k1 = fingerprint([str(f)], {"cols": ["x"]})
+    assert k1 == fingerprint([str(f)], {"cols": ["x"]})
+    assert k1 != fingerprint([str(f)], {"cols": ["y"]})
+    f.write_text("x\n1\n2\n")
+    os.utime(f, ns=(1, 2))
+    assert fingerprint([str(f)], {"cols": ["x"]}) != k1
+    with pytest.raises(DataError, match="missing.csv"):
+        fingerprint([str(tmp_path / "missing.csv")])
+
+
+def test_cached_file_builds_once_and_atomically(tmp_path):
+    calls = []
+
+    def build(tmp):
+        calls.append(tmp)
+        with open(tmp, "w") as fh:
+            fh.write("ok")
+
+    root = cache_root([str(tmp_path / "data.csv")])
+    assert root == tmp_path / ".mtl_cache"
+    p = cached_file(root / "k.parquet", build)
+    assert p.read_text() == "ok" and len(calls) == 1
+    cached_file(root / "k.parquet", build)
+    assert len(calls) == 1
+
+    def failing(tmp):
+        with open(tmp, "w") as fh:
+            fh.write("partial")
+        raise RuntimeError("killed")
+
+    with pytest.raises(RuntimeError):
+        cached_file(root / "bad.parquet", failing)
+    assert not (root / "bad.parquet").exists()
+    assert not [q for q in root.iterdir() if q.name.startswith(".tmp-")]
