@@ -2,12 +2,18 @@
 
     mtl-train dataset=census dataset.path=census-income.test.gz model=ple loss=gradnorm
     mtl-train -m model=mmoe,ple loss=equal,gradnorm        # a sweep, one directory per job
+    mtl-train trainer.resume=outputs/2026-01-01/12-00-00_1234ab  # continue a run in its directory
+    mtl-train mode=eval checkpoint=<run dir or .pt> infer.split=test   # re-evaluate a checkpoint
+    mtl-train mode=predict checkpoint=<run dir or .pt> infer.input=new.parquet
 
 Bad input (an unknown option or key, a missing file or column) ends the run with one line
-``mtl-train: error: ...`` on stderr and exit status 2.
+``mtl-train: error: ...`` on stderr and exit status 2. SIGINT/SIGTERM write
+``checkpoints/last.pt`` and exit with 128 + the signal number (130, 143) and one line saying
+how to resume.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import secrets
@@ -19,7 +25,8 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from mtl_train.errors import ConfigError, MtlError
+from mtl_train.config import SECTIONS
+from mtl_train.errors import ConfigError, MtlError, RunInterrupted
 
 log = logging.getLogger("mtl_train")
 
@@ -86,10 +93,16 @@ def precheck_overrides(args: list[str]) -> None:
             choices[key] = values[0]
         elif "." in key:
             dotted.append(key)
-        elif key not in ("seed", "mode"):
-            raise ConfigError(f"{key}: unknown config key (groups: {', '.join(GROUPS)}; top-level keys: seed)")
+        elif key not in ("seed", "mode", "checkpoint"):
+            raise ConfigError(f"{key}: unknown config key (groups: {', '.join(GROUPS)}; "
+                              f"top-level keys: seed, mode, checkpoint, infer)")
     for key in dotted:
         group, sub = key.split(".", 1)
+        if group in SECTIONS:
+            known_fields = [f.name for f in dataclasses.fields(SECTIONS[group])]
+            if sub.split(".", 1)[0] not in known_fields:
+                raise ConfigError(f"{key}: unknown key '{sub}' (known keys: {', '.join(known_fields)})")
+            continue
         if group not in GROUPS:
             raise ConfigError(f"{key}: unknown config group '{group}' (choose from {', '.join(GROUPS)})")
         first = sub.split(".", 1)[0]
@@ -103,29 +116,99 @@ def precheck_overrides(args: list[str]) -> None:
             )
 
 
-def _fail(err: Exception) -> None:
+def _last_value(args: list[str], key: str) -> str | None:
+    """The value of the last ``key=value`` among ``args`` (quotes stripped), or None."""
+    value = None
+    for arg in args:
+        if arg.startswith(key + "="):
+            value = arg.split("=", 1)[1].strip("'\"")
+    return value
+
+
+def _quote(value: str) -> str:
+    return f"'{value}'" if "'" not in value else value
+
+
+def resume_overrides(args: list[str]) -> list[str]:
+    """Extra Hydra overrides for ``trainer.resume=<run dir or checkpoint>``.
+
+    A resumed run continues in the directory of the run it resumes (``hydra.run.dir`` set to
+    it unless given), so that one directory holds one run's checkpoints, TensorBoard events,
+    metrics.json and log. Hydra's files of the resuming invocation go to
+    ``.hydra/resume-<k>`` there, keeping the original ``.hydra/`` intact. A checkpoint file
+    outside a ``<run>/checkpoints/`` folder starts a new run directory.
+
+    Also refuses (ConfigError) an explicit ``hydra.run.dir`` that already holds a
+    checkpoint when no resume is asked for, before Hydra writes anything there.
+    """
+    from mtl_train.train.checkpoint import existing_checkpoints, run_dir_of
+
+    resume = _last_value(args, "trainer.resume")
+    run_dir = _last_value(args, "hydra.run.dir")
+    if resume in (None, "", "null"):
+        if run_dir and existing_checkpoints(run_dir):
+            raise ConfigError(f"hydra.run.dir: {run_dir} already holds a checkpoint; continue that run with "
+                              f"trainer.resume={run_dir}, or choose another directory")
+        return []
+    extra = []
+    if run_dir is None:
+        target = os.path.abspath(os.path.expanduser(resume))
+        run_dir = target if os.path.isdir(target) else run_dir_of(target) if os.path.isfile(target) else None
+        if run_dir is None:
+            return []
+        extra.append(f"hydra.run.dir={_quote(run_dir)}")
+    if _last_value(args, "hydra.output_subdir") is None and os.path.isdir(os.path.join(run_dir, ".hydra")):
+        k = 1
+        while os.path.exists(os.path.join(run_dir, ".hydra", f"resume-{k}")):
+            k += 1
+        extra.append(f"hydra.output_subdir=.hydra/resume-{k}")
+    return extra
+
+
+def _fail(err: Exception, code: int = 2) -> None:
     print(f"mtl-train: error: {err}", file=sys.stderr)
-    sys.exit(2)
+    sys.exit(code)
+
+
+def _print_results(results: dict) -> None:
+    for split, per in results.items():
+        for name, m in per.items():
+            shown = " ".join(f"{k}={v:.4f}" for k, v in m.items() if k in ("auc", "logloss", "mse", "r2") and v is not None)
+            print(f"{split:5s} {name:20s} {shown}")
 
 
 @hydra.main(version_base="1.3", config_path="pkg://mtl_train.conf", config_name="config")
 def app(cfg: DictConfig) -> float | None:
-    """One training run (one job of a sweep); returns the val monitor value (the sweep objective)."""
+    """One run (one job of a sweep): ``mode=train`` returns the val monitor value (the sweep
+    objective); ``mode=eval`` / ``mode=predict`` score a checkpoint (see
+    :mod:`mtl_train.train.infer`) and return None."""
     from mtl_train.config import validate
     from mtl_train.train.trainer import monitor_value, run
 
-    run_dir = HydraConfig.get().runtime.output_dir
+    hc = HydraConfig.get()
+    run_dir = hc.runtime.output_dir
+    overridden = [o.split("=", 1)[0] for o in hc.overrides.task]
+    t0 = time.perf_counter()
     try:
         typed = validate(cfg)
-        t0 = time.perf_counter()
-        results = run(typed, run_dir)
+        if typed.mode == "train":
+            results = run(typed, run_dir, overridden)
+        else:
+            from mtl_train.train.infer import run_eval, run_predict
+
+            if typed.mode == "eval":
+                _print_results(run_eval(typed, run_dir))
+            else:
+                out = run_predict(typed, run_dir)
+                print(f"predictions: {out}")
+            return None
     except MtlError as e:
         _fail(e)
+    except RunInterrupted as e:
+        log.warning("%s", e)
+        _fail(e, 128 + e.signum)
     log.info("run finished in %.1f s: %s", time.perf_counter() - t0, run_dir)
-    for split in ("val", "test"):
-        for name, m in results[split].items():
-            shown = " ".join(f"{k}={v:.4f}" for k, v in m.items() if k in ("auc", "logloss", "mse", "r2") and v is not None)
-            print(f"{split:5s} {name:20s} {shown}")
+    _print_results(results)
     return monitor_value(results["val"], typed.trainer.monitor)
 
 
@@ -133,6 +216,7 @@ def main() -> None:
     """Console-script entry point (``mtl-train``, ``python -m mtl_train``)."""
     try:
         precheck_overrides(sys.argv[1:])
+        sys.argv.extend(resume_overrides(sys.argv[1:]))
     except MtlError as e:
         _fail(e)
     app()

@@ -120,6 +120,28 @@ class TrainerConfig:
     log_every_steps: int = 50
     progress: bool = True
     num_threads: Optional[int] = None
+    # learning-rate schedule, stepped once per optimizer step (see trainer.lr_factor)
+    scheduler: str = "none"
+    warmup_steps: int = 0
+    min_lr_ratio: float = 0.0
+    step_size: int = 1000
+    gamma: float = 0.1
+    # checkpoints and resume
+    checkpoint_every_steps: Optional[int] = None
+    resume: Optional[str] = None
+    # non-finite loss: stop (keep the last good checkpoint) or skip the batch (counted)
+    nonfinite: str = "stop"
+
+
+@dataclass
+class InferConfig:
+    """``mode=eval`` / ``mode=predict``: what to score and where to write it."""
+
+    split: str = "test"
+    input: Optional[str] = None
+    output: Optional[str] = None
+    id_columns: Optional[List[str]] = None
+    batch_size: Optional[int] = None
 
 
 # group -> (selector key, {selector value: schema})
@@ -130,14 +152,27 @@ SCHEMAS: dict[str, tuple[str, dict[str, type]]] = {
     "loss": ("name", {"equal": EqualLoss, "gradnorm": GradNormLoss}),
     "trainer": ("", {"": TrainerConfig}),
 }
+# top-level dict-valued keys that are not config groups (no options, one schema)
+SECTIONS: dict[str, type] = {"infer": InferConfig}
 
 # keys that must be > 0 where set (None allowed where the schema is Optional)
 POSITIVE = {
     "train_rows", "val_rows", "test_rows", "embedding_dim", "num_experts", "num_levels", "epochs", "batch_size",
     "eval_batch_size", "lr", "eval_every_steps", "max_steps", "log_every_steps", "num_threads", "min_count",
-    "max_rows", "min_weight", "patience", "num_gates",
+    "max_rows", "min_weight", "patience", "num_gates", "step_size", "checkpoint_every_steps", "gamma",
 }
-NON_NEGATIVE = {"num_dense", "num_task_experts", "num_shared_experts", "weight_decay", "dropout", "alpha", "min_delta"}
+NON_NEGATIVE = {"num_dense", "num_task_experts", "num_shared_experts", "weight_decay", "dropout", "alpha", "min_delta",
+                "warmup_steps", "min_lr_ratio"}
+# string keys with a closed set of values: (group, key) -> allowed values
+CHOICES = {
+    ("trainer", "scheduler"): ("none", "cosine", "step"),
+    ("trainer", "nonfinite"): ("stop", "skip"),
+    ("trainer", "monitor_mode"): ("max", "min"),
+    ("trainer", "optimizer"): ("adam", "adamw", "sgd"),
+    ("infer", "split"): ("train", "val", "test"),
+}
+MODES = ("train", "eval", "predict")
+TOP_LEVEL = ("seed", "mode", "checkpoint", "infer", "experiment")
 
 
 def _check_values(group: str, cfg: DictConfig) -> None:
@@ -149,6 +184,9 @@ def _check_values(group: str, cfg: DictConfig) -> None:
             raise ConfigError(f"{group}.{key}: must be positive, got {v}")
         if key in NON_NEGATIVE and v < 0:
             raise ConfigError(f"{group}.{key}: must not be negative, got {v}")
+    for (g, key), allowed in CHOICES.items():
+        if g == group and key in cfg and cfg[key] not in allowed:
+            raise ConfigError(f"{group}.{key}: '{cfg[key]}' is not one of {', '.join(allowed)}")
 
 
 def validate_group(group: str, cfg: DictConfig) -> DictConfig:
@@ -175,23 +213,53 @@ def validate_group(group: str, cfg: DictConfig) -> DictConfig:
     return typed
 
 
+def _typed(key: str, schema: type, cfg) -> DictConfig:
+    try:
+        typed = OmegaConf.merge(OmegaConf.structured(schema), cfg if cfg is not None else {})
+    except ConfigKeyError as e:
+        known = ", ".join(f.name for f in fields(schema))
+        raise ConfigError(f"{key}.{e.key}: unknown key (known keys: {known})") from None
+    except ValidationError as e:
+        raise ConfigError(f"{key}.{e.full_key}: {e.msg.splitlines()[0]}") from None
+    except OmegaConfBaseException as e:  # pragma: no cover
+        raise ConfigError(f"{key}: {str(e).splitlines()[0]}") from None
+    _check_values(key, typed)
+    return typed
+
+
 def validate(cfg: DictConfig) -> DictConfig:
     """Validate every group of the composed config; returns a new, typed config.
 
+    Top-level keys: the groups of ``SCHEMAS``, ``seed`` (int), ``mode`` (train, eval or
+    predict), ``checkpoint`` (str or null: the checkpoint or run directory of eval/predict)
+    and the ``infer`` section (:class:`InferConfig`).
+
     Raises:
-        ConfigError: see :func:`validate_group`; also an unknown top-level key.
+        ConfigError: see :func:`validate_group`; also an unknown top-level key or a
+            top-level value of the wrong type.
     """
     out: dict[str, Any] = {}
     for key in cfg:
         if key in SCHEMAS:
             out[key] = validate_group(key, cfg[key])
-        elif key in ("seed", "mode", "experiment"):
+        elif key in SECTIONS:
+            out[key] = _typed(key, SECTIONS[key], cfg[key])
+        elif key in TOP_LEVEL:
             out[key] = cfg[key]
         else:
-            raise ConfigError(f"{key}: unknown top-level config key")
+            raise ConfigError(f"{key}: unknown top-level config key (known: {', '.join(TOP_LEVEL + tuple(SCHEMAS))})")
     missing = [g for g in SCHEMAS if g not in out]
     if missing:
         raise ConfigError(f"config: missing group(s) {missing}")
     if not isinstance(out.get("seed"), int) or isinstance(out.get("seed"), bool):
         raise ConfigError(f"seed: must be an integer, got {out.get('seed')!r}")
+    out.setdefault("mode", "train")
+    if out["mode"] not in MODES:
+        raise ConfigError(f"mode: '{out['mode']}' is not one of {', '.join(MODES)}")
+    out.setdefault("checkpoint", None)
+    if out["checkpoint"] is not None and not isinstance(out["checkpoint"], str):
+        raise ConfigError(f"checkpoint: must be a path (string), got {out['checkpoint']!r}")
+    for key, schema in SECTIONS.items():
+        if key not in out:
+            out[key] = OmegaConf.structured(schema)
     return OmegaConf.create(out)

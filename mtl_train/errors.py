@@ -15,3 +15,24 @@ class ConfigError(MtlError):
 
 class DataError(MtlError):
     """A data file is missing, unreadable or malformed (missing column, bad label value)."""
+
+
+class TrainingError(MtlError):
+    """Training cannot go on: a non-finite loss (naming the step and the task), or a model
+    whose parameters became non-finite. The last good checkpoint is kept."""
+
+
+class RunInterrupted(Exception):
+    """SIGINT or SIGTERM stopped the run after writing ``checkpoints/last.pt``.
+
+    Not an :class:`MtlError`: the CLI exits with ``128 + signum`` (130 for SIGINT, 143 for
+    SIGTERM, the shell's convention), so a scheduler sees that the run did not finish.
+    """
+
+    def __init__(self, signum: int, step: int, checkpoint: str, run_dir: str):
+        import signal
+
+        self.signum, self.step, self.checkpoint, self.run_dir = signum, step, checkpoint, run_dir
+        name = signal.Signals(signum).name
+        super().__init__(f"interrupted by {name} after step {step}; checkpoint written to {checkpoint}; "
+                         f"continue with trainer.resume={run_dir}")

@@ -104,6 +104,86 @@ def split_indices(n: int, fractions: tuple[float, ...], seed: int) -> list[np.nd
     return [np.sort(p) for p in np.split(perm, bounds)]
 
 
+@dataclass
+class Encoders:
+    """Every encoder fitted on a training split: turns raw columns into a :class:`Table`.
+
+    Attributes:
+        sparse: {column: Vocabulary} in feature order. dense: {column: Standardizer}.
+        tasks: the Task list (label columns). extra: evaluation-only numeric columns.
+    """
+
+    sparse: dict
+    dense: dict
+    tasks: list
+    extra: list
+
+    @classmethod
+    def fit(cls, train: pa.Table, sparse: list[str], dense: list[str], tasks: list, min_count: int = 1,
+            extra: list[str] = ()) -> "Encoders":
+        return cls({c: Vocabulary.fit(train.column(c), min_count) for c in sparse},
+                   {c: Standardizer.fit(train.column(c)) for c in dense}, list(tasks), list(extra))
+
+    def transform(self, tbl: pa.Table, name: str = "data", labels_required: bool = True):
+        """Encode ``tbl`` (named ``name`` in messages: a split or a file path).
+
+        Returns:
+            (Table, report) with the report counting nulls and out-of-vocabulary ids.
+
+        Raises:
+            DataError: a feature column is missing, a label column is missing (when
+                ``labels_required``; otherwise its labels are NaN: unknown), or a binary
+                label holds values other than 0/1.
+        """
+        import torch
+
+        from mtl_train.data.files import require_columns
+        from mtl_train.data.schema import Table
+
+        require_columns(tbl.column_names, list(self.sparse) + list(self.dense), name, "feature column")
+        if labels_required:
+            require_columns(tbl.column_names, [t.label for t in self.tasks], name, "label column")
+        n = tbl.num_rows
+        ids = np.empty((n, len(self.sparse)), dtype=np.int64)
+        rep = {"rows": n, "null_ids": {}, "oov_ids": {}, "null_labels": {}}
+        for j, (c, vocab) in enumerate(self.sparse.items()):
+            ids[:, j], nulls, oov = vocab.encode(tbl.column(c))
+            rep["null_ids"][c], rep["oov_ids"][c] = nulls, oov
+        num = np.empty((n, len(self.dense)), dtype=np.float32)
+        for j, (c, scaler) in enumerate(self.dense.items()):
+            num[:, j] = scaler.transform(tbl.column(c))
+        labels = np.full((n, len(self.tasks)), np.nan, dtype=np.float32)
+        for j, t in enumerate(self.tasks):
+            if t.label not in tbl.column_names:
+                continue
+            try:
+                labels[:, j] = np.asarray(
+                    pc.cast(tbl.column(t.label), pa.float32()).to_numpy(zero_copy_only=False), dtype=np.float32
+                )
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
+                raise DataError(f"{name}: label column '{t.label}' of task '{t.name}' is not numeric "
+                                f"({str(e).splitlines()[0]})") from None
+            col = labels[:, j]
+            rep["null_labels"][t.name] = int(np.isnan(col).sum())
+            if t.type == "binary":
+                bad = ~np.isnan(col) & (col != 0) & (col != 1)
+                if bad.any():
+                    raise DataError(
+                        f"{name}: label column '{t.label}' of binary task '{t.name}' holds "
+                        f"{int(bad.sum())} values other than 0/1 (first: {col[bad][0]:g})"
+                    )
+        extras = {}
+        for c in self.extra:
+            if c in tbl.column_names:
+                extras[c] = torch.from_numpy(
+                    np.asarray(pc.cast(tbl.column(c), pa.float32()).to_numpy(zero_copy_only=False), dtype=np.float32))
+            elif labels_required:
+                raise DataError(f"{name}: missing column '{c}'")
+            else:
+                extras[c] = torch.full((n,), float("nan"))
+        return Table(torch.from_numpy(ids), torch.from_numpy(num), torch.from_numpy(labels), extras), rep
+
+
 def encode_splits(
     splits: dict[str, pa.Table],
     sparse: list[str],
@@ -125,52 +205,26 @@ def encode_splits(
 
     Returns:
         (FeatureSchema, {split: Table}, report) where report counts nulls and
-        out-of-vocabulary ids per split and column.
-    """
-    import torch
+        out-of-vocabulary ids per split and column. ``schema.encoders`` holds the fitted
+        :class:`Encoders` (checkpoints keep them, so eval/predict can encode new files).
 
-    from mtl_train.data.schema import DenseFeature, FeatureSchema, SparseFeature, Table
+    Raises:
+        DataError: a missing column (naming split and column) or a binary label that is not 0/1.
+    """
+    from mtl_train.data.files import require_columns
+    from mtl_train.data.schema import DenseFeature, FeatureSchema, SparseFeature
 
     train = splits["train"]
-    vocabs = {c: Vocabulary.fit(train.column(c), min_count) for c in sparse}
-    scalers = {c: Standardizer.fit(train.column(c)) for c in dense}
+    require_columns(train.column_names, list(sparse) + list(dense), "train split", "feature column")
+    enc = Encoders.fit(train, sparse, dense, tasks, min_count, extra)
     schema = FeatureSchema(
-        sparse=[SparseFeature(c, vocabs[c].size) for c in sparse],
+        sparse=[SparseFeature(c, enc.sparse[c].size) for c in sparse],
         dense=[DenseFeature(c) for c in dense],
         tasks=list(tasks),
         eval_columns=list(extra),
+        encoders=enc,
     )
     tables, report = {}, {}
     for name, tbl in splits.items():
-        n = tbl.num_rows
-        ids = np.empty((n, len(sparse)), dtype=np.int64)
-        rep = {"rows": n, "null_ids": {}, "oov_ids": {}, "null_labels": {}}
-        for j, c in enumerate(sparse):
-            ids[:, j], nulls, oov = vocabs[c].encode(tbl.column(c))
-            rep["null_ids"][c], rep["oov_ids"][c] = nulls, oov
-        num = np.empty((n, len(dense)), dtype=np.float32)
-        for j, c in enumerate(dense):
-            num[:, j] = scalers[c].transform(tbl.column(c))
-        labels = np.empty((n, len(tasks)), dtype=np.float32)
-        for j, t in enumerate(tasks):
-            labels[:, j] = np.asarray(
-                pc.cast(tbl.column(t.label), pa.float32()).to_numpy(zero_copy_only=False), dtype=np.float32
-            )
-            col = labels[:, j]
-            rep["null_labels"][t.name] = int(np.isnan(col).sum())
-            if t.type == "binary":
-                bad = ~np.isnan(col) & (col != 0) & (col != 1)
-                if bad.any():
-                    raise DataError(
-                        f"{name} split: label column '{t.label}' of binary task '{t.name}' holds "
-                        f"{int(bad.sum())} values other than 0/1 (first: {col[bad][0]:g})"
-                    )
-        extras = {
-            c: torch.from_numpy(
-                np.asarray(pc.cast(tbl.column(c), pa.float32()).to_numpy(zero_copy_only=False), dtype=np.float32)
-            )
-            for c in extra
-        }
-        tables[name] = Table(torch.from_numpy(ids), torch.from_numpy(num), torch.from_numpy(labels), extras)
-        report[name] = rep
+        tables[name], report[name] = enc.transform(tbl, f"{name} split")
     return schema, tables, report

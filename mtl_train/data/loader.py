@@ -15,6 +15,14 @@ class InMemoryLoader:
     order of every epoch is reproducible and independent of how many epochs ran before.
     With ``rank``/``world_size`` each rank takes every world_size-th row of the permutation.
 
+    Data position (the interface every train loader implements, for exact resume):
+    ``set_epoch(e)`` starts epoch ``e`` at its first batch; ``state_dict()`` is
+    ``{"epoch": e, "batch": b}`` where ``b`` batches of epoch ``e`` have been handed out;
+    after ``load_state_dict(state)`` the next ``__iter__`` yields batch ``b`` onwards of epoch
+    ``e``, the very batches an uninterrupted iteration would have yielded (the permutation is
+    a pure function of (seed, epoch)). An epoch once exhausted yields nothing more until the
+    next ``set_epoch``.
+
     Yields: dicts {"sparse": int64 [B, F_s], "dense": float32 [B, F_d], "labels": float32 [B, T], ...}.
     """
 
@@ -23,9 +31,23 @@ class InMemoryLoader:
         self.table, self.batch_size, self.shuffle, self.seed = table, batch_size, shuffle, seed
         self.drop_last, self.rank, self.world_size = drop_last, rank, world_size
         self.epoch = 0
+        self.batch = 0  # batches of self.epoch handed out so far
 
     def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+        self.epoch, self.batch = int(epoch), 0
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "batch": self.batch}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Resume at batch ``state["batch"]`` of epoch ``state["epoch"]``.
+
+        Raises:
+            ValueError: the batch index is outside [0, len(self)]."""
+        epoch, batch = int(state["epoch"]), int(state["batch"])
+        if not 0 <= batch <= len(self):
+            raise ValueError(f"loader state: batch {batch} outside [0, {len(self)}] (did the data change?)")
+        self.epoch, self.batch = epoch, batch
 
     def _order(self) -> torch.Tensor | None:
         n = len(self.table)
@@ -43,6 +65,8 @@ class InMemoryLoader:
         order = self._order()
         n = len(self.table) if order is None else len(order)
         stop = n - n % self.batch_size if self.drop_last else n
-        for s in range(0, stop, self.batch_size):
+        for s in range(self.batch * self.batch_size, stop, self.batch_size):
             e = min(s + self.batch_size, n)
-            yield self.table.slice(s, e) if order is None else self.table.take(order[s:e])
+            batch = self.table.slice(s, e) if order is None else self.table.take(order[s:e])
+            self.batch += 1  # counted when handed out: state_dict() taken while it is used points past it
+            yield batch

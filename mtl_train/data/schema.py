@@ -73,6 +73,9 @@ class FeatureSchema:
     dense: list[DenseFeature]
     tasks: list[Task]
     eval_columns: list[str] = field(default_factory=list)
+    encoders: object = field(default=None, compare=False, repr=False)
+    """The fitted :class:`~mtl_train.data.encode.Encoders` (raw columns -> Table) of a
+    file-based dataset, or None; kept in checkpoints so that eval/predict can encode new files."""
 
     def __post_init__(self) -> None:
         names = [t.name for t in self.tasks]

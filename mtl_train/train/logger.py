@@ -35,13 +35,15 @@ def flatten(d: dict, prefix: str = "") -> dict:
 class RunLogger:
     """Writes TensorBoard events under ``<run_dir>/tb`` and drives a tqdm progress bar."""
 
-    def __init__(self, run_dir: str, cfg, loss_names: list[str], progress: bool = True):
+    def __init__(self, run_dir: str, cfg, loss_names: list[str], progress: bool = True, purge_step: int | None = None):
+        """``purge_step``: on resume, the first step the resumed run will write; TensorBoard then
+        drops the events at or after it that the interrupted run had written (no duplicates)."""
         from torch.utils.tensorboard import SummaryWriter
 
         self.cfg = cfg
         self.loss_names = loss_names
         self.every = max(1, int(cfg.trainer.log_every_steps))
-        self.writer = SummaryWriter(os.path.join(run_dir, "tb"))
+        self.writer = SummaryWriter(os.path.join(run_dir, "tb"), purge_step=purge_step)
         self.show_progress = progress
         self._t = time.perf_counter()
         self._samples = 0
@@ -103,6 +105,10 @@ class RunLogger:
                     if m.get(metric) is not None:
                         metrics[f"hparams/{split}/{metric}/{name}"] = m[metric]
         self.writer.add_hparams(hparams, metrics, run_name=".")
+
+    def flush(self) -> None:
+        """Write pending events to disk (before a checkpoint, so a kill loses none of them)."""
+        self.writer.flush()
 
     def close(self) -> None:
         self.writer.flush()

@@ -1,13 +1,28 @@
 """The training loop: train, evaluate on val, early-stop, checkpoint, test with the best weights.
 
 Read top to bottom: :func:`run` builds everything from the config and calls :class:`Trainer`.
+
+Runs you can trust:
+
+- every piece of state lives in :meth:`Trainer.state` (model, optimizers, LR schedulers,
+  balancer, step, epoch, data position, early-stopping counters, every RNG), written
+  atomically to ``checkpoints/last.pt`` every ``trainer.checkpoint_every_steps`` steps, at
+  each epoch end and at the end, and to ``checkpoints/best.pt`` on each val improvement;
+- ``trainer.resume=<run dir or checkpoint>`` restores all of it, so a run killed at any point
+  and resumed ends with the same metrics.json as an uninterrupted one (CPU, same seed);
+- SIGINT/SIGTERM finish the current step, write last.pt and raise :class:`RunInterrupted`;
+- a non-finite loss stops the run naming the step and task (``trainer.nonfinite=stop``) or
+  skips the batch, counted in run.json (``skip``); a non-finite model is never saved.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import os
+import shutil
+import signal
 import time
 
 import numpy as np
@@ -18,7 +33,7 @@ from mtl_train.balancing.base import build_balancer
 from mtl_train.data.datasets import load_dataset
 from mtl_train.data.loader import InMemoryLoader
 from mtl_train.data.schema import DatasetBundle, Table
-from mtl_train.errors import ConfigError, DataError
+from mtl_train.errors import ConfigError, DataError, RunInterrupted, TrainingError
 from mtl_train.metrics import binary_metrics, regression_metrics
 from mtl_train.models.builder import MultiTaskModel, build_model
 from mtl_train.train import checkpoint as ckpt
@@ -87,6 +102,30 @@ def monitor_value(metrics: dict, monitor: str) -> float | None:
     return metrics[what].get(metric)
 
 
+def lr_factor(step: int, tcfg, total_steps: int) -> float:
+    """Multiplier of ``trainer.lr`` for the optimizer step with 0-based index ``step``.
+
+    - warmup (any scheduler): ``(step + 1) / warmup_steps`` for ``step < warmup_steps``
+      (linear warmup, Goyal et al. 2017, "Accurate, Large Minibatch SGD");
+    - ``none``: 1;
+    - ``cosine``: ``r + (1 - r) * (1 + cos(pi * p)) / 2`` with ``r = min_lr_ratio`` and
+      ``p = (step - warmup) / (total_steps - warmup)`` clipped to [0, 1] (SGDR, Loshchilov &
+      Hutter 2017, one cycle without restarts);
+    - ``step``: ``gamma ** ((step - warmup) // step_size)``.
+    """
+    warm = int(tcfg.warmup_steps)
+    if warm and step < warm:
+        return (step + 1) / warm
+    k = step - warm
+    if tcfg.scheduler == "cosine":
+        p = min(max(k / max(1, total_steps - warm), 0.0), 1.0)
+        r = float(tcfg.min_lr_ratio)
+        return r + (1 - r) * 0.5 * (1 + math.cos(math.pi * p))
+    if tcfg.scheduler == "step":
+        return float(tcfg.gamma) ** (k // int(tcfg.step_size))
+    return 1.0
+
+
 def build_optimizer(model: torch.nn.Module, cfg) -> list[torch.optim.Optimizer]:
     """Adam/AdamW for dense parameters; a sparse embedding table (``model.sparse_embedding``)
     gets ``torch.optim.SparseAdam`` with the same learning rate."""
@@ -107,9 +146,14 @@ def build_optimizer(model: torch.nn.Module, cfg) -> list[torch.optim.Optimizer]:
 
 
 class Trainer:
-    """Owns the loop and every piece of state a checkpoint holds."""
+    """Owns the loop and every piece of state a checkpoint holds.
 
-    def __init__(self, cfg: DictConfig, data: DatasetBundle, run_dir: str):
+    Args:
+        cfg: the validated config. data: the dataset bundle. run_dir: where to write.
+        resume_state: a checkpoint dict (see :mod:`mtl_train.train.checkpoint`) to continue from.
+    """
+
+    def __init__(self, cfg: DictConfig, data: DatasetBundle, run_dir: str, resume_state: dict | None = None):
         self.cfg, self.data, self.run_dir = cfg, data, run_dir
         tcfg = cfg.trainer
         self.device = resolve_device(tcfg.device)
@@ -118,48 +162,164 @@ class Trainer:
         self.balancer = build_balancer(cfg.loss, self.loss_names, self.model).to(self.device)
         self.optimizers = build_optimizer(self.model, tcfg)
         self.loader = InMemoryLoader(data.train, tcfg.batch_size, shuffle=True, seed=cfg.seed)
+        steps = tcfg.epochs * len(self.loader)
+        self.total_steps = min(steps, tcfg.max_steps) if tcfg.max_steps else steps
+        self.schedulers = [torch.optim.lr_scheduler.LambdaLR(o, lambda s: lr_factor(s, tcfg, self.total_steps))
+                           for o in self.optimizers]
         self.ckpt_dir = os.path.join(run_dir, "checkpoints")
-        self.logger = RunLogger(run_dir, cfg, self.loss_names, progress=tcfg.progress)
         self.step = 0
         self.epoch = 0
         self.best: float | None = None
         self.best_step = -1
         self.bad_evals = 0
         self.last_eval_step = -1
+        self.done = False
+        self.nonfinite_skipped = 0
+        self.resumes: list[dict] = []
+        self.last_saved_step: int | None = None
+        self._data_state: dict | None = None
+        self._signal: int | None = None
         self.sign = 1.0 if tcfg.monitor_mode == "max" else -1.0
         if tcfg.monitor_mode not in ("max", "min"):
             raise ConfigError(f"trainer.monitor_mode: '{tcfg.monitor_mode}' is not one of max, min")
+        if resume_state is not None:
+            self.load_state(resume_state)
+        purge = self.step + 1 if resume_state is not None else None
+        self.logger = RunLogger(run_dir, cfg, self.loss_names, progress=tcfg.progress, purge_step=purge)
 
     # ---- checkpoint -------------------------------------------------------------------
     def state(self) -> dict:
+        """Everything needed to continue the run exactly (see :mod:`mtl_train.train.checkpoint`)."""
         return {
+            "format": ckpt.FORMAT_VERSION,
             "model": self.model.state_dict(),
             "optimizers": [o.state_dict() for o in self.optimizers],
+            "schedulers": [s.state_dict() for s in self.schedulers],
             "balancer": self.balancer.state_dict(),
             "step": self.step,
             "epoch": self.epoch,
+            "data": self.loader.state_dict(),
             "best": self.best,
             "best_step": self.best_step,
             "bad_evals": self.bad_evals,
+            "last_eval_step": self.last_eval_step,
+            "done": self.done,
+            "nonfinite_skipped": self.nonfinite_skipped,
+            "resumes": self.resumes,
             "rng": ckpt.rng_state(),
             "config": OmegaConf.to_container(self.cfg, resolve=True),
+            "schema": self.data.schema,
         }
 
+    def load_state(self, state: dict) -> None:
+        """Restore a checkpoint written by :meth:`state` (RNG states last, so that nothing
+        done while rebuilding the model shifts them).
+
+        Raises:
+            DataError: the checkpoint's feature schema differs from the data's.
+        """
+        saved = state.get("schema")
+        if saved is not None and not _same_schema(saved, self.data.schema):
+            raise DataError("trainer.resume: the data's features or tasks differ from the checkpoint's "
+                            "(did the dataset or its files change?)")
+        self.model.load_state_dict(state["model"])
+        for o, s in zip(self.optimizers, state["optimizers"]):
+            o.load_state_dict(s)
+        for sch, s in zip(self.schedulers, state.get("schedulers", [])):
+            sch.load_state_dict(s)
+        self.balancer.load_state_dict(state["balancer"])
+        self.step, self.epoch = int(state["step"]), int(state["epoch"])
+        self.best, self.best_step, self.bad_evals = state["best"], state["best_step"], state["bad_evals"]
+        self.last_eval_step = state.get("last_eval_step", -1)
+        self.done = bool(state.get("done", False))
+        self.nonfinite_skipped = int(state.get("nonfinite_skipped", 0))
+        self.resumes = list(state.get("resumes", [])) + [{"step": self.step, "epoch": self.epoch}]
+        self._data_state = state.get("data")
+        self.last_saved_step = self.step
+        ckpt.set_rng_state(state["rng"])
+
     def save(self, name: str) -> None:
+        """Write ``checkpoints/<name>`` atomically; never a model with non-finite parameters.
+
+        Raises:
+            TrainingError: the model's parameters are not finite (the old file is kept)."""
+        if not ckpt.all_finite(self.model.state_dict()):
+            raise TrainingError(f"model parameters became non-finite by step {self.step}; {name} not written, "
+                                f"{self._last_good()}")
+        self.logger.flush()
         ckpt.save_atomic(self.state(), os.path.join(self.ckpt_dir, name))
+        if name == "last.pt":
+            self.last_saved_step = self.step
+
+    def _last_good(self) -> str:
+        if self.last_saved_step is None:
+            return "no checkpoint had been written yet"
+        return f"the last good checkpoint is {os.path.join(self.ckpt_dir, 'last.pt')} (step {self.last_saved_step})"
+
+    # ---- signals ----------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _signal_handlers(self):
+        """SIGINT/SIGTERM set a flag; the loop checks it after each step, writes last.pt and
+        raises :class:`RunInterrupted`. A second signal acts at once (default behaviour)."""
+        def handler(signum, frame):
+            if self._signal is not None:  # second signal: stop now
+                signal.signal(signum, signal.SIG_DFL)
+                if signum == signal.SIGINT:
+                    raise KeyboardInterrupt
+                os.kill(os.getpid(), signum)
+                return
+            self._signal = signum
+            log.warning("%s received: finishing step %d, then writing a checkpoint (again to stop now)",
+                        signal.Signals(signum).name, self.step + 1)
+
+        previous = {}
+        try:
+            for s in (signal.SIGINT, signal.SIGTERM):
+                previous[s] = signal.signal(s, handler)
+        except ValueError:  # not the main thread: leave signals alone
+            pass
+        try:
+            yield
+        finally:
+            for s, h in previous.items():
+                signal.signal(s, h)
+
+    def _check_signal(self, bar) -> None:
+        if self._signal is None:
+            return
+        self.logger.close_progress(bar)
+        self.save("last.pt")
+        self.logger.close()
+        raise RunInterrupted(self._signal, self.step, os.path.join(self.ckpt_dir, "last.pt"), self.run_dir)
 
     # ---- loop -------------------------------------------------------------------------
-    def train_step(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict]:
+    def train_step(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict] | None:
+        """One optimizer step; returns (losses [T], logs), or None when the batch was skipped
+        for a non-finite loss (``trainer.nonfinite=skip``).
+
+        Raises:
+            TrainingError: a non-finite loss with ``trainer.nonfinite=stop``."""
         out = self.model(batch)
         losses, counts = self.model.graph.losses(out, batch["labels"])
         if not bool(torch.isfinite(losses).all()):
-            bad = [n for n, v in zip(self.loss_names, losses.tolist()) if not math.isfinite(v)]
-            raise FloatingPointError(f"non-finite loss at step {self.step} in task(s) {bad}")
+            vals = losses.tolist()
+            bad = ", ".join(f"'{n}' ({v})" for n, v in zip(self.loss_names, vals) if not math.isfinite(v))
+            if self.cfg.trainer.nonfinite == "skip":
+                self.nonfinite_skipped += 1
+                log.warning("non-finite loss at step %d in task %s: batch skipped (%d so far)", self.step + 1, bad,
+                            self.nonfinite_skipped)
+                return None
+            raise TrainingError(f"non-finite loss at step {self.step + 1} (epoch {self.epoch + 1}) in task {bad}; "
+                                f"stopped, {self._last_good()}; trainer.nonfinite=skip skips such batches")
         for o in self.optimizers:
             o.zero_grad(set_to_none=True)
         logs = self.balancer.backward(losses, counts, self.model, out)
         for o in self.optimizers:
             o.step()
+        for sch in self.schedulers:
+            sch.step()
+        logs = dict(logs)
+        logs["lr"] = self.optimizers[0].param_groups[0]["lr"]
         return losses.detach(), logs
 
     def evaluate(self, split: str) -> dict:
@@ -184,38 +344,66 @@ class Trainer:
                  self.best_step)
         return tcfg.patience is not None and self.bad_evals >= tcfg.patience
 
+    def _max_reached(self) -> bool:
+        m = self.cfg.trainer.max_steps
+        return bool(m) and self.step >= m
+
     def fit(self) -> dict:
+        """Train until ``trainer.epochs``, ``trainer.max_steps`` or early stopping, then
+        :meth:`finish`. A resumed trainer continues at its step, epoch and data position."""
         tcfg = self.cfg.trainer
         self.model.train()
-        stop = False
+        stop = self.done or self._max_reached() or (tcfg.patience is not None and self.bad_evals >= tcfg.patience)
         t_start = time.perf_counter()
-        while self.epoch < tcfg.epochs and not stop:
-            self.loader.set_epoch(self.epoch)
-            bar = self.logger.progress(len(self.loader), f"epoch {self.epoch + 1}/{tcfg.epochs}")
-            for batch in self.loader:
-                batch = to_device(batch, self.device)
-                losses, logs = self.train_step(batch)
-                self.step += 1
-                n = batch["labels"].shape[0]
-                self.logger.train_step(self.step, n, losses, self.balancer.weights(), logs, bar)
-                if tcfg.eval_every_steps and self.step % tcfg.eval_every_steps == 0:
-                    stop = self.validate()
-                if (tcfg.max_steps and self.step >= tcfg.max_steps) or stop:
-                    stop = True
-                    break
-            self.logger.close_progress(bar)
-            self.epoch += 1
-            if not tcfg.eval_every_steps:
-                stop = self.validate() or stop
-            self.save("last.pt")
-        if self.last_eval_step != self.step:
-            self.validate()
+        with self._signal_handlers():
+            while self.epoch < tcfg.epochs and not stop:
+                if self._data_state is not None and int(self._data_state["epoch"]) == self.epoch:
+                    self.loader.load_state_dict(self._data_state)
+                else:
+                    self.loader.set_epoch(self.epoch)
+                self._data_state = None
+                start = self.loader.state_dict()["batch"]
+                bar = self.logger.progress(len(self.loader) - start, f"epoch {self.epoch + 1}/{tcfg.epochs}")
+                for batch in self.loader:
+                    batch = to_device(batch, self.device)
+                    result = self.train_step(batch)
+                    if result is not None:
+                        losses, logs = result
+                        self.step += 1
+                        n = batch["labels"].shape[0]
+                        self.logger.train_step(self.step, n, losses, self.balancer.weights(), logs, bar)
+                        if tcfg.eval_every_steps and self.step % tcfg.eval_every_steps == 0:
+                            stop = self.validate()
+                        stop = stop or self._max_reached()
+                        if (tcfg.checkpoint_every_steps and self.step % tcfg.checkpoint_every_steps == 0
+                                and not stop):
+                            self.save("last.pt")
+                            log.info("checkpoint: last.pt at step %d", self.step)
+                    elif bar is not None:
+                        bar.update(1)
+                    self._check_signal(bar)
+                    if stop:
+                        break
+                self.logger.close_progress(bar)
+                self.epoch += 1
+                if not tcfg.eval_every_steps:
+                    stop = self.validate() or stop
+                if self.epoch < tcfg.epochs:
+                    self.loader.set_epoch(self.epoch)  # the position a checkpoint now records
+                if not stop:
+                    self.save("last.pt")
+                    log.info("checkpoint: last.pt at step %d (end of epoch %d)", self.step, self.epoch)
+                self._check_signal(None)
+            if self.last_eval_step != self.step:
+                self.validate()
+            self.done = True
             self.save("last.pt")
         train_s = time.perf_counter() - t_start
         return self.finish(train_s)
 
     def finish(self, train_s: float) -> dict:
-        """Reload best.pt, evaluate val and test, write metrics.json."""
+        """Reload best.pt, evaluate val and test, write metrics.json (metrics only, so that two
+        runs with one config and seed write identical files) and run.json (timings, counts)."""
         best_path = os.path.join(self.ckpt_dir, "best.pt")
         if os.path.exists(best_path):
             self.model.load_state_dict(ckpt.load(best_path, self.device)["model"])
@@ -224,11 +412,14 @@ class Trainer:
         self.logger.final(results)
         with open(os.path.join(self.run_dir, "metrics.json"), "w") as f:
             json.dump(results, f, indent=2)
+        if self.nonfinite_skipped:
+            log.warning("%d batch(es) skipped for a non-finite loss (trainer.nonfinite=skip)", self.nonfinite_skipped)
         run_info = {
             "steps": self.step, "epochs": self.epoch, "best_step": self.best_step, "best": self.best,
             "monitor": self.cfg.trainer.monitor, "train_seconds": round(train_s, 3),
             "train_samples_per_s": round(self.step * self.cfg.trainer.batch_size / max(train_s, 1e-9), 1),
             "device": str(self.device), "data": self.data.info.get("protocol"),
+            "nonfinite_skipped": self.nonfinite_skipped, "resumed_at": self.resumes,
         }
         with open(os.path.join(self.run_dir, "run.json"), "w") as f:
             json.dump(run_info, f, indent=2)
@@ -236,16 +427,96 @@ class Trainer:
         return results
 
 
-def run(cfg: DictConfig, run_dir: str) -> dict:
-    """Load the data, build model and balancer, train, test; return the metrics dict."""
+def _same_schema(a, b) -> bool:
+    return ([(f.name, f.vocab_size) for f in a.sparse], [f.name for f in a.dense], list(a.tasks)) == \
+        ([(f.name, f.vocab_size) for f in b.sparse], [f.name for f in b.dense], list(b.tasks))
+
+
+# keys a resumed run may change (they do not alter the trajectory, or extend it on purpose)
+RESUMABLE_KEYS = ("trainer.resume", "trainer.progress", "trainer.device", "trainer.num_threads",
+                  "trainer.log_every_steps", "trainer.checkpoint_every_steps", "trainer.epochs", "trainer.max_steps",
+                  "trainer.patience", "mode", "checkpoint", "infer")
+
+
+def resume_config(stored: dict, current: DictConfig, overridden: list[str]) -> DictConfig:
+    """The config of a resumed run: the checkpoint's config, with the command-line overrides
+    of :data:`RESUMABLE_KEYS` applied. Any other override must agree with the checkpoint.
+
+    Args:
+        stored: the checkpoint's ``config``. current: the composed config of this invocation.
+        overridden: the keys set on this command line (``trainer.epochs``, ``model``, ...).
+
+    Raises:
+        ConfigError: an override that would change the run being resumed.
+    """
+    from mtl_train.config import validate
+
+    out = OmegaConf.create(stored)
+    for key in overridden:
+        key = key.lstrip("+~")
+        if key.startswith("hydra"):
+            continue
+        cur = OmegaConf.select(current, key, default=None)
+        if any(key == k or key.startswith(k + ".") for k in RESUMABLE_KEYS):
+            OmegaConf.update(out, key, OmegaConf.to_container(cur) if isinstance(cur, DictConfig) else cur,
+                             force_add=True)
+            continue
+        old = OmegaConf.select(out, key, default=None)
+        as_plain = lambda v: OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v  # noqa: E731
+        if as_plain(cur) != as_plain(old):
+            raise ConfigError(f"{key}: differs from the run being resumed ({as_plain(old)!r} there, {as_plain(cur)!r} "
+                              f"here); a resumed run keeps its config (changeable: {', '.join(RESUMABLE_KEYS)})")
+    return validate(out)
+
+
+def _check_labels(data: DatasetBundle) -> None:
+    for k, task in enumerate(data.schema.tasks):
+        col = data.train.labels[:, k]
+        if task.type == "binary" and not bool((col == 1).any()):
+            raise DataError(f"dataset: task '{task.name}' (column '{task.label}') has no positive label in the training split")
+
+
+def run(cfg: DictConfig, run_dir: str, overridden: list[str] = ()) -> dict:
+    """Load the data, build model and balancer, train, test; return the metrics dict.
+
+    With ``trainer.resume`` the run continues from that checkpoint (or the run directory's
+    ``checkpoints/last.pt``) with the checkpoint's config (see :func:`resume_config`).
+
+    Raises:
+        ConfigError: ``run_dir`` already holds a checkpoint and no resume was asked for;
+            a bad resume target or override.
+        DataError: bad data (see the dataset loaders); no positive label in train.
+        TrainingError: a non-finite loss (``trainer.nonfinite=stop``).
+        RunInterrupted: SIGINT/SIGTERM (after writing last.pt).
+    """
+    state = None
+    if cfg.trainer.resume:
+        path = ckpt.find_checkpoint(cfg.trainer.resume, "trainer.resume")
+        state = ckpt.load(path)
+        cfg = resume_config(state["config"], cfg, list(overridden))
+        log.info("resuming %s at step %d (epoch %d)", path, state["step"], state["epoch"])
+        source = ckpt.run_dir_of(path)
+        if source and os.path.realpath(source) != os.path.realpath(run_dir):
+            # continuing elsewhere: bring the best weights along, finish() tests with them
+            best = os.path.join(source, "checkpoints", "best.pt")
+            if os.path.exists(best) and not os.path.exists(os.path.join(run_dir, "checkpoints", "best.pt")):
+                os.makedirs(os.path.join(run_dir, "checkpoints"), exist_ok=True)
+                shutil.copy2(best, os.path.join(run_dir, "checkpoints", "best.pt"))
+        stale = ckpt.remove_stale_temporaries(os.path.join(run_dir, "checkpoints"))
+        if stale:
+            log.info("removed %d partial checkpoint file(s) of the interrupted run", len(stale))
+    else:
+        existing = ckpt.existing_checkpoints(run_dir)
+        if existing:
+            raise ConfigError(
+                f"hydra.run.dir: {run_dir} already holds a checkpoint ({os.path.basename(existing[0])}); continue that "
+                f"run with trainer.resume={run_dir}, or choose another directory"
+            )
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
     if cfg.trainer.num_threads:
         torch.set_num_threads(cfg.trainer.num_threads)
     data = load_dataset(cfg.dataset, cfg.seed)
-    for k, task in enumerate(data.schema.tasks):
-        col = data.train.labels[:, k]
-        if task.type == "binary" and not bool((col == 1).any()):
-            raise DataError(f"dataset: task '{task.name}' (column '{task.label}') has no positive label in the training split")
-    trainer = Trainer(cfg, data, run_dir)
+    _check_labels(data)
+    trainer = Trainer(cfg, data, run_dir, resume_state=state)
     return trainer.fit()

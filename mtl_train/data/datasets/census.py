@@ -73,6 +73,8 @@ def read_raw(path: str, max_rows: int | None = None) -> pa.Table:
     """
     if not os.path.isfile(path):
         raise DataError(f"census file not found: {path}")
+    if not os.access(path, os.R_OK):
+        raise DataError(f"{path}: not readable (permission denied)")
     try:
         tbl = pacsv.read_csv(
             path,
@@ -103,6 +105,14 @@ def _with_labels(tbl: pa.Table, tasks: list[str]) -> pa.Table:
         _, fn = TASKS[name]
         tbl = tbl.append_column(f"label_{name}", pc.cast(fn(tbl), pa.int8()))
     return tbl
+
+
+def read_file(cfg, path: str) -> pa.Table:
+    """One raw Census-Income file with the label columns of ``cfg.tasks`` (for eval/predict).
+
+    Raises:
+        DataError: see :func:`read_raw`."""
+    return _with_labels(read_raw(path), cfg.tasks)
 
 
 def load(cfg, seed: int) -> DatasetBundle:

@@ -1,0 +1,183 @@
+"""``mode=eval`` and ``mode=predict``: score a trained checkpoint without its training run.
+
+The model is rebuilt from what the checkpoint stores: its config (model, graph, dataset) and
+its :class:`~mtl_train.data.schema.FeatureSchema` with the fitted encoders
+(vocabularies, standardisers), so new files are encoded exactly as the training data were.
+
+    mtl-train mode=eval checkpoint=<run dir | file.pt> infer.split=test
+    mtl-train mode=eval checkpoint=<run dir | file.pt> infer.input=new.parquet
+    mtl-train mode=predict checkpoint=<run dir | file.pt> infer.input=new.parquet infer.output=p.parquet
+
+A run directory means its ``checkpoints/best.pt`` (else ``last.pt``). Scoring uses the same
+batches and the same forward pass as the training run's evaluation, so ``mode=eval`` on a
+split reproduces that split's entry of the run's metrics.json, and the AUC of a prediction
+file scored afterwards (rows with a non-null ``label_<task>``) equals ``mode=eval``'s.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+
+import numpy as np
+import pyarrow as pa
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from mtl_train.data.datasets import load_dataset, read_file
+from mtl_train.data.files import require_columns
+from mtl_train.data.schema import Table
+from mtl_train.errors import ConfigError, DataError
+from mtl_train.models.builder import build_model
+from mtl_train.train import checkpoint as ckpt
+from mtl_train.train.trainer import _same_schema, evaluate, resolve_device, to_device
+
+log = logging.getLogger(__name__)
+
+
+def load_model(checkpoint: str | None, device: torch.device):
+    """Rebuild the model of a checkpoint.
+
+    Returns:
+        (model in eval mode, the checkpoint's validated config, its FeatureSchema, the file path).
+
+    Raises:
+        ConfigError: no ``checkpoint`` given, or nothing at that path.
+        DataError: an unreadable checkpoint or one without a stored schema.
+    """
+    from mtl_train.config import validate
+
+    if not checkpoint:
+        raise ConfigError("checkpoint: eval and predict need checkpoint=<checkpoint file or run directory>")
+    path = ckpt.find_checkpoint(checkpoint, "checkpoint", prefer=("best.pt", "last.pt"))
+    state = ckpt.load(path, device)
+    schema = state.get("schema")
+    if schema is None:
+        raise DataError(f"{path}: the checkpoint holds no feature schema (written by an older mtl-train)")
+    cfg = validate(OmegaConf.create(state["config"]))
+    model = build_model(schema, cfg.model, cfg.graph).to(device)
+    model.load_state_dict(state["model"])
+    model.eval()
+    log.info("checkpoint %s (step %d)", path, state.get("step", -1))
+    return model, cfg, schema, path
+
+
+def load_input(cfg: DictConfig, trained: DictConfig, schema, labels_required: bool):
+    """The rows to score: ``infer.input`` (a file in the dataset's format, encoded with the
+    checkpoint's encoders) or the split ``infer.split`` of the checkpoint's dataset.
+
+    Returns:
+        (Table, name used in metrics and messages, the raw pyarrow table of a file or None).
+    """
+    if cfg.infer.input:
+        if getattr(schema, "encoders", None) is None:
+            raise ConfigError(f"infer.input: dataset '{trained.dataset.name}' of this checkpoint has no fitted "
+                              f"encoders for files (its rows are generated); use infer.split=train|val|test")
+        path = os.path.abspath(os.path.expanduser(cfg.infer.input))
+        raw = read_file(trained.dataset, path)
+        table, _ = schema.encoders.transform(raw, path, labels_required=labels_required)
+        return table, "input", raw
+    np.random.seed(trained.seed)
+    torch.manual_seed(trained.seed)
+    data = load_dataset(trained.dataset, trained.seed)
+    if not _same_schema(data.schema, schema):
+        raise DataError(f"dataset: the {trained.dataset.name} data now differ from the checkpoint's features "
+                        f"(did its files change?)")
+    return getattr(data, cfg.infer.split), cfg.infer.split, None
+
+
+def _write_atomic(write, path: str) -> None:
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.splitext(path)[1], dir=folder)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def run_eval(cfg: DictConfig, run_dir: str) -> dict:
+    """``mode=eval``: exact metrics of the checkpoint on a split or a file.
+
+    Writes ``infer.output`` or ``<run_dir>/eval.json``, laid out like metrics.json:
+    ``{"<split>" or "input": {"<task>": {"auc", "logloss", ...}}}``. Returns that dict."""
+    device = resolve_device(cfg.trainer.device)
+    model, trained, schema, _ = load_model(cfg.checkpoint, device)
+    table, name, _ = load_input(cfg, trained, schema, labels_required=True)
+    bs = cfg.infer.batch_size or trained.trainer.eval_batch_size
+    results = {name: evaluate(model, table, device, bs, name)}
+    out = cfg.infer.output or os.path.join(run_dir, "eval.json")
+    _write_atomic(lambda p: open(p, "w").write(json.dumps(results, indent=2)), out)
+    log.info("eval metrics written to %s", out)
+    return results
+
+
+@torch.no_grad()
+def predict_table(model, table: Table, device: torch.device, batch_size: int) -> dict[str, tuple[np.ndarray, np.ndarray, str]]:
+    """Scores of every evaluated output on every row of ``table``, in row order.
+
+    Returns:
+        {output: (score float32 [N], label float32 [N] with NaN where the row is not scored
+        for that output, type)}. Same batches and forward pass as
+        :func:`mtl_train.train.trainer.evaluate`.
+    """
+    parts: dict[str, list] = {}
+    types: dict[str, str] = {}
+    for s in range(0, len(table), batch_size):
+        batch = to_device(table.slice(s, min(s + batch_size, len(table))), device)
+        out = model(batch)
+        for name, eo in model.graph.eval_outputs(out, batch).items():
+            label = torch.where(eo.mask, eo.label.float(), torch.full_like(eo.label.float(), float("nan")))
+            parts.setdefault(name, []).append((eo.score.float().cpu(), label.cpu()))
+            types[name] = eo.type
+    return {n: (torch.cat([a for a, _ in p]).numpy(), torch.cat([b for _, b in p]).numpy(), types[n])
+            for n, p in parts.items()}
+
+
+def run_predict(cfg: DictConfig, run_dir: str) -> str:
+    """``mode=predict``: write per-task probabilities to Parquet; returns the file's path.
+
+    Columns: the id columns first (``infer.id_columns``, default every sparse feature column:
+    raw values of a file input; for a split, ``row`` (position in the split) then the
+    vocabulary ids), then for each output ``prob_<task>`` (``pred_<task>`` for regression;
+    float32) and ``label_<task>`` (float32, null where the label is missing or the row is not
+    scored for that task, e.g. ``graph.parent_positive_only``).
+
+    Raises:
+        DataError: an id column not in the input.
+    """
+    device = resolve_device(cfg.trainer.device)
+    model, trained, schema, _ = load_model(cfg.checkpoint, device)
+    table, name, raw = load_input(cfg, trained, schema, labels_required=False)
+    bs = cfg.infer.batch_size or trained.trainer.eval_batch_size
+    scores = predict_table(model, table, device, bs)
+    sparse_names = [f.name for f in schema.sparse]
+    ids = list(cfg.infer.id_columns) if cfg.infer.id_columns is not None else sparse_names
+    cols: dict[str, pa.Array] = {}
+    if raw is not None:
+        require_columns(raw.column_names, ids, cfg.infer.input, "id column (infer.id_columns)")
+        for c in ids:
+            cols[c] = raw.column(c)
+    else:
+        require_columns(sparse_names, ids, f"{name} split", "id column (infer.id_columns; a split has its sparse features)")
+        cols["row"] = pa.array(np.arange(len(table), dtype=np.int64))
+        for c in ids:
+            cols[c] = pa.array(table.sparse[:, sparse_names.index(c)].numpy())
+    for out_name, (score, label, typ) in scores.items():
+        cols[f"{'pred' if typ == 'regression' else 'prob'}_{out_name}"] = pa.array(score)
+        cols[f"label_{out_name}"] = pa.array(label, from_pandas=True)
+    out = cfg.infer.output or os.path.join(run_dir, "predictions.parquet")
+    tbl = pa.table(cols)
+
+    def write(p):
+        import pyarrow.parquet as pq
+
+        pq.write_table(tbl, p)
+
+    _write_atomic(write, out)
+    log.info("%d predictions written to %s", len(table), out)
+    return out
