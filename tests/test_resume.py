@@ -1,6 +1,7 @@
 """Exact resume across processes: a run killed with SIGKILL mid-epoch, resumed, then stopped
-with SIGTERM, resumed again, ends with the metrics.json of an uninterrupted run; two
-uninterrupted runs with one seed write identical metrics.json files."""
+with SIGTERM, resumed again, ends with the metrics.json of an uninterrupted run (to 1e-6, and
+in fact byte for byte: the same config and seed give identical metrics.json files in four
+different processes)."""
 import json
 import os
 import signal
@@ -11,8 +12,8 @@ import torch
 
 from conftest import run_cli
 
-ARGS = ["dataset.train_rows=4000", "dataset.val_rows=500", "dataset.test_rows=500", "dataset.vocab_sizes=[50,50,20]",
-        "trainer.progress=false", "trainer.batch_size=64", "trainer.epochs=3", "trainer.device=cpu",
+ARGS = ["dataset.train_rows=3000", "dataset.val_rows=500", "dataset.test_rows=500", "dataset.vocab_sizes=[50,50,20]",
+        "trainer.progress=false", "trainer.batch_size=64", "trainer.epochs=2", "trainer.device=cpu",
         "model.expert_hidden=[16]", "model.num_experts=2", "model.embedding_dim=4", "graph.tower_hidden=[8]",
         "trainer.checkpoint_every_steps=5", "trainer.scheduler=cosine", "trainer.warmup_steps=5", "loss=gradnorm",
         "model.dropout=0.1", "trainer.log_every_steps=10"]
@@ -41,13 +42,11 @@ def _step(path):
 
 
 def test_sigkill_then_sigterm_resume_equals_uninterrupted_and_runs_are_deterministic(tmp_path):
-    ref, ref2, run = tmp_path / "ref", tmp_path / "ref2", tmp_path / "run"
+    ref, run = tmp_path / "ref", tmp_path / "run"
     run_cli([*ARGS, f"hydra.run.dir={ref}"], cwd=tmp_path)
-    run_cli([*ARGS, f"hydra.run.dir={ref2}"], cwd=tmp_path)
     expected = (ref / "metrics.json").read_text()
-    assert (ref2 / "metrics.json").read_text() == expected  # determinism: byte-identical
     total = json.loads((ref / "run.json").read_text())["steps"]
-    assert total == 3 * 63
+    assert total == 2 * 47
 
     # 1. SIGKILL mid-epoch, right after the checkpoint at step 10
     proc = _start([*ARGS, f"hydra.run.dir={run}"], tmp_path)
@@ -55,7 +54,7 @@ def test_sigkill_then_sigterm_resume_equals_uninterrupted_and_runs_are_determini
     assert proc.returncode == -signal.SIGKILL
     assert not (run / "metrics.json").exists()
     killed_at = _step(run / "checkpoints" / "last.pt")
-    assert 10 <= killed_at < total and killed_at % 63 != 0  # a mid-epoch checkpoint
+    assert 10 <= killed_at < total and killed_at % 47 != 0  # a mid-epoch checkpoint
 
     # 2. a new run pointed at that directory refuses to start
     proc2 = run_cli([*ARGS, f"hydra.run.dir={run}"], cwd=tmp_path, check=False)
@@ -73,7 +72,9 @@ def test_sigkill_then_sigterm_resume_equals_uninterrupted_and_runs_are_determini
 
     # 4. resume from the checkpoint file to the end
     run_cli([f"trainer.resume={run / 'checkpoints' / 'last.pt'}", "trainer.progress=false"], cwd=tmp_path)
-    got = json.loads((run / "metrics.json").read_text())
+    got_text = (run / "metrics.json").read_text()
+    assert got_text == expected  # determinism across processes, through two interruptions
+    got = json.loads(got_text)
     want = json.loads(expected)
     for split in want:
         for task in want[split]:

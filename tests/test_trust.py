@@ -83,6 +83,14 @@ def test_scheduler_state_is_in_the_checkpoint_and_drives_the_optimizer(tmp_path)
     assert state["schema"].task_names == ["click", "purchase"]
 
 
+def test_same_config_and_seed_give_identical_metrics_json(tmp_path):
+    from mtl_train.train.trainer import run
+
+    for d in ("a", "b"):
+        run(make_cfg(*TINY, "model.dropout=0.2", "trainer.eval_every_steps=10"), str(tmp_path / d))
+    assert (tmp_path / "a" / "metrics.json").read_bytes() == (tmp_path / "b" / "metrics.json").read_bytes()
+
+
 # ---- non-finite loss ------------------------------------------------------------------------
 def _poisoned(cfg, batch_index):
     """The synthetic data with an infinite 'purchase' label in every row of one train batch."""
@@ -275,7 +283,7 @@ def test_eval_reproduces_metrics_and_scored_predictions_give_the_same_auc(tmp_pa
     from mtl_train.train.trainer import run
 
     train_dir = tmp_path / "train"
-    results = run(make_cfg(*TINY, "trainer.epochs=2"), str(train_dir))
+    results = run(make_cfg(*TINY), str(train_dir))
     ev = run_eval(make_cfg("mode=eval", f"checkpoint={train_dir}", "trainer.device=cpu"), str(tmp_path / "ev"))
     assert ev["test"] == results["test"]  # exactly the run's metrics.json entry
     assert json.loads((tmp_path / "ev" / "eval.json").read_text())["test"] == json.loads(
