@@ -164,6 +164,8 @@ def test_a_directory_with_a_checkpoint_is_refused_unless_resuming(tmp_path):
         f"hydra.run.dir='{tmp_path}'"
     with pytest.raises(DataError, match="not a readable checkpoint"):
         run(make_cfg(*TINY, f"trainer.resume={tmp_path}"), str(tmp_path))
+    with pytest.raises(ConfigError, match="trainer.resume: no such file or run directory: .*/nope"):
+        run(make_cfg(*TINY, f"trainer.resume={tmp_path / 'nope'}"), str(tmp_path / "new"))
 
 
 def test_resume_config_keeps_the_run_config_and_refuses_changes():

@@ -8,6 +8,9 @@ A training checkpoint (``checkpoints/last.pt``, ``checkpoints/best.pt``) is a di
 state), ``config`` (the resolved config as a plain dict) and ``schema`` (the
 :class:`~mtl_train.data.schema.FeatureSchema`, with the fitted encoders where the dataset
 has them), so that eval/predict can rebuild the model without the training data.
+
+Checkpoints are pickles (``torch.load(weights_only=False)``, needed for the schema and the RNG
+states): load only checkpoints you trust.
 """
 from __future__ import annotations
 

@@ -111,7 +111,11 @@ def run_eval(cfg: DictConfig, run_dir: str) -> dict:
     bs = cfg.infer.batch_size or trained.trainer.eval_batch_size
     results = {name: evaluate(model, table, device, bs, name)}
     out = cfg.infer.output or os.path.join(run_dir, "eval.json")
-    _write_atomic(lambda p: open(p, "w").write(json.dumps(results, indent=2)), out)
+    def write(p):
+        with open(p, "w") as f:
+            json.dump(results, f, indent=2)
+
+    _write_atomic(write, out)
     log.info("eval metrics written to %s", out)
     return results
 
