@@ -184,6 +184,18 @@ def test_resume_config_keeps_the_run_config_and_refuses_changes():
         resume_config(stored, make_cfg("model=mmoe"), ["model"])
 
 
+def test_a_finished_run_resumed_with_more_epochs_equals_a_longer_run(tmp_path):
+    from mtl_train.train.trainer import run
+
+    run(make_cfg(*TINY, "trainer.epochs=2", "trainer.patience=null"), str(tmp_path / "long"))
+    short = tmp_path / "short"
+    run(make_cfg(*TINY, "trainer.patience=null"), str(short))
+    assert json.loads((short / "run.json").read_text())["steps"] == 32
+    run(make_cfg(f"trainer.resume={short}", "trainer.epochs=2"), str(short), ["trainer.resume", "trainer.epochs"])
+    assert json.loads((short / "run.json").read_text())["steps"] == 64
+    assert (short / "metrics.json").read_bytes() == (tmp_path / "long" / "metrics.json").read_bytes()
+
+
 # ---- config validation --------------------------------------------------------------------------
 @pytest.mark.parametrize("overrides, needle", [
     (["mode=serve"], "mode: 'serve' is not one of train, eval, predict"),

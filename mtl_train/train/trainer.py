@@ -306,8 +306,10 @@ class Trainer:
             bad = ", ".join(f"'{n}' ({v})" for n, v in zip(self.loss_names, vals) if not math.isfinite(v))
             if self.cfg.trainer.nonfinite == "skip":
                 self.nonfinite_skipped += 1
-                log.warning("non-finite loss at step %d in task %s: batch skipped (%d so far)", self.step + 1, bad,
-                            self.nonfinite_skipped)
+                if self.nonfinite_skipped <= 10 or self.nonfinite_skipped % 100 == 0:
+                    log.warning("non-finite loss at step %d in task %s: batch skipped (%d so far%s)", self.step + 1,
+                                bad, self.nonfinite_skipped, "; further skips are logged every 100th"
+                                if self.nonfinite_skipped == 10 else "")
                 return None
             raise TrainingError(f"non-finite loss at step {self.step + 1} (epoch {self.epoch + 1}) in task {bad}; "
                                 f"stopped, {self._last_good()}; trainer.nonfinite=skip skips such batches")
@@ -353,7 +355,9 @@ class Trainer:
         :meth:`finish`. A resumed trainer continues at its step, epoch and data position."""
         tcfg = self.cfg.trainer
         self.model.train()
-        stop = self.done or self._max_reached() or (tcfg.patience is not None and self.bad_evals >= tcfg.patience)
+        # a resumed run stops where the run would have: epochs, max_steps, early stopping (so a
+        # finished run resumed with more trainer.epochs trains on; unchanged, it only re-tests)
+        stop = self._max_reached() or (tcfg.patience is not None and self.bad_evals >= tcfg.patience)
         t_start = time.perf_counter()
         with self._signal_handlers():
             while self.epoch < tcfg.epochs and not stop:
