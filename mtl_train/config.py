@@ -7,7 +7,7 @@ A new option registers its schema in ``SCHEMAS`` (group -> selector value -> dat
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
-from typing import Any, List, Optional
+from typing import Any, Dict, List, Optional
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
@@ -92,6 +92,28 @@ class EqualLoss:
 
 
 @dataclass
+class StaticLoss:
+    name: str = "static"
+    weights: Dict[str, float] = field(default_factory=dict)
+    default_weight: float = 1.0
+
+
+@dataclass
+class UncertaintyLoss:
+    name: str = "uncertainty"
+    form: str = "auto"
+    lr: float = 1e-3
+    init_log_var: float = 0.0
+
+
+@dataclass
+class DWALoss:
+    name: str = "dwa"
+    temperature: float = 2.0
+    window_steps: int = 100
+
+
+@dataclass
 class GradNormLoss:
     name: str = "gradnorm"
     alpha: float = 1.5
@@ -99,6 +121,32 @@ class GradNormLoss:
     target: str = "last_shared_layer"
     initial_loss: str = "first_step"
     min_weight: float = 1e-3
+
+
+@dataclass
+class PCGradLoss:
+    name: str = "pcgrad"
+    reduction: str = "sum"
+    seed: int = 0
+
+
+@dataclass
+class CAGradLoss:
+    name: str = "cagrad"
+    c: float = 0.4
+    rescale: int = 1
+
+
+@dataclass
+class MGDALoss:
+    name: str = "mgda"
+    normalization: str = "loss+"
+
+
+@dataclass
+class GradNormPCGradLoss(GradNormLoss):
+    name: str = "gradnorm_pcgrad"
+    seed: int = 0
 
 
 # ---- trainer ----------------------------------------------------------------------------
@@ -149,7 +197,11 @@ SCHEMAS: dict[str, tuple[str, dict[str, type]]] = {
     "dataset": ("name", {"synthetic": SyntheticData, "census": CensusData}),
     "model": ("backbone", {"single_task": MLPModel, "shared_bottom": MLPModel, "mmoe": MoEModel, "ple": PLEModel}),
     "graph": ("name", {"independent": IndependentGraph}),
-    "loss": ("name", {"equal": EqualLoss, "gradnorm": GradNormLoss}),
+    "loss": ("name", {
+        "equal": EqualLoss, "static": StaticLoss, "uncertainty": UncertaintyLoss, "dwa": DWALoss,
+        "gradnorm": GradNormLoss, "pcgrad": PCGradLoss, "cagrad": CAGradLoss, "mgda": MGDALoss,
+        "gradnorm_pcgrad": GradNormPCGradLoss,
+    }),
     "trainer": ("", {"": TrainerConfig}),
 }
 # top-level dict-valued keys that are not config groups (no options, one schema)
@@ -160,9 +212,10 @@ POSITIVE = {
     "train_rows", "val_rows", "test_rows", "embedding_dim", "num_experts", "num_levels", "epochs", "batch_size",
     "eval_batch_size", "lr", "eval_every_steps", "max_steps", "log_every_steps", "num_threads", "min_count",
     "max_rows", "min_weight", "patience", "num_gates", "step_size", "checkpoint_every_steps", "gamma",
+    "temperature", "window_steps",
 }
 NON_NEGATIVE = {"num_dense", "num_task_experts", "num_shared_experts", "weight_decay", "dropout", "alpha", "min_delta",
-                "warmup_steps", "min_lr_ratio"}
+                "warmup_steps", "min_lr_ratio", "c", "default_weight"}
 # string keys with a closed set of values: (group, key) -> allowed values
 CHOICES = {
     ("trainer", "scheduler"): ("none", "cosine", "step"),

@@ -14,7 +14,14 @@ from mtl_train.errors import ConfigError
 
 BALANCERS = {
     "equal": "mtl_train.balancing.equal:Equal",
+    "static": "mtl_train.balancing.static:Static",
+    "uncertainty": "mtl_train.balancing.uncertainty:Uncertainty",
+    "dwa": "mtl_train.balancing.dwa:DWA",
     "gradnorm": "mtl_train.balancing.gradnorm:GradNorm",
+    "pcgrad": "mtl_train.balancing.pcgrad:PCGrad",
+    "cagrad": "mtl_train.balancing.cagrad:CAGrad",
+    "mgda": "mtl_train.balancing.mgda:MGDA",
+    "gradnorm_pcgrad": "mtl_train.balancing.gradnorm_pcgrad:GradNormPCGrad",
 }
 
 
@@ -25,13 +32,22 @@ class Balancer:
         loss_names: names of the T loss terms, in order.
         cfg: the ``loss`` config group.
 
-    Subclasses implement :meth:`backward` and keep their state in :meth:`state_dict`.
+    Subclasses implement :meth:`backward` and keep their whole state (weights, initial losses,
+    loss history, the weights' own optimizer, random generators) in :meth:`state_dict`, so
+    that a run resumed from a checkpoint continues with identical weights.
+
+    Attributes:
+        log_due: True when the coming :meth:`backward` belongs to a step that the run logger
+            writes (the trainer sets it before each step from ``trainer.log_every_steps``);
+            methods compute their diagnostic logs (e.g. gradient cosines) only then. True by
+            default, so direct callers always get logs.
     """
 
     def __init__(self, loss_names: list[str], cfg, model=None):
         self.loss_names = list(loss_names)
         self.num_tasks = len(loss_names)
         self.cfg = cfg
+        self.log_due = True
 
     def to(self, device: torch.device) -> "Balancer":
         return self
@@ -59,6 +75,28 @@ class Balancer:
 
     def load_state_dict(self, state: dict) -> None:
         pass
+
+    @staticmethod
+    def no_task_backward(losses: torch.Tensor) -> dict[str, float]:
+        """No task has a valid row: zero gradients (as ``loss=equal`` gives), nothing updated."""
+        (losses.sum() * 0.0).backward()
+        return {}
+
+
+def require_shared(model, method: str) -> None:
+    """Raise ConfigError when ``model`` shares no parameter between tasks (``model=single_task``)."""
+    if model is not None and not [p for p in model.shared_parameters() if p.requires_grad]:
+        raise ConfigError(f"loss={method}: this model shares no parameters between tasks "
+                          "(gradient methods need shared layers; use e.g. model=mmoe or model=shared_bottom)")
+
+
+def task_kinds(model, loss_names: list[str]) -> list[str]:
+    """``binary`` or ``regression`` for each loss term (``binary`` when the model has no schema
+    or the loss term is not a task)."""
+    types = {}
+    if model is not None and getattr(model, "schema", None) is not None:
+        types = {t.name: t.type for t in model.schema.tasks}
+    return [types.get(n, "binary") for n in loss_names]
 
 
 def build_balancer(cfg, loss_names: list[str], model) -> Balancer:

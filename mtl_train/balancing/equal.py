@@ -11,6 +11,6 @@ class Equal(Balancer):
 
     def backward(self, losses: torch.Tensor, counts: torch.Tensor, model, out: dict) -> dict[str, float]:
         valid = counts > 0
-        total = losses[valid].sum() if bool(valid.any()) else losses.sum() * 0.0
+        total = torch.where(valid, losses, torch.zeros_like(losses)).sum()  # no host sync
         total.backward()
         return {}

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
-from mtl_train.balancing.base import Balancer
+from mtl_train.balancing.base import Balancer, task_kinds
+from mtl_train.balancing.gradients import combine, cosine_logs, gram, masked_step, set_grad, valid_tasks
 from mtl_train.errors import ConfigError
 
 
@@ -15,8 +17,7 @@ class GradNorm(Balancer):
 
     Each step, with L_i the task losses:
 
-    - G_i = ||grad_W (w_i L_i)||_2 = w_i ||grad_W L_i||_2, computed by one partial backward per
-      task that stops at W (no extra full backward pass);
+    - G_i = ||grad_W (w_i L_i)||_2 = w_i ||grad_W L_i||_2;
     - L~_i = L_i / L_i(0), r_i = L~_i / mean_j L~_j (relative inverse training rate);
     - target_i = mean_j(G_j) * r_i ** alpha, held constant (no gradient through it);
     - L_grad = sum_i |G_i - target_i|, whose gradient reaches the weights only:
@@ -24,6 +25,13 @@ class GradNorm(Balancer):
     - the weights take a step of their own optimizer (Adam, ``loss.lr``), are clamped to at
       least ``loss.min_weight`` (kept positive) and renormalised so that sum_i w_i = T;
     - the model's gradient is that of sum_i w_i L_i with the weights of this step (detached).
+
+    Cost (``target: last_shared_layer``): one partial backward per task that stops at W gives
+    grad_W L_i (the norms); then one backward of sum_i w_i L_i that skips W's own weight
+    gradient (``torch.autograd.backward(inputs=...)`` leaves W out), and W's gradient is
+    assembled as sum_i w_i grad_W L_i from the per-task ones. So the only extra work over
+    ``loss=equal`` is T-1 weight-gradient products of W plus T passes through the
+    (small) layers above W.
 
     Choices the paper leaves open, and the ones made here:
 
@@ -34,8 +42,11 @@ class GradNorm(Balancer):
       task has valid rows) or ``log2`` (log 2, the loss of an uninformed binary classifier; a
       regression task falls back to its first-step loss).
     - A task with no valid rows in a batch is left out: its G_i is not computed, it does not
-      enter mean(G) or mean(L~), and its weight does not change that step (the other weights
-      are renormalised to sum to T minus its weight).
+      enter mean(G) or mean(L~), and neither its weight nor its Adam moments change that step
+      (the other weights are renormalised to sum to T minus its weight).
+
+    Logs (on logged steps): ``grad_norm/<task>`` (G_i), ``gradnorm/loss`` (L_grad) and
+    ``grad_cos/<a>/<b>``, the cosine between the tasks' gradients at W.
 
     Raises:
         ConfigError: the model has no shared layer (e.g. ``model=single_task``), or a bad option.
@@ -52,16 +63,13 @@ class GradNorm(Balancer):
         if cfg.lr <= 0:
             raise ConfigError(f"loss.lr: must be positive, got {cfg.lr}")
         if model is not None and self.target == "last_shared_layer" and not model.last_shared_layer():
-            raise ConfigError("loss=gradnorm: this model shares no layer between tasks (use a model with shared layers)")
+            raise ConfigError(f"loss={cfg.name}: this model shares no layer between tasks (use a model with shared layers)")
         self.min_weight = float(cfg.min_weight)
         self.w = torch.ones(self.num_tasks, requires_grad=True)
         self.initial = torch.full((self.num_tasks,), float("nan"))
-        is_binary = [True] * self.num_tasks
-        if model is not None:
-            types = {t.name: t.type for t in model.schema.tasks}
-            is_binary = [types.get(n, "binary") == "binary" for n in self.loss_names]
         if cfg.initial_loss == "log2":
-            self.initial = torch.tensor([math.log(2) if b else float("nan") for b in is_binary])
+            kinds = task_kinds(model, loss_names)
+            self.initial = torch.tensor([math.log(2) if k == "binary" else float("nan") for k in kinds])
         self.opt = torch.optim.Adam([self.w], lr=float(cfg.lr))
 
     def to(self, device):
@@ -73,7 +81,7 @@ class GradNorm(Balancer):
         return self
 
     def weights(self) -> torch.Tensor:
-        return self.w.detach().clone()
+        return self.w.detach().cpu().clone()
 
     def _target_tensors(self, model, out) -> list[torch.Tensor]:
         if self.target == "last_shared_layer":
@@ -82,41 +90,72 @@ class GradNorm(Balancer):
             raise ConfigError("loss.target=shared_representation: this model has no shared representation")
         return [out["shared"]]
 
-    def backward(self, losses: torch.Tensor, counts: torch.Tensor, model, out: dict) -> dict[str, float]:
-        valid = counts > 0
-        idx = valid.nonzero().flatten().tolist()
+    def _record_initial(self, losses: torch.Tensor, valid: torch.Tensor) -> None:
         with torch.no_grad():
             fresh = valid & torch.isnan(self.initial)
-            self.initial[fresh] = losses.detach()[fresh]
-        W = self._target_tensors(model, out)
-        norms = torch.zeros(self.num_tasks, device=losses.device)
-        for i in idx:
-            grads = torch.autograd.grad(losses[i], W, retain_graph=True, allow_unused=True)
-            sq = sum((g.pow(2).sum() for g in grads if g is not None), torch.zeros((), device=losses.device))
-            norms[i] = sq.sqrt()
-        w = self.w.detach()
-        (w[valid] * losses[valid]).sum().backward()
+            self.initial[fresh] = losses.detach()[fresh].to(self.initial.dtype)
 
+    def update_weights(self, norms: torch.Tensor, losses: torch.Tensor, valid: torch.Tensor, w: torch.Tensor) -> dict:
+        """One GradNorm step of the weights.
+
+        Args:
+            norms: [T] ||grad_W L_i|| (anything where the task is not valid).
+            losses: [T] this step's losses; valid: bool [T]; w: [T] the weights used this step.
+
+        Returns:
+            logs (``gradnorm/loss`` and ``grad_norm/<task>`` on logged steps).
+        """
+        with torch.no_grad():
+            norms = norms.to(self.w.device, self.w.dtype)
+            G = w[valid] * norms[valid]
+            ratio = losses.detach().to(self.w.dtype)[valid] / self.initial[valid]
+            r = ratio / ratio.mean().clamp_min(1e-12)
+            target = G.mean() * r.pow(self.alpha)
+            grad = torch.zeros_like(self.w)
+            grad[valid] = torch.sign(G - target) * norms[valid]
+            before = self.w.detach().clone()
+            self.w.grad = grad
+        masked_step(self.opt, self.w, valid)
+        with torch.no_grad():
+            self.w.grad = None
+            self.w.clamp_(min=self.min_weight)
+            self.w[~valid] = before[~valid]
+            budget = self.num_tasks - before[~valid].sum()
+            self.w[valid] *= budget / self.w[valid].sum()
         logs = {}
-        if len(idx) >= 1:
-            with torch.no_grad():
-                G = w[valid] * norms[valid]
-                ratio = losses.detach()[valid] / self.initial[valid]
-                r = ratio / ratio.mean().clamp_min(1e-12)
-                target = G.mean() * r.pow(self.alpha)
-                grad = torch.zeros_like(self.w)
-                grad[valid] = torch.sign(G - target) * norms[valid]
-                before = self.w.detach().clone()
-                self.w.grad = grad
-                self.opt.step()
-                self.w.grad = None
-                self.w[~valid] = before[~valid]
-                self.w.clamp_(min=self.min_weight)
-                budget = self.num_tasks - before[~valid].sum()
-                self.w[valid] *= budget / self.w[valid].sum()
-                logs["gradnorm/loss"] = float((G - target).abs().sum())
-        for i, n in enumerate(self.loss_names):
-            logs[f"grad_norm/{n}"] = float(norms[i] * w[i])
+        if self.log_due:
+            logs["gradnorm/loss"] = float((G - target).abs().sum())
+            for i, n in enumerate(self.loss_names):
+                if bool(valid[i]):
+                    logs[f"grad_norm/{n}"] = float(norms[i] * w[i])
+        return logs
+
+    def backward(self, losses, counts, model, out):
+        valid = counts > 0
+        idx = valid_tasks(counts)
+        if not idx:
+            return self.no_task_backward(losses)
+        self._record_initial(losses, valid)
+        W = self._target_tensors(model, out)
+        grads = [list(torch.autograd.grad(losses[i], W, retain_graph=True, allow_unused=True)) for i in idx]
+        K = gram(grads, list(range(len(W))))
+        norms = torch.zeros(self.num_tasks)
+        norms[idx] = torch.tensor(np.sqrt(np.maximum(np.diag(K), 0.0)), dtype=norms.dtype)
+        w = self.w.detach()
+        total = torch.where(valid, w.to(losses.dtype) * losses, torch.zeros_like(losses)).sum()
+        if self.target == "last_shared_layer":
+            # the weight gradient of W is assembled from the per-task ones: skip it in this pass
+            w_ids = {id(p) for p in W}
+            rest = [p for p in model.parameters() if p.requires_grad and id(p) not in w_ids]
+            torch.autograd.backward(total, inputs=rest)
+            coef = [float(w[i]) for i in idx]
+            for k, p in enumerate(W):
+                set_grad(p, combine(grads, k, coef))
+        else:
+            total.backward()
+        logs = self.update_weights(norms, losses, valid, w)
+        if self.log_due:
+            logs.update(cosine_logs(K, [self.loss_names[i] for i in idx]))
         return logs
 
     def state_dict(self) -> dict:

@@ -315,6 +315,8 @@ class Trainer:
                                 f"stopped, {self._last_good()}; trainer.nonfinite=skip skips such batches")
         for o in self.optimizers:
             o.zero_grad(set_to_none=True)
+        # the balancer computes its diagnostics (gradient cosines...) only on steps the logger writes
+        self.balancer.log_due = (self.step + 1) % max(1, int(self.cfg.trainer.log_every_steps)) == 0
         logs = self.balancer.backward(losses, counts, self.model, out)
         for o in self.optimizers:
             o.step()

@@ -1,0 +1,54 @@
+"""Static weighting: fixed per-task weights from the config."""
+from __future__ import annotations
+
+import torch
+
+from mtl_train.balancing.base import Balancer
+from mtl_train.errors import ConfigError
+
+
+class Static(Balancer):
+    """L = sum_i w_i L_i over the tasks with at least one valid row, w fixed by the config.
+
+    Config: ``loss.weights`` maps a loss name to its weight (e.g.
+    ``'loss.weights={click: 1.0, purchase: 5.0}'``); loss terms not named get
+    ``loss.default_weight``. Weights must be finite and non-negative.
+
+    Raises:
+        ConfigError: a name in ``loss.weights`` that is not a loss term of the model, or a
+            negative / non-finite weight (naming the key).
+    """
+
+    def __init__(self, loss_names, cfg, model=None):
+        super().__init__(loss_names, cfg, model)
+        given = dict(cfg.get("weights") or {})
+        unknown = [k for k in given if k not in self.loss_names]
+        if unknown:
+            raise ConfigError(f"loss.weights.{unknown[0]}: not a loss term of this model (have {self.loss_names})")
+        default = float(cfg.get("default_weight", 1.0))
+        w = [float(given.get(n, default)) for n in self.loss_names]
+        for n, v in zip(self.loss_names, w):
+            if not (v >= 0 and v < float("inf")):
+                key = f"loss.weights.{n}" if n in given else "loss.default_weight"
+                raise ConfigError(f"{key}: must be finite and non-negative, got {v}")
+        self.w = torch.tensor(w)
+
+    def to(self, device):
+        self.w = self.w.to(device)
+        return self
+
+    def weights(self) -> torch.Tensor:
+        return self.w.detach().cpu().clone()
+
+    def backward(self, losses, counts, model, out):
+        valid = counts > 0
+        w = self.w.to(losses.device, losses.dtype)
+        total = torch.where(valid, w * losses, torch.zeros_like(losses)).sum()
+        total.backward()
+        return {}
+
+    def state_dict(self) -> dict:
+        return {"w": self.w.detach().cpu()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.w = state["w"].to(self.w.device)
