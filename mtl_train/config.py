@@ -94,7 +94,7 @@ class EqualLoss:
 @dataclass
 class StaticLoss:
     name: str = "static"
-    weights: Dict[str, float] = field(default_factory=dict)
+    weights: Optional[Dict[str, float]] = None
     default_weight: float = 1.0
 
 
