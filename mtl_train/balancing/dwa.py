@@ -61,7 +61,7 @@ class DWA(Balancer):
         return self
 
     def weights(self) -> torch.Tensor:
-        return self.w.detach().cpu().clone()
+        return self.w.detach().clone()  # on the balancer's device: no host sync per step
 
     def observe(self, losses: torch.Tensor, valid: torch.Tensor) -> None:
         """Add one step's losses (valid tasks only) to the current window; close the window every

@@ -44,7 +44,7 @@ def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         if a.is_sparse and b.is_sparse:
             return torch.sparse.sum(a * b).to(torch.float32) if a._nnz() and b._nnz() else a.new_zeros((), dtype=torch.float32)
         s, d = (a, b) if a.is_sparse else (b, a)
-        return (s._values() * d[s._indices()[0]]).sum()
+        return (s._values() * d.reshape(s.shape)[s._indices()[0]]).sum()
     return torch.dot(a.reshape(-1), b.reshape(-1))
 
 
@@ -59,12 +59,14 @@ def gram(grads: list[list[torch.Tensor | None]], select: list[int]) -> np.ndarra
     dev = next((g.device for row in grads for g in row if g is not None), torch.device("cpu"))
     K = torch.zeros(m, m, dtype=torch.float32, device=dev)
     for k in select:
+        # flatten each gradient once (a non-contiguous one, e.g. a transposed activation gradient, is copied once)
+        flat = [None if row[k] is None else row[k] if row[k].is_sparse else row[k].reshape(-1) for row in grads]
         for i in range(m):
-            gi = grads[i][k]
+            gi = flat[i]
             if gi is None:
                 continue
             for j in range(i, m):
-                gj = grads[j][k]
+                gj = flat[j]
                 if gj is None:
                     continue
                 d = _dot(gi, gj).float()

@@ -81,7 +81,7 @@ class GradNorm(Balancer):
         return self
 
     def weights(self) -> torch.Tensor:
-        return self.w.detach().cpu().clone()
+        return self.w.detach().clone()  # on the balancer's device: no host sync per step
 
     def _target_tensors(self, model, out) -> list[torch.Tensor]:
         if self.target == "last_shared_layer":

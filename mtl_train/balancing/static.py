@@ -38,7 +38,7 @@ class Static(Balancer):
         return self
 
     def weights(self) -> torch.Tensor:
-        return self.w.detach().cpu().clone()
+        return self.w.detach().clone()  # on the balancer's device: no host sync per step
 
     def backward(self, losses, counts, model, out):
         valid = counts > 0

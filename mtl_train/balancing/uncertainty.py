@@ -59,7 +59,7 @@ class Uncertainty(Balancer):
         return self
 
     def weights(self) -> torch.Tensor:
-        return (self.c * torch.exp(-self.log_var.detach())).cpu()
+        return self.c * torch.exp(-self.log_var.detach())
 
     def objective(self, losses: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         """sum over valid tasks of c_i exp(-s_i) L_i + s_i / 2 (scalar, differentiable in the
