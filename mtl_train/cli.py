@@ -2,6 +2,7 @@
 
     mtl-train dataset=census dataset.path=census-income.test.gz model=ple loss=gradnorm
     mtl-train -m model=mmoe,ple loss=equal,gradnorm        # a sweep, one directory per job
+    mtl-train -m experiment=census_compare                 # a canonical comparison (conf/experiment/)
     mtl-train trainer.resume=outputs/2026-01-01/12-00-00_1234ab  # continue a run in its directory
     mtl-train mode=eval checkpoint=<run dir or .pt> infer.split=test   # re-evaluate a checkpoint
     mtl-train mode=predict checkpoint=<run dir or .pt> infer.input=new.parquet
@@ -14,7 +15,9 @@ how to resume.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import logging
+import math
 import os
 import secrets
 import sys
@@ -23,6 +26,7 @@ from importlib import resources
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from mtl_train.config import SECTIONS
@@ -64,6 +68,18 @@ def _default_choices() -> dict[str, str]:
     return out
 
 
+def _experiment_choices(name: str) -> dict[str, str]:
+    """``{group: option}`` from the ``override /<group>: <option>`` defaults of ``conf/experiment/<name>.yaml``."""
+    exp = OmegaConf.load(str(_conf_root() / "experiment" / f"{name}.yaml"))
+    out = {}
+    for item in exp.get("defaults", []) or []:
+        if isinstance(item, DictConfig):
+            for k, v in item.items():
+                k = str(k).removeprefix("override ").strip().lstrip("/")
+                out[k] = str(v)
+    return out
+
+
 def precheck_overrides(args: list[str]) -> None:
     """Catch the commonest command-line mistakes before Hydra composes the config, so that
     each gets one clear line: an unknown option of a group (``model=mmeo``) and an unknown
@@ -77,6 +93,7 @@ def precheck_overrides(args: list[str]) -> None:
         ConfigError: naming the group and option, or the key.
     """
     choices = _default_choices()
+    cli_groups: set[str] = set()
     dotted = []
     for arg in args:
         if arg.startswith("-") or "=" not in arg or arg[0] in "+~":
@@ -91,11 +108,22 @@ def precheck_overrides(args: list[str]) -> None:
                 if v not in options:
                     raise ConfigError(f"{key}={v}: unknown {key} '{v}' (choose from {', '.join(options)})")
             choices[key] = values[0]
+            cli_groups.add(key)
         elif "." in key:
             dotted.append(key)
         elif key not in ("seed", "mode", "checkpoint"):
             raise ConfigError(f"{key}: unknown config key (groups: {', '.join(GROUPS)}; "
-                              f"top-level keys: seed, mode, checkpoint, infer)")
+                              f"top-level keys: seed, mode, checkpoint, infer, objective)")
+    if choices.get("experiment") in group_options("experiment"):
+        # an experiment's `override /<group>: <option>` picks the option unless the command line does
+        for group, option in _experiment_choices(choices["experiment"]).items():
+            if group not in cli_groups:
+                choices[group] = option
+    sweeper = next((a.split("=", 1)[1] for a in args if a.startswith("hydra/sweeper=")), None)
+    if sweeper is None and choices.get("experiment") in group_options("experiment"):
+        sweeper = _experiment_choices(choices["experiment"]).get("hydra/sweeper")
+    if sweeper == "optuna" and importlib.util.find_spec("hydra_plugins.hydra_optuna_sweeper") is None:
+        raise ConfigError('hydra/sweeper=optuna: the Optuna sweeper is not installed (pip install "mtl-train[optuna]")')
     for key in dotted:
         group, sub = key.split(".", 1)
         if group in SECTIONS:
@@ -177,13 +205,33 @@ def _print_results(results: dict) -> None:
             print(f"{split:5s} {name:20s} {shown}")
 
 
+_FAILED_JOBS: list[str] = []
+
+
+def _job_failed(run_dir: str, err: Exception) -> float:
+    """In a sweep, one job's bad input (e.g. ``loss=gradnorm`` with ``model=single_task``, which
+    shares no layer) must not end the other jobs: print the one-line error, keep it in
+    ``<job dir>/error.txt`` (``mtl-report`` shows it), and return NaN, which Optuna records as a
+    failed trial. :func:`main` exits 2 after the sweep when any job failed."""
+    name = os.path.basename(os.path.normpath(run_dir))
+    print(f"mtl-train: error: job {name}: {err}", file=sys.stderr)
+    os.makedirs(run_dir, exist_ok=True)
+    with open(os.path.join(run_dir, "error.txt"), "w") as f:
+        f.write(f"{err}\n")
+    _FAILED_JOBS.append(name)
+    return math.nan
+
+
 @hydra.main(version_base="1.3", config_path="pkg://mtl_train.conf", config_name="config")
 def app(cfg: DictConfig) -> float | None:
-    """One run (one job of a sweep): ``mode=train`` returns the val monitor value (the sweep
-    objective); ``mode=eval`` / ``mode=predict`` score a checkpoint (see
-    :mod:`mtl_train.train.infer`) and return None."""
+    """One run (one job of a sweep): ``mode=train`` returns the sweep objective (top-level
+    ``objective``: a weighted sum of tasks' val metric, default the val monitor, see
+    :mod:`mtl_train.objective`); ``mode=eval`` / ``mode=predict`` score a checkpoint (see
+    :mod:`mtl_train.train.infer`) and return None. In a sweep, a job's bad input ends that job
+    only (:func:`_job_failed`)."""
     from mtl_train.config import validate
-    from mtl_train.train.trainer import monitor_value, run
+    from mtl_train.objective import objective_value
+    from mtl_train.train.trainer import run
 
     hc = HydraConfig.get()
     run_dir = hc.runtime.output_dir
@@ -203,13 +251,20 @@ def app(cfg: DictConfig) -> float | None:
                 print(f"predictions: {out}")
             return None
     except MtlError as e:
-        _fail(e)
+        if hc.mode != RunMode.MULTIRUN:
+            _fail(e)
+        return _job_failed(run_dir, e)
     except RunInterrupted as e:
         log.warning("%s", e)
         _fail(e, 128 + e.signum)
     log.info("run finished in %.1f s: %s", time.perf_counter() - t0, run_dir)
     _print_results(results)
-    return monitor_value(results["val"], typed.trainer.monitor)
+    try:
+        return objective_value(results["val"], typed.get("objective"), typed.trainer.monitor)
+    except MtlError as e:
+        if hc.mode != RunMode.MULTIRUN:
+            _fail(e)
+        return _job_failed(run_dir, e)
 
 
 def main() -> None:
@@ -220,6 +275,10 @@ def main() -> None:
     except MtlError as e:
         _fail(e)
     app()
+    if _FAILED_JOBS:
+        print(f"mtl-train: error: {len(_FAILED_JOBS)} job(s) of the sweep failed (see error.txt in each): "
+              f"{', '.join(_FAILED_JOBS)}", file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -192,6 +192,15 @@ class InferConfig:
     batch_size: Optional[int] = None
 
 
+@dataclass
+class Objective:
+    """What the app returns to a sweeper (see :mod:`mtl_train.objective`): the sum over ``tasks``
+    of weight * val ``metric``; ``tasks: null`` returns the val monitor (``trainer.monitor``)."""
+
+    metric: str = "auc"
+    tasks: Optional[Dict[str, float]] = None
+
+
 # group -> (selector key, {selector value: schema})
 SCHEMAS: dict[str, tuple[str, dict[str, type]]] = {
     "dataset": ("name", {"synthetic": SyntheticData, "census": CensusData}),
@@ -205,7 +214,7 @@ SCHEMAS: dict[str, tuple[str, dict[str, type]]] = {
     "trainer": ("", {"": TrainerConfig}),
 }
 # top-level dict-valued keys that are not config groups (no options, one schema)
-SECTIONS: dict[str, type] = {"infer": InferConfig}
+SECTIONS: dict[str, type] = {"infer": InferConfig, "objective": Objective}
 
 # keys that must be > 0 where set (None allowed where the schema is Optional)
 POSITIVE = {
@@ -223,9 +232,10 @@ CHOICES = {
     ("trainer", "monitor_mode"): ("max", "min"),
     ("trainer", "optimizer"): ("adam", "adamw", "sgd"),
     ("infer", "split"): ("train", "val", "test"),
+    ("objective", "metric"): ("auc", "logloss", "mse", "r2"),
 }
 MODES = ("train", "eval", "predict")
-TOP_LEVEL = ("seed", "mode", "checkpoint", "infer", "experiment")
+TOP_LEVEL = ("seed", "mode", "checkpoint", "infer", "objective", "experiment")
 
 
 def _check_values(group: str, cfg: DictConfig) -> None:
@@ -280,12 +290,26 @@ def _typed(key: str, schema: type, cfg) -> DictConfig:
     return typed
 
 
+def validate_objective(cfg: Any) -> DictConfig:
+    """Check the top-level ``objective`` section against :class:`Objective`.
+
+    Raises:
+        ConfigError: unknown key, unknown metric, a non-numeric or empty set of task weights.
+    """
+    if cfg is not None and not isinstance(cfg, DictConfig):
+        raise ConfigError(f"objective: must be a mapping like {{metric: auc, tasks: {{income: 1.0}}}}, got {cfg!r}")
+    typed = _typed("objective", Objective, cfg)
+    if typed.tasks is not None and len(typed.tasks) == 0:
+        raise ConfigError("objective.tasks: give at least one task weight, or null for trainer.monitor")
+    return typed
+
+
 def validate(cfg: DictConfig) -> DictConfig:
     """Validate every group of the composed config; returns a new, typed config.
 
     Top-level keys: the groups of ``SCHEMAS``, ``seed`` (int), ``mode`` (train, eval or
     predict), ``checkpoint`` (str or null: the checkpoint or run directory of eval/predict)
-    and the ``infer`` section (:class:`InferConfig`).
+    and the sections ``infer`` (:class:`InferConfig`) and ``objective`` (:class:`Objective`).
 
     Raises:
         ConfigError: see :func:`validate_group`; also an unknown top-level key or a
@@ -295,6 +319,8 @@ def validate(cfg: DictConfig) -> DictConfig:
     for key in cfg:
         if key in SCHEMAS:
             out[key] = validate_group(key, cfg[key])
+        elif key == "objective":
+            out[key] = validate_objective(cfg[key])
         elif key in SECTIONS:
             out[key] = _typed(key, SECTIONS[key], cfg[key])
         elif key in TOP_LEVEL:

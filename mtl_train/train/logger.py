@@ -1,7 +1,11 @@
 """Run logging: TensorBoard scalars, the progress bar, and the hparams row of the run.
 
 TensorBoard tags: ``train/loss/<task>``, ``train/weight/<task>``, ``train/<balancer key>``,
-``<split>/<metric>/<output>`` (e.g. ``val/auc/click``), ``train/samples_per_s``.
+``<split>/<metric>/<output>`` (e.g. ``val/auc/click``, the curves), ``train/samples_per_s``, and
+``hparams/<split>/<metric>/<output>`` (the final metrics of the HPARAMS row, one value at step 0).
+The HPARAMS row is written with TensorBoard's own hparams plugin protos
+(``tensorboard.plugins.hparams.summary_v2``): a SessionStartInfo with the flattened config at
+the start, a SessionEndInfo with the status at the end.
 """
 from __future__ import annotations
 
@@ -11,6 +15,10 @@ import time
 
 import torch
 from omegaconf import OmegaConf
+from tensorboard.compat.proto import summary_pb2
+from tensorboard.plugins.hparams import api_pb2, plugin_data_pb2
+from tensorboard.plugins.hparams import metadata as hparams_metadata
+from tensorboard.plugins.hparams import summary_v2 as hparams_summary
 from tqdm import tqdm
 
 log = logging.getLogger(__name__)
@@ -32,14 +40,40 @@ def flatten(d: dict, prefix: str = "") -> dict:
     return out
 
 
-class RunLogger:
-    """Writes TensorBoard events under ``<run_dir>/tb`` and drives a tqdm progress bar."""
+FINAL_METRICS = ("auc", "logloss", "mse", "r2")
 
-    def __init__(self, run_dir: str, cfg, loss_names: list[str], progress: bool = True, purge_step: int | None = None):
+
+def final_metrics(results: dict) -> dict[str, float]:
+    """{"val"|"test": {output: metrics}} -> {"hparams/<split>/<metric>/<output>": value} for the
+    metrics in :data:`FINAL_METRICS` that are defined (an undefined AUC is left out)."""
+    out = {}
+    for split, per in results.items():
+        for name, m in per.items():
+            for metric in FINAL_METRICS:
+                if m.get(metric) is not None:
+                    out[f"hparams/{split}/{metric}/{name}"] = float(m[metric])
+    return out
+
+
+class RunLogger:
+    """Writes TensorBoard events under ``<run_dir>/tb`` and drives a tqdm progress bar.
+
+    ``<run_dir>/tb`` is one TensorBoard run; in a sweep every job's run sits under the sweep
+    directory, so ``tensorboard --logdir multirun/<sweep>`` shows each job as a run and, in the
+    HPARAMS tab, as one row (a session of TensorBoard's hparams plugin, named by ``trial_id``,
+    default the run directory's name): the flattened config as hyperparameters and the final
+    metrics as ``hparams/<split>/<metric>/<output>``.
+    """
+
+    def __init__(self, run_dir: str, cfg, loss_names: list[str], progress: bool = True, purge_step: int | None = None,
+                 trial_id: str | None = None):
         """``purge_step``: on resume, the first step the resumed run will write; TensorBoard then
-        drops the events at or after it that the interrupted run had written (no duplicates)."""
+        drops the events at or after it that the interrupted run had written (no duplicates).
+        ``trial_id``: the name of the job's HPARAMS session (default: the run directory's name)."""
         from torch.utils.tensorboard import SummaryWriter
 
+        self.trial_id = trial_id or os.path.basename(os.path.normpath(run_dir))
+        self._ended = False
         self.cfg = cfg
         self.loss_names = loss_names
         self.every = max(1, int(cfg.trainer.log_every_steps))
@@ -49,6 +83,7 @@ class RunLogger:
         self._samples = 0
         self._loss_sum = torch.zeros(len(loss_names))
         self._loss_n = 0
+        self._write_session_start()
 
     def progress(self, total: int, desc: str):
         if not self.show_progress:
@@ -94,22 +129,45 @@ class RunLogger:
         )
         log.info("%s @ step %d: %s", split, step, text)
 
-    def final(self, results: dict) -> None:
-        """One hparams row: the flattened config joined with the final val/test metrics."""
-        hparams = flatten(OmegaConf.to_container(self.cfg, resolve=True))
-        hparams = {k: v for k, v in hparams.items() if isinstance(v, (int, float, str, bool))}
-        metrics = {}
-        for split, per in results.items():
-            for name, m in per.items():
-                for metric in ("auc", "logloss", "mse", "r2"):
-                    if m.get(metric) is not None:
-                        metrics[f"hparams/{split}/{metric}/{name}"] = m[metric]
-        self.writer.add_hparams(hparams, metrics, run_name=".")
-
     def flush(self) -> None:
         """Write pending events to disk (before a checkpoint, so a kill loses none of them)."""
-        self.writer.flush()
+        if self.writer is not None:
+            self.writer.flush()
 
-    def close(self) -> None:
+    def _write_session_start(self) -> None:
+        """The job's row in TensorBoard's HPARAMS tab: its flattened config as hyperparameters,
+        written once at the start, so that running and failed jobs show up too."""
+        hparams = flatten(OmegaConf.to_container(self.cfg, resolve=True))
+        pb = hparams_summary.hparams_pb(hparams, trial_id=self.trial_id, start_time_secs=time.time())
+        self.writer._get_file_writer().add_summary(pb)
+
+    def _write_session_end(self, status: int) -> None:
+        # summary_v2 has no session-end helper; this is the same Summary its hparams_pb builds
+        info = plugin_data_pb2.SessionEndInfo(status=status, end_time_secs=time.time())
+        pb = summary_pb2.Summary()
+        pb.value.add(
+            tag=hparams_metadata.SESSION_END_INFO_TAG,
+            metadata=hparams_metadata.create_summary_metadata(plugin_data_pb2.HParamsPluginData(session_end_info=info)),
+            tensor=hparams_metadata.NULL_TENSOR,
+        )
+        self.writer._get_file_writer().add_summary(pb)
+
+    def final(self, results: dict) -> None:
+        """The metrics of the job's HPARAMS row: the final val/test metrics of every output as
+        scalars ``hparams/<split>/<metric>/<output>`` (tags no curve uses), then the session end."""
+        for tag, value in final_metrics(results).items():
+            self.writer.add_scalar(tag, value, 0)
+        self._write_session_end(api_pb2.STATUS_SUCCESS)
+        self._ended = True
+
+    def close(self, failed: bool = False) -> None:
+        """Flush and close the event file (safe to call twice). ``failed``: a job that stops with
+        an error is marked STATUS_FAILURE in the HPARAMS tab."""
+        if self.writer is None:
+            return
+        if not self._ended:
+            self._write_session_end(api_pb2.STATUS_FAILURE if failed else api_pb2.STATUS_ABORTED)
+            self._ended = True
         self.writer.flush()
         self.writer.close()
+        self.writer = None

@@ -525,4 +525,7 @@ def run(cfg: DictConfig, run_dir: str, overridden: list[str] = ()) -> dict:
     data = load_dataset(cfg.dataset, cfg.seed)
     _check_labels(data)
     trainer = Trainer(cfg, data, run_dir, resume_state=state)
-    return trainer.fit()
+    try:
+        return trainer.fit()
+    finally:  # a job that fails still closes its event file (sweeps run many jobs in one process)
+        trainer.logger.close(failed=True)

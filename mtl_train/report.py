@@ -1,0 +1,362 @@
+"""``mtl-report <sweep dir>``: the runs of a sweep as one table, CSV files and a plot.
+
+    mtl-train -m experiment=census_compare hydra.sweep.dir=multirun/census_compare
+    mtl-report multirun/census_compare                      # table on stdout; report.{md,csv,png} + runs.csv there
+    mtl-report multirun/census_compare --out docs/census_compare --plot-split test --plot-metric auc
+
+A job is a sub-directory of the sweep with ``.hydra/config.yaml``; its metrics come from its
+``metrics.json`` (the exact per-task val/test metrics the run wrote) and its swept values from
+``.hydra/overrides.yaml``. The table's axes are the overrides whose values differ between jobs;
+``seed``, when it is one of them, is averaged over: each row then holds mean +- std over the seeds
+(std: sample standard deviation, ``ddof=1``; empty for one seed) and ``n``, the number of seeds
+with a value. A job that failed (``error.txt``, see :func:`mtl_train.cli._job_failed`) or is
+still running (no ``metrics.json``) counts in ``failed``/``missing`` and never in a mean.
+
+Files written (``--out PREFIX``, default ``<sweep dir>/report``): ``PREFIX.csv`` (one row per
+table row: axes, n, failed, missing, ``<split>/<metric>/<task>`` mean and std), ``PREFIX_runs.csv``
+(one row per job), ``PREFIX.md`` (the table in Markdown) and ``PREFIX.png`` (per-task
+``--plot-metric`` on ``--plot-split`` by the first axis, one marker per value of the other axes,
+error bars = std over seeds; needs matplotlib: ``pip install "mtl-train[report]"``).
+
+Errors (one line ``mtl-report: error: ...``, exit status 2): a missing sweep directory, a
+directory without jobs, an unreadable ``metrics.json``.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import os
+import statistics
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from mtl_train.errors import MtlError
+
+METRICS = ("auc", "logloss", "mse", "r2")
+SPLITS = ("val", "test")
+
+
+class ReportError(MtlError):
+    """The sweep directory is missing, holds no job, or a job's files are unreadable."""
+
+
+@dataclass
+class Job:
+    """One job of a sweep: its directory, swept values and metrics."""
+
+    name: str
+    path: Path
+    overrides: dict[str, str]
+    metrics: dict | None  # {"val"|"test": {task: {"auc": ..., ...}}}; None: failed or missing
+    error: str | None = None
+
+
+@dataclass
+class Row:
+    """One row of the table: the jobs that share every axis value but the seed."""
+
+    key: tuple[str, ...]
+    jobs: list[Job] = field(default_factory=list)
+
+
+def _parse_override(text: str) -> tuple[str, str] | None:
+    text = text.strip()
+    if "=" not in text or text.startswith("~"):
+        return None
+    key, value = text.split("=", 1)
+    return key.lstrip("+"), value
+
+
+def load_jobs(sweep_dir: str | os.PathLike) -> list[Job]:
+    """Every job under ``sweep_dir`` (directories holding ``.hydra/config.yaml``), in the order of
+    their Hydra job number (the leading ``<num>_`` of the directory name), else by name.
+
+    Raises:
+        ReportError: no such directory, no job in it, or an unreadable ``metrics.json``.
+    """
+    root = Path(sweep_dir)
+    if not root.is_dir():
+        raise ReportError(f"{root}: no such sweep directory")
+    jobs = []
+    for cfg in sorted(root.rglob(".hydra/config.yaml")):
+        d = cfg.parent.parent
+        if d == root:
+            continue
+        ov_path = d / ".hydra" / "overrides.yaml"
+        overrides = {}
+        if ov_path.exists():
+            for item in OmegaConf.to_container(OmegaConf.load(ov_path)) or []:
+                kv = _parse_override(str(item))
+                if kv:
+                    overrides[kv[0]] = kv[1]
+        metrics, error = None, None
+        if (d / "metrics.json").exists():
+            try:
+                metrics = json.loads((d / "metrics.json").read_text())
+            except (OSError, ValueError) as e:
+                raise ReportError(f"{d / 'metrics.json'}: unreadable ({e})") from None
+        elif (d / "error.txt").exists():
+            error = (d / "error.txt").read_text().strip().splitlines()[0] if (d / "error.txt").read_text().strip() else "failed"
+        jobs.append(Job(str(d.relative_to(root)), d, overrides, metrics, error))
+    if not jobs:
+        raise ReportError(f"{root}: no job directories (with .hydra/config.yaml) in this sweep")
+
+    def order(j: Job):
+        head = j.name.split("_", 1)[0]
+        return (0, int(head), j.name) if head.isdigit() else (1, 0, j.name)
+
+    return sorted(jobs, key=order)
+
+
+def sweep_axes(jobs: list[Job]) -> list[str]:
+    """The override keys whose values differ between jobs, in the order they first appear."""
+    keys: list[str] = []
+    for j in jobs:
+        for k in j.overrides:
+            if k not in keys:
+                keys.append(k)
+    return [k for k in keys if len({j.overrides.get(k) for j in jobs}) > 1]
+
+
+def metric_columns(jobs: list[Job]) -> list[str]:
+    """``<split>/<metric>/<task>`` for every metric any job has, splits then metrics then tasks."""
+    found = set()
+    tasks: list[str] = []
+    for j in jobs:
+        for split, per in (j.metrics or {}).items():
+            for task, m in per.items():
+                if task not in tasks:
+                    tasks.append(task)
+                for metric in METRICS:
+                    if metric in m:
+                        found.add((split, metric, task))
+    return [f"{s}/{m}/{t}" for s in SPLITS for m in METRICS for t in tasks if (s, m, t) in found]
+
+
+def job_value(job: Job, column: str) -> float | None:
+    if job.metrics is None:
+        return None
+    split, metric, task = column.split("/", 2)
+    v = job.metrics.get(split, {}).get(task, {}).get(metric)
+    return None if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)
+
+
+def group_rows(jobs: list[Job], axes: list[str], over: str = "seed") -> list[Row]:
+    """Jobs grouped by every axis but ``over``, rows in the order of their first job."""
+    rows: dict[tuple, Row] = {}
+    for j in jobs:
+        key = tuple(j.overrides.get(a, "") for a in axes if a != over)
+        rows.setdefault(key, Row(key)).jobs.append(j)
+    return list(rows.values())
+
+
+def mean_std(values: list[float]) -> tuple[float | None, float | None]:
+    """Mean and sample standard deviation (``ddof=1``; None for fewer than two values)."""
+    if not values:
+        return None, None
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None)
+
+
+@dataclass
+class Report:
+    sweep_dir: Path
+    jobs: list[Job]
+    axes: list[str]          # swept keys, seed included when swept
+    group_axes: list[str]    # the axes of a row (seed excluded)
+    columns: list[str]       # <split>/<metric>/<task>
+    rows: list[Row]
+
+    def stats(self, row: Row, column: str) -> tuple[float | None, float | None, int]:
+        vals = [v for v in (job_value(j, column) for j in row.jobs) if v is not None]
+        m, s = mean_std(vals)
+        return m, s, len(vals)
+
+
+def build_report(sweep_dir: str | os.PathLike) -> Report:
+    jobs = load_jobs(sweep_dir)
+    axes = sweep_axes(jobs)
+    group_axes = [a for a in axes if a != "seed"]
+    return Report(Path(sweep_dir), jobs, axes, group_axes, metric_columns(jobs), group_rows(jobs, axes))
+
+
+def _fmt(m: float | None, s: float | None) -> str:
+    if m is None:
+        return "-"
+    return f"{m:.4f}" if s is None else f"{m:.4f} ± {s:.4f}"
+
+
+def table_rows(rep: Report, columns: list[str]) -> tuple[list[str], list[list[str]]]:
+    """Header and cells of the printed table."""
+    header = [*rep.group_axes, "n", *columns]
+    if any(j.metrics is None for j in rep.jobs):
+        header.append("failed")
+    cells = []
+    for row in rep.rows:
+        ok = sum(j.metrics is not None for j in row.jobs)
+        line = [*row.key, f"{ok}/{len(row.jobs)}"]
+        for c in columns:
+            m, s, _ = rep.stats(row, c)
+            line.append(_fmt(m, s))
+        if "failed" in header:
+            errs = sorted({j.error or "no metrics.json (running or killed)" for j in row.jobs if j.metrics is None})
+            line.append("; ".join(errs))
+        cells.append(line)
+    return header, cells
+
+
+def format_text(header: list[str], cells: list[list[str]]) -> str:
+    widths = [max(len(h), *(len(r[i]) for r in cells)) for i, h in enumerate(header)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths)).rstrip(),
+             "  ".join("-" * w for w in widths)]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in cells]
+    return "\n".join(lines)
+
+
+def format_markdown(header: list[str], cells: list[list[str]]) -> str:
+    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    out += ["| " + " | ".join(c.replace("|", "\\|") for c in r) + " |" for r in cells]
+    return "\n".join(out)
+
+
+def write_csv(rep: Report, path: Path) -> None:
+    """One row per table row: axes, n (jobs with metrics), jobs, failed, then mean/std per column."""
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow([*rep.group_axes, "n", "jobs", "failed",
+                    *[f"{c}_{k}" for c in rep.columns for k in ("mean", "std")]])
+        for row in rep.rows:
+            ok = sum(j.metrics is not None for j in row.jobs)
+            vals = []
+            for c in rep.columns:
+                m, s, _ = rep.stats(row, c)
+                vals += ["" if m is None else repr(m), "" if s is None else repr(s)]
+            w.writerow([*row.key, ok, len(row.jobs), len(row.jobs) - ok, *vals])
+
+
+def write_runs_csv(rep: Report, path: Path) -> None:
+    """One row per job: its directory, every swept value, every metric, the error if any."""
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["job", *rep.axes, *rep.columns, "error"])
+        for j in rep.jobs:
+            vals = [job_value(j, c) for c in rep.columns]
+            w.writerow([j.name, *[j.overrides.get(a, "") for a in rep.axes],
+                        *["" if v is None else repr(v) for v in vals], j.error or ""])
+
+
+def write_plot(rep: Report, path: Path, split: str = "test", metric: str = "auc") -> bool:
+    """Per-task ``metric`` on ``split``: one panel per task, x = the first axis, one marker per
+    value of the other axes (side by side), error bars = std over seeds. Returns False when there is nothing to plot.
+
+    Raises:
+        ImportError: matplotlib is not installed.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cols = [c for c in rep.columns if c.startswith(f"{split}/{metric}/")]
+    if not cols:
+        return False
+    first = rep.group_axes[0] if rep.group_axes else None
+    xs: list[str] = []
+    hues: list[str] = []
+    for row in rep.rows:
+        x = row.key[0] if first else "all"
+        hue = ", ".join(f"{a}={v}" for a, v in zip(rep.group_axes[1:], row.key[1:])) or metric
+        xs += [x] if x not in xs else []
+        hues += [hue] if hue not in hues else []
+    fig, axes = plt.subplots(1, len(cols), figsize=(max(6.0, 0.9 * len(xs) * max(1, len(hues)) ** 0.5 * 2) * len(cols) / 1.6,
+                                                    4.2), squeeze=False)
+    width = 0.6 / max(1, len(hues))
+    markers = ("o", "s", "^", "D", "v", "P", "X", "*")
+    for ax, col in zip(axes[0], cols):
+        lo, hi = math.inf, -math.inf
+        missing: list[float] = []  # rows without a value (failed jobs, undefined AUC): marked "n/a"
+        for h_i, hue in enumerate(hues):
+            pos, means, errs = [], [], []
+            for row in rep.rows:
+                x = row.key[0] if first else "all"
+                hue_r = ", ".join(f"{a}={v}" for a, v in zip(rep.group_axes[1:], row.key[1:])) or metric
+                if hue_r != hue:
+                    continue
+                m, s, _ = rep.stats(row, col)
+                if m is None:
+                    missing.append(xs.index(x) + (h_i - (len(hues) - 1) / 2) * width)
+                    continue
+                pos.append(xs.index(x) + (h_i - (len(hues) - 1) / 2) * width)
+                means.append(m)
+                errs.append(s or 0.0)
+                lo, hi = min(lo, m - (s or 0.0)), max(hi, m + (s or 0.0))
+            ax.errorbar(pos, means, yerr=errs, fmt=markers[h_i % len(markers)], capsize=3, markersize=6, label=hue)
+        if lo < hi:
+            pad = 0.15 * (hi - lo) + 1e-4
+            ax.set_ylim(lo - pad, hi + pad)
+        elif lo == hi and math.isfinite(lo):
+            ax.set_ylim(lo - 0.01, hi + 0.01)
+        for x_pos in missing:
+            ax.text(x_pos, ax.get_ylim()[0], "n/a", ha="center", va="bottom", fontsize=7, color="gray")
+        task = col.split("/", 2)[2]
+        ax.set_title(f"{task}: {split} {metric}")
+        ax.set_xlim(-0.5, len(xs) - 0.5)
+        ax.set_xticks(range(len(xs)))
+        ax.set_xticklabels(xs, rotation=30 if len(xs) > 4 else 0, ha="right" if len(xs) > 4 else "center")
+        ax.set_xlabel(first or "")
+        ax.grid(axis="y", alpha=0.3)
+    seeds = "mean ± std over seeds" if "seed" in rep.axes else "one run per point"
+    fig.suptitle(f"{rep.sweep_dir.name}: {split} {metric} per task ({seeds})", fontsize=10)
+    if len(hues) > 1 or rep.group_axes[1:]:
+        axes[0][-1].legend(fontsize=8, loc="best")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point (``mtl-report``)."""
+    p = argparse.ArgumentParser(prog="mtl-report", description="Table, CSV and plot of an mtl-train sweep.")
+    p.add_argument("sweep_dir", help="the sweep directory (hydra.sweep.dir, e.g. multirun/2026-01-01/12-00-00_123)")
+    p.add_argument("--out", help="prefix of the files written (default <sweep dir>/report)")
+    p.add_argument("--splits", default="val,test", help="splits shown in the printed table (default val,test)")
+    p.add_argument("--metrics", default="auc,logloss", help="metrics shown in the printed table (default auc,logloss)")
+    p.add_argument("--plot-split", default="test", choices=SPLITS)
+    p.add_argument("--plot-metric", default="auc", choices=METRICS)
+    args = p.parse_args(argv)
+    try:
+        rep = build_report(args.sweep_dir)
+    except MtlError as e:
+        print(f"mtl-report: error: {e}", file=sys.stderr)
+        sys.exit(2)
+    splits, metrics = args.splits.split(","), args.metrics.split(",")
+    shown = [c for c in rep.columns if c.split("/")[0] in splits and c.split("/")[1] in metrics]
+    header, cells = table_rows(rep, shown)
+    seeds = sorted({j.overrides.get("seed", "") for j in rep.jobs}) if "seed" in rep.axes else []
+    note = (f"mean ± std (sample, ddof=1) over seeds {', '.join(seeds)}; n = jobs with metrics / jobs"
+            if seeds else "one job per row; n = jobs with metrics / jobs")
+    print(f"{rep.sweep_dir}: {len(rep.jobs)} jobs, axes: {', '.join(rep.axes) or '(none)'}; {note}")
+    print(format_text(header, cells))
+    out = Path(args.out) if args.out else rep.sweep_dir / "report"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    md = f"{len(rep.jobs)} jobs of `{rep.sweep_dir.name}`, axes: {', '.join(rep.axes) or '(none)'}; {note}.\n\n"
+    out.with_suffix(".md").write_text(md + format_markdown(header, cells) + "\n")
+    write_csv(rep, out.with_suffix(".csv"))
+    write_runs_csv(rep, out.with_name(out.name + "_runs.csv"))
+    written = [out.with_suffix(".md"), out.with_suffix(".csv"), out.with_name(out.name + "_runs.csv")]
+    try:
+        if write_plot(rep, out.with_suffix(".png"), args.plot_split, args.plot_metric):
+            written.append(out.with_suffix(".png"))
+    except ImportError:
+        print('mtl-report: note: matplotlib is not installed, so no plot was drawn (pip install "mtl-train[report]")',
+              file=sys.stderr)
+    print("wrote " + ", ".join(map(str, written)))
+
+
+if __name__ == "__main__":
+    main()
