@@ -161,12 +161,14 @@ class RunLogger:
         self._ended = True
 
     def close(self, failed: bool = False) -> None:
-        """Flush and close the event file (safe to call twice). ``failed``: a job that stops with
-        an error is marked STATUS_FAILURE in the HPARAMS tab."""
+        """Flush and close the event file (safe to call twice). A run closed before :meth:`final`
+        ends its HPARAMS session as STATUS_FAILURE when ``failed`` (a job that raised), else
+        STATUS_UNKNOWN (interrupted by a signal; resumable)."""
         if self.writer is None:
             return
         if not self._ended:
-            self._write_session_end(api_pb2.STATUS_FAILURE if failed else api_pb2.STATUS_ABORTED)
+            # STATUS_UNKNOWN: closed without final metrics but not failed (an interrupted, resumable run)
+            self._write_session_end(api_pb2.STATUS_FAILURE if failed else api_pb2.STATUS_UNKNOWN)
             self._ended = True
         self.writer.flush()
         self.writer.close()
