@@ -8,7 +8,8 @@ After every job a Hydra callback (``on_job_end``) records the process's resident
 (``VmRSS`` of /proc/self/status), its open file descriptors (/proc/self/fd) and its live threads.
 The script prints them per job and compares the last job with job ``--ref`` (default 5: the
 first jobs warm allocator pools and import caches). It exits 1 when open files or threads grew at
-all, or RSS grew by more than ``--rss-slack-mb`` (default 50 MB), and 0 otherwise.
+all, or RSS grew by more than ``--rss-slack-mb`` (default 50 MB), 2 when a job failed, and 0
+otherwise. The sweep goes to a new temporary directory unless ``--out`` names one.
 Linux only (/proc).
 """
 from __future__ import annotations
@@ -59,22 +60,30 @@ def main() -> None:
     p.add_argument("--jobs", type=int, default=50)
     p.add_argument("--ref", type=int, default=5, help="job whose numbers are the baseline (0-based)")
     p.add_argument("--rss-slack-mb", type=float, default=50.0)
-    p.add_argument("--out", default="/tmp/mtl_leak_check", help="sweep directory")
+    p.add_argument("--out", help="sweep directory (default: a new temporary directory)")
     p.add_argument("--json", help="write the samples here")
     p.add_argument("--progress", action="store_true", help="also drive tqdm bars (trainer.progress=true)")
     args = p.parse_args()
 
+    import tempfile
+
     from mtl_train import cli
+
+    out = args.out or tempfile.mkdtemp(prefix="mtl_leak_check_")
 
     sys.argv = [
         "mtl-train", "-m", f"seed=range(0,{args.jobs})",
         "dataset.train_rows=2000", "dataset.val_rows=500", "dataset.test_rows=500",
         "trainer.epochs=1", "trainer.batch_size=256", "trainer.eval_batch_size=4096", "trainer.num_threads=1",
         f"trainer.progress={str(args.progress).lower()}", "trainer.log_every_steps=2",
-        f"hydra.sweep.dir={args.out}", "hydra/job_logging=default",
+        f"hydra.sweep.dir={out}", "hydra/job_logging=default",
         "+hydra.callbacks.leak_probe._target_=__main__.LeakProbe",
     ]
-    cli.main()
+    try:
+        cli.main()
+    except SystemExit as e:  # mtl-train exits 2 after a sweep with failed jobs: nothing was measured
+        print(f"leak_check: FAILED: the sweep's jobs failed (exit {e.code}); see {out}/*/error.txt")
+        sys.exit(2)
     ref, last = SAMPLES[min(args.ref, len(SAMPLES) - 1)], SAMPLES[-1]
     d_rss = last["rss_mb"] - ref["rss_mb"]
     d_files = last["open_files"] - ref["open_files"]
