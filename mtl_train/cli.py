@@ -80,6 +80,23 @@ def _experiment_choices(name: str) -> dict[str, str]:
     return out
 
 
+def _preset_choices(group: str, option: str) -> dict[str, str]:
+    """Group choices a preset selects in its defaults list (``override /graph@_global_.graph: esmm``
+    in ``model/esmm.yaml``): {"graph": "esmm"}."""
+    path = _conf_root() / group / f"{option}.yaml"
+    if option not in group_options(group):
+        return {}
+    out = {}
+    for item in OmegaConf.load(str(path)).get("defaults", []) or []:
+        if isinstance(item, DictConfig):
+            for k, v in item.items():
+                k = str(k)
+                if k.startswith("override "):
+                    target = k[len("override "):].strip().lstrip("/").split("@", 1)[0]
+                    out[target] = str(v)
+    return out
+
+
 def precheck_overrides(args: list[str]) -> None:
     """Catch the commonest command-line mistakes before Hydra composes the config, so that
     each gets one clear line: an unknown option of a group (``model=mmeo``) and an unknown
@@ -124,6 +141,12 @@ def precheck_overrides(args: list[str]) -> None:
         sweeper = _experiment_choices(choices["experiment"]).get("hydra/sweeper")
     if sweeper == "optuna" and importlib.util.find_spec("hydra_plugins.hydra_optuna_sweeper") is None:
         raise ConfigError('hydra/sweeper=optuna: the Optuna sweeper is not installed (pip install "mtl-train[optuna]")')
+    experiment_groups = set(_experiment_choices(choices["experiment"])) if choices.get("experiment") in \
+        group_options("experiment") else set()
+    for group in GROUPS:  # a preset's own group choices (model=esmm -> graph=esmm), unless set on the command line
+        for target, option in _preset_choices(group, choices.get(group, "")).items():  # or by the experiment
+            if target not in cli_groups and target not in experiment_groups:
+                choices[target] = option
     for key in dotted:
         group, sub = key.split(".", 1)
         if group in SECTIONS:
@@ -138,6 +161,7 @@ def precheck_overrides(args: list[str]) -> None:
         if option is None or option not in group_options(group):
             continue
         known = OmegaConf.load(str(_conf_root() / group / f"{option}.yaml"))
+        known.pop("defaults", None)
         if first not in known:
             raise ConfigError(
                 f"{key}: unknown key '{first}' for {group}={option} (known keys: {', '.join(map(str, known.keys()))})"

@@ -29,6 +29,44 @@ class SyntheticData:
     cvr_rate: float = 0.1
     signal: float = 1.5
     task_correlation: float = 0.5
+    click_bias: float = 0.0
+
+
+@dataclass
+class HillstromData:
+    name: str = "hillstrom"
+    path: Optional[str] = None
+    tasks: List[str] = field(default_factory=lambda: ["visit", "conversion"])
+    split: List[float] = field(default_factory=lambda: [0.6, 0.2, 0.2])
+    split_seed: Optional[int] = None
+    min_count: int = 1
+    max_rows: Optional[int] = None
+    cache_dir: Optional[str] = None
+
+
+@dataclass
+class AliCCPData:
+    name: str = "aliccp"
+    train_path: Optional[str] = None
+    val_path: Optional[str] = None
+    test_path: Optional[str] = None
+    raw_dir: Optional[str] = None
+    split_seed: Optional[int] = None
+    min_count: int = 1
+    max_rows: Optional[int] = None
+    cache_dir: Optional[str] = None
+
+
+@dataclass
+class AliExpressData:
+    name: str = "aliexpress"
+    train_path: Optional[str] = None
+    test_path: Optional[str] = None
+    val_fraction: float = 0.1
+    split_seed: Optional[int] = None
+    min_count: int = 1
+    max_rows: Optional[int] = None
+    cache_dir: Optional[str] = None
 
 
 @dataclass
@@ -53,6 +91,11 @@ class _ModelBase:
     sparse_embedding: bool = False
     activation: str = "relu"
     dropout: float = 0.0
+
+
+@dataclass
+class SharedEmbeddingModel(_ModelBase):
+    """Shared embeddings only (the ESMM/AITM presets): no backbone layer to size."""
 
 
 @dataclass
@@ -83,6 +126,44 @@ class IndependentGraph:
     activation: str = "relu"
     dropout: float = 0.0
     parent_positive_only: bool = False
+
+
+@dataclass
+class ESMMGraph:
+    name: str = "esmm"
+    tower_hidden: List[int] = field(default_factory=lambda: [200, 80])
+    activation: str = "relu"
+    dropout: float = 0.0
+
+
+@dataclass
+class DBMTLGraph:
+    name: str = "dbmtl"
+    tower_hidden: List[int] = field(default_factory=lambda: [64])
+    head_hidden: List[int] = field(default_factory=lambda: [32])
+    activation: str = "relu"
+    dropout: float = 0.0
+    parents: Optional[Dict[str, List[str]]] = None
+
+
+@dataclass
+class GMSLGraph:
+    name: str = "gmsl"
+    tower_hidden: List[int] = field(default_factory=lambda: [64, 32])
+    gru_hidden: int = 32
+    activation: str = "relu"
+    dropout: float = 0.0
+    order_weight: float = 0.0
+
+
+@dataclass
+class AITMGraph:
+    name: str = "aitm"
+    tower_hidden: List[int] = field(default_factory=lambda: [128, 64, 32])
+    attention_dim: int = 32
+    activation: str = "relu"
+    dropout: float = 0.0
+    calibrator_weight: float = 0.6
 
 
 # ---- loss -------------------------------------------------------------------------------
@@ -203,9 +284,12 @@ class Objective:
 
 # group -> (selector key, {selector value: schema})
 SCHEMAS: dict[str, tuple[str, dict[str, type]]] = {
-    "dataset": ("name", {"synthetic": SyntheticData, "census": CensusData}),
-    "model": ("backbone", {"single_task": MLPModel, "shared_bottom": MLPModel, "mmoe": MoEModel, "ple": PLEModel}),
-    "graph": ("name", {"independent": IndependentGraph}),
+    "dataset": ("name", {"synthetic": SyntheticData, "census": CensusData, "hillstrom": HillstromData,
+                         "aliccp": AliCCPData, "aliexpress": AliExpressData}),
+    "model": ("backbone", {"single_task": MLPModel, "shared_bottom": MLPModel, "mmoe": MoEModel, "ple": PLEModel,
+                           "shared_embedding": SharedEmbeddingModel}),
+    "graph": ("name", {"independent": IndependentGraph, "esmm": ESMMGraph, "dbmtl": DBMTLGraph, "gmsl": GMSLGraph,
+                       "aitm": AITMGraph}),
     "loss": ("name", {
         "equal": EqualLoss, "static": StaticLoss, "uncertainty": UncertaintyLoss, "dwa": DWALoss,
         "gradnorm": GradNormLoss, "pcgrad": PCGradLoss, "cagrad": CAGradLoss, "mgda": MGDALoss,
@@ -221,10 +305,10 @@ POSITIVE = {
     "train_rows", "val_rows", "test_rows", "embedding_dim", "num_experts", "num_levels", "epochs", "batch_size",
     "eval_batch_size", "lr", "eval_every_steps", "max_steps", "log_every_steps", "num_threads", "min_count",
     "max_rows", "min_weight", "patience", "num_gates", "step_size", "checkpoint_every_steps", "gamma",
-    "temperature", "window_steps",
+    "temperature", "window_steps", "gru_hidden", "attention_dim", "val_fraction",
 }
 NON_NEGATIVE = {"num_dense", "num_task_experts", "num_shared_experts", "weight_decay", "dropout", "alpha", "min_delta",
-                "warmup_steps", "min_lr_ratio", "c", "default_weight"}
+                "warmup_steps", "min_lr_ratio", "c", "default_weight", "order_weight", "calibrator_weight"}
 # string keys with a closed set of values: (group, key) -> allowed values
 CHOICES = {
     ("trainer", "scheduler"): ("none", "cosine", "step"),
@@ -259,6 +343,8 @@ def validate_group(group: str, cfg: DictConfig) -> DictConfig:
         ConfigError: unknown option, unknown key, wrong type, or a non-positive size.
     """
     selector, options = SCHEMAS[group]
+    if "defaults" in cfg:  # a preset's Hydra defaults list (e.g. model=esmm selects graph=esmm): not a value
+        cfg = OmegaConf.create({k: v for k, v in cfg.items() if k != "defaults"})
     choice = cfg.get(selector, "") if selector else ""
     if choice not in options:
         raise ConfigError(f"{group}.{selector}: unknown value '{choice}' (choose from {sorted(options)})")

@@ -16,6 +16,7 @@ from mtl_train.models.graphs.base import TaskGraph
 # model.backbone -> (class path, config keys passed as keyword arguments)
 BACKBONES = {
     "single_task": ("mtl_train.models.backbones.simple:SingleTask", ["hidden", "activation", "dropout"]),
+    "shared_embedding": ("mtl_train.models.backbones.simple:SharedEmbedding", []),
     "shared_bottom": ("mtl_train.models.backbones.simple:SharedBottom", ["hidden", "activation", "dropout"]),
     "mmoe": ("mtl_train.models.backbones.moe:MMoE",
              ["num_experts", "expert_hidden", "activation", "dropout", "num_gates"]),
@@ -26,6 +27,13 @@ BACKBONES = {
 GRAPHS = {
     "independent": ("mtl_train.models.graphs.independent:Independent",
                     ["tower_hidden", "activation", "dropout", "parent_positive_only"]),
+    "esmm": ("mtl_train.models.graphs.esmm:ESMM", ["tower_hidden", "activation", "dropout"]),
+    "dbmtl": ("mtl_train.models.graphs.dbmtl:DBMTL",
+              ["tower_hidden", "head_hidden", "activation", "dropout", "parents"]),
+    "gmsl": ("mtl_train.models.graphs.gmsl:GMSL",
+             ["tower_hidden", "gru_hidden", "activation", "dropout", "order_weight"]),
+    "aitm": ("mtl_train.models.graphs.aitm:AITM",
+             ["tower_hidden", "attention_dim", "activation", "dropout", "calibrator_weight"]),
 }
 
 

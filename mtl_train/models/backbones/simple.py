@@ -53,3 +53,23 @@ class SharedBottom(Backbone):
 
     def shared_parameters(self) -> list[nn.Parameter]:
         return list(self.bottom.parameters())
+
+
+class SharedEmbedding(Backbone):
+    """Shared embeddings only: every task's representation is the embedded input itself, with
+    no shared hidden layer. This is the sharing of the ESMM (Ma et al., SIGIR 2018) and AITM
+    (Xi et al., KDD 2021) papers, where all layers after the embedding belong to the task
+    graph's towers.
+
+    Shapes: [B, D] -> T outputs [B, D] (the same tensor); shared representation = the input.
+    ``last_shared_layer`` is empty (the only shared layer is the embedding table, which the
+    model reports in ``shared_parameters``).
+    """
+
+    def __init__(self, in_dim: int, num_tasks: int):
+        super().__init__()
+        self.num_tasks = num_tasks
+        self.out_dims = [in_dim] * num_tasks
+
+    def forward(self, x: torch.Tensor) -> BackboneOutput:
+        return BackboneOutput([x] * self.num_tasks, x)

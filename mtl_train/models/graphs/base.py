@@ -1,4 +1,38 @@
-"""The task-graph interface: per-task representations -> per-task logits, losses and scores."""
+"""The task-graph interface: per-task representations -> per-task logits, losses and scores.
+
+Interface (every graph in :mod:`mtl_train.models.graphs` implements it):
+
+- ``forward(reps) -> out``: ``reps`` is the backbone's list of T task representations
+  ([B, H_k] each, tasks in schema order); ``out["logits"]`` is [B, T] (one raw output per
+  task: a logit for binary tasks, the predicted value for regression tasks). A graph may add
+  other tensors to ``out`` (ESMM: ``log_prob`` [B, T], the log of each task's entire-space
+  probability).
+- ``losses(out, labels) -> (losses [L], counts [L])``: one loss term per name in
+  ``loss_names`` (L = T for every graph here: the term of a task is the loss that supervises
+  it, e.g. ESMM's ``purchase`` term is the CTCVR loss, and a graph's regulariser is added
+  to the term of the later task it constrains), each a mean over its valid rows, and the
+  number of valid rows (a term with 0 rows is left out of the step by the balancer).
+- ``eval_outputs(out, batch) -> {name: EvalOutput}``: what is scored, on which rows.
+- ``loss_names``, ``shared_parameters()``.
+
+Names of the evaluated outputs (the same scheme for every graph, so that runs of different
+graphs compare in metrics.json and TensorBoard):
+
+- ``<task>``: the task's entire-space score (P(label = 1 | impression) for a binary task, the
+  predicted value for a regression task) on every row where the label is present. For ESMM
+  this is the product along the funnel (``click`` = pCTR, ``purchase`` = pCTCVR).
+- ``<task>_given_<parent>``: a binary task with a parent, scored only on rows where every
+  ancestor's label is 1 (the paper's CVR protocol: ``purchase_given_click`` = CVR AUC on
+  clicked impressions). Graphs with a conditional head (ESMM; ``independent`` with
+  ``parent_positive_only``) score the conditional probability (pCVR); the others score their
+  entire-space probability on those rows.
+- ``<task>_given_<parent>_entire``: only where the data carry an evaluation-only column
+  ``<task>_if_<parent>`` (the synthetic set's ``purchase_if_click``: would this impression
+  convert if clicked) and the graph has a conditional head: the conditional probability
+  against that column on every row (CVR on the entire impression space). These outputs are
+  marked ``eval_only`` and never enter the ``<metric>/mean`` monitor (the column is ground
+  truth no real log holds).
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -8,6 +42,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from mtl_train.data.schema import FeatureSchema
+from mtl_train.errors import ConfigError
 
 
 @dataclass
@@ -16,13 +51,16 @@ class EvalOutput:
     rows on which the pair is scored.
 
     Attributes:
-        score: float [B]; label: float [B]; mask: bool [B]; type: ``binary`` or ``regression``.
+        score: float [B]; label: float [B]; mask: bool [B]; type: ``binary`` or ``regression``;
+        eval_only: left out of the ``<metric>/mean`` monitor (scored against a column that only
+            exists for evaluation).
     """
 
     score: torch.Tensor
     label: torch.Tensor
     mask: torch.Tensor
     type: str = "binary"
+    eval_only: bool = False
 
 
 def masked_task_losses(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor,
@@ -49,12 +87,54 @@ def masked_task_losses(logits: torch.Tensor, labels: torch.Tensor, mask: torch.T
     return (per_row * m).sum(0) / counts.clamp_min(1), counts
 
 
+def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean of ``values`` [B] over ``mask`` [B] (0 when empty, still attached), count)."""
+    m = mask.to(values.dtype)
+    n = m.sum()
+    return (torch.where(mask, values, torch.zeros_like(values)) * m).sum() / n.clamp_min(1), n
+
+
+def topological_order(names: list[str], parents: dict[str, list[str]]) -> list[str]:
+    """Tasks ordered so that every task comes after its parents (Kahn's algorithm; ties keep
+    the declared order).
+
+    Raises:
+        ConfigError: the parent relation has a cycle (naming the tasks on it).
+    """
+    order: list[str] = []
+    done: set[str] = set()
+    pending = list(names)
+    while pending:
+        ready = [n for n in pending if all(p in done for p in parents.get(n, []))]
+        if not ready:
+            cycle = _find_cycle(pending, parents)
+            raise ConfigError(f"graph.parents: the task parents form a cycle ({' -> '.join(cycle)}); they must be a DAG")
+        for n in ready:
+            order.append(n)
+            done.add(n)
+        pending = [n for n in pending if n not in done]
+    return order
+
+
+def _find_cycle(pending: list[str], parents: dict[str, list[str]]) -> list[str]:
+    node, seen = pending[0], []
+    while node not in seen:
+        seen.append(node)
+        node = next(p for p in parents.get(node, []) if p in pending)
+    return seen[seen.index(node):] + [node]
+
+
 class TaskGraph(nn.Module):
     """Base class: owns the towers and any cross-task structure.
 
     Subclasses implement ``forward(reps) -> {"logits": [B, T], ...}``, ``losses`` and
-    ``eval_outputs``. ``loss_names`` names the loss terms the balancer weighs (one per task
-    for most graphs).
+    ``eval_outputs`` (see the module docstring for the contract and the output names).
+    ``loss_names`` names the loss terms the balancer weighs (one per task for every graph
+    here).
+
+    Attributes:
+        parent_index: per task, the schema index of its parent or None.
+        ancestors: per task, the indices of its ancestors from the root down (parent last).
     """
 
     def __init__(self, schema: FeatureSchema):
@@ -64,6 +144,17 @@ class TaskGraph(nn.Module):
         self.register_buffer(
             "is_regression", torch.tensor([t.type == "regression" for t in schema.tasks]), persistent=False
         )
+        self.parent_index = [schema.task_index(t.parent) if t.parent else None for t in schema.tasks]
+        self.ancestors: list[list[int]] = []
+        for k in range(len(schema.tasks)):
+            chain, p, seen = [], self.parent_index[k], {k}
+            while p is not None:
+                if p in seen:
+                    raise ConfigError(f"dataset.tasks.{schema.tasks[k].name}.parent: the parents form a cycle")
+                seen.add(p)
+                chain.insert(0, p)
+                p = self.parent_index[p]
+            self.ancestors.append(chain)
 
     @property
     def loss_names(self) -> list[str]:
@@ -76,3 +167,63 @@ class TaskGraph(nn.Module):
     def label_mask(self, labels: torch.Tensor) -> torch.Tensor:
         """bool [B, T]: the label is present."""
         return ~torch.isnan(labels)
+
+    def require_binary(self, task_indices, why: str) -> None:
+        """Raise ConfigError naming the first regression task among ``task_indices``."""
+        for k in task_indices:
+            t = self.schema.tasks[k]
+            if t.type != "binary":
+                raise ConfigError(
+                    f"graph: task '{t.name}' is a {t.type} task but {why} needs its probability (binary tasks only)"
+                )
+
+    def ancestors_positive(self, labels: torch.Tensor, k: int) -> torch.Tensor:
+        """bool [B]: every ancestor of task k has label 1 (True for a root task)."""
+        ok = torch.ones(labels.shape[0], dtype=torch.bool, device=labels.device)
+        for a in self.ancestors[k]:
+            ok = ok & (labels[:, a] == 1)
+        return ok
+
+    def entire_labels(self, labels: torch.Tensor) -> torch.Tensor:
+        """[B, T]: each task's label AND its ancestors' labels (NaN where any is missing)."""
+        cols = []
+        for k in range(labels.shape[1]):
+            y = labels[:, k]
+            for a in self.ancestors[k]:
+                y = y * labels[:, a]  # NaN propagates; 0/1 product is AND
+            cols.append(y)
+        return torch.stack(cols, 1)
+
+    def standard_eval(self, entire: torch.Tensor, labels: torch.Tensor, batch: dict[str, torch.Tensor],
+                      conditional: torch.Tensor | None = None,
+                      entire_labels: torch.Tensor | None = None) -> dict[str, EvalOutput]:
+        """The outputs of the module docstring from scores [B, T].
+
+        Args:
+            entire: [B, T] entire-space scores (probabilities; values for regression tasks).
+            labels: [B, T] labels as in the data.
+            conditional: [B, T] conditional probabilities P(task | parent positive, x) where
+                the graph has a conditional head, else None.
+            entire_labels: [B, T] labels the entire-space scores are checked against, where
+                they differ from ``labels`` (ESMM: label AND every ancestor's label).
+        """
+        present = self.label_mask(labels)
+        target = labels if entire_labels is None else entire_labels
+        res: dict[str, EvalOutput] = {}
+        for k, task in enumerate(self.schema.tasks):
+            p = self.parent_index[k]
+            res[task.name] = EvalOutput(entire[:, k], target[:, k], ~torch.isnan(target[:, k]), task.type)
+            if p is None or task.type != "binary":
+                continue
+            parent = self.schema.tasks[p].name
+            cond = entire[:, k] if conditional is None else conditional[:, k]
+            res[f"{task.name}_given_{parent}"] = EvalOutput(
+                cond, labels[:, k], present[:, k] & self.ancestors_positive(labels, k), "binary"
+            )
+            column = f"{task.name}_if_{parent}"
+            if conditional is not None and column in batch:
+                y = batch[column]
+                res[f"{task.name}_given_{parent}_entire"] = EvalOutput(
+                    conditional[:, k], y, ~torch.isnan(y), "binary", eval_only=True
+                )
+        return res

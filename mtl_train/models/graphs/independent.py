@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from mtl_train.data.schema import FeatureSchema
 from mtl_train.errors import ConfigError
@@ -10,27 +11,41 @@ from mtl_train.models.graphs.base import EvalOutput, TaskGraph, masked_task_loss
 from mtl_train.models.layers import MLP, check_dims
 
 
+def make_tower(in_dim: int, hidden: list[int], activation: str, dropout: float) -> nn.Sequential:
+    """MLP(hidden) then a linear layer to one output: [B, in_dim] -> [B, 1]."""
+    return nn.Sequential(MLP(in_dim, hidden, activation, dropout), nn.Linear(hidden[-1] if hidden else in_dim, 1))
+
+
 class Independent(TaskGraph):
     """One tower per task: MLP(tower_hidden) then a linear layer to one logit.
 
     With ``parent_positive_only`` a task with a parent (e.g. purchase under click) is trained
-    and scored only on rows whose parent label is 1: the naive CVR model that ESMM
-    (Ma et al., SIGIR 2018) corrects.
+    only on rows whose ancestors are all positive: the naive CVR model that ESMM
+    (Ma et al., SIGIR 2018) corrects. Its head then predicts the conditional probability
+    (pCVR), scored as ``<task>_given_<parent>`` on parent-positive rows (and, where the data
+    have the ``<task>_if_<parent>`` column, on the entire space); its entire-space score
+    ``<task>`` is the product of the probabilities along the funnel (pCTR * pCVR), as the ESMM
+    paper scores its baselines' CTCVR.
 
     Shapes: T inputs [B, H_k] -> {"logits": [B, T]}.
+
+    Raises:
+        ConfigError: ``parent_positive_only`` where no task has a parent, or on a funnel
+            holding a regression task (a probability is needed).
     """
 
     def __init__(self, schema: FeatureSchema, in_dims: list[int], tower_hidden, activation: str = "relu",
                  dropout: float = 0.0, parent_positive_only: bool = False):
         super().__init__(schema)
         hidden = check_dims("graph.tower_hidden", tower_hidden)
-        self.towers = nn.ModuleList(
-            nn.Sequential(MLP(d, hidden, activation, dropout), nn.Linear(hidden[-1] if hidden else d, 1)) for d in in_dims
-        )
-        self.parent_index = [schema.task_index(t.parent) if t.parent else None for t in schema.tasks]
+        self.towers = nn.ModuleList(make_tower(d, hidden, activation, dropout) for d in in_dims)
         self.parent_positive_only = parent_positive_only
-        if parent_positive_only and all(p is None for p in self.parent_index):
-            raise ConfigError("graph.parent_positive_only: no task of this dataset has a parent")
+        if parent_positive_only:
+            if all(p is None for p in self.parent_index):
+                raise ConfigError("graph.parent_positive_only: no task of this dataset has a parent")
+            for k, chain in enumerate(self.ancestors):
+                if chain:
+                    self.require_binary(chain + [k], "graph.parent_positive_only")
 
     def forward(self, reps: list[torch.Tensor]) -> dict[str, torch.Tensor]:
         return {"logits": torch.cat([t(r) for t, r in zip(self.towers, reps)], 1)}
@@ -38,7 +53,7 @@ class Independent(TaskGraph):
     def _mask(self, labels: torch.Tensor) -> torch.Tensor:
         mask = self.label_mask(labels)
         if self.parent_positive_only:
-            cols = [mask[:, k] & (labels[:, p] == 1) if p is not None else mask[:, k] for k, p in enumerate(self.parent_index)]
+            cols = [mask[:, k] & self.ancestors_positive(labels, k) for k in range(labels.shape[1])]
             mask = torch.stack(cols, 1)
         return mask
 
@@ -46,10 +61,14 @@ class Independent(TaskGraph):
         return masked_task_losses(out["logits"], labels, self._mask(labels), self.is_regression)
 
     def eval_outputs(self, out: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]) -> dict[str, EvalOutput]:
-        labels, logits = batch["labels"], out["logits"]
-        mask = self._mask(labels)
-        res = {}
-        for k, task in enumerate(self.schema.tasks):
-            score = logits[:, k] if task.type == "regression" else torch.sigmoid(logits[:, k])
-            res[task.name] = EvalOutput(score, labels[:, k], mask[:, k], task.type)
-        return res
+        logits = out["logits"]
+        own = torch.where(self.is_regression, logits, torch.sigmoid(logits))
+        if not self.parent_positive_only:
+            return self.standard_eval(own, batch["labels"], batch)
+        logp = F.logsigmoid(logits)
+        entire = torch.stack(
+            [own[:, k] if not chain else torch.exp(logp[:, chain + [k]].sum(1)) for k, chain in enumerate(self.ancestors)],
+            1,
+        )
+        labels = batch["labels"]
+        return self.standard_eval(entire, labels, batch, conditional=own, entire_labels=self.entire_labels(labels))
