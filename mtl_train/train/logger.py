@@ -120,7 +120,7 @@ class RunLogger:
     def eval_metrics(self, split: str, metrics: dict, step: int) -> None:
         for name, m in metrics.items():
             for metric, v in m.items():
-                if metric in ("rows", "positives") or v is None:
+                if metric in ("rows", "positives") or v is None or isinstance(v, bool):
                     continue
                 self.writer.add_scalar(f"{split}/{metric}/{name}", v, step)
         text = ", ".join(

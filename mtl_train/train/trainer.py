@@ -73,6 +73,7 @@ def evaluate(model: MultiTaskModel, table: Table, device: torch.device, batch_si
     model.eval()
     scores: dict[str, list] = {}
     types: dict[str, str] = {}
+    eval_only: set[str] = set()
     for s in range(0, len(table), batch_size):
         batch = to_device(table.slice(s, min(s + batch_size, len(table))), device)
         out = model(batch)
@@ -80,6 +81,8 @@ def evaluate(model: MultiTaskModel, table: Table, device: torch.device, batch_si
             m = eo.mask
             scores.setdefault(name, []).append((eo.score[m].float().cpu(), eo.label[m].float().cpu()))
             types[name] = eo.type
+            if eo.eval_only:
+                eval_only.add(name)
     model.train(was_training)
     result = {}
     for name, parts in scores.items():
@@ -87,15 +90,17 @@ def evaluate(model: MultiTaskModel, table: Table, device: torch.device, batch_si
         label = torch.cat([p[1] for p in parts]).numpy()
         fn = regression_metrics if types[name] == "regression" else binary_metrics
         result[name] = fn(score, label, name=name, split=split)
+        if name in eval_only:  # scored against an evaluation-only column: never part of the monitor
+            result[name]["eval_only"] = True
     return result
 
 
 def monitor_value(metrics: dict, monitor: str) -> float | None:
     """Value of ``<metric>/<output>`` (e.g. ``auc/income``) or ``<metric>/mean`` (mean over the
-    outputs where the metric is defined) in a split's metrics."""
+    outputs where the metric is defined, ``eval_only`` outputs left out) in a split's metrics."""
     metric, _, what = monitor.partition("/")
     if what == "mean":
-        vals = [m[metric] for m in metrics.values() if m.get(metric) is not None]
+        vals = [m[metric] for m in metrics.values() if m.get(metric) is not None and not m.get("eval_only")]
         return float(np.mean(vals)) if vals else None
     if what not in metrics:
         raise ConfigError(f"trainer.monitor: no evaluated output '{what}' (have {sorted(metrics)})")
@@ -426,6 +431,7 @@ class Trainer:
             "train_samples_per_s": round(self.step * self.cfg.trainer.batch_size / max(train_s, 1e-9), 1),
             "device": str(self.device), "data": self.data.info.get("protocol"),
             "nonfinite_skipped": self.nonfinite_skipped, "resumed_at": self.resumes,
+            "funnel_violations": self.data.info.get("funnel_violations"),
         }
         with open(os.path.join(self.run_dir, "run.json"), "w") as f:
             json.dump(run_info, f, indent=2)

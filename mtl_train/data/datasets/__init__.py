@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import importlib
+import logging
+
+import torch
 
 from mtl_train.data.schema import DatasetBundle
 from mtl_train.errors import ConfigError
@@ -11,7 +14,34 @@ from mtl_train.errors import ConfigError
 LOADERS = {
     "synthetic": "mtl_train.data.datasets.synthetic:generate",
     "census": "mtl_train.data.datasets.census:load",
+    "hillstrom": "mtl_train.data.datasets.hillstrom:load",
+    "aliccp": "mtl_train.data.datasets.aliccp:load",
+    "aliexpress": "mtl_train.data.datasets.aliexpress:load",
 }
+
+log = logging.getLogger(__name__)
+
+
+def funnel_violations(bundle: DatasetBundle) -> dict[str, dict[str, int]]:
+    """Rows where a task is positive (label 1, or > 0 for a regression task) while its parent's
+    label is 0, per split and child task: {split: {task: count}} for every task with a parent.
+    Each nonzero count is logged as a warning. Such rows are kept; graphs that need a
+    consistent funnel (ESMM) use label AND parent label."""
+    schema = bundle.schema
+    out: dict[str, dict[str, int]] = {}
+    for split, table in bundle.splits():
+        counts = {}
+        for k, task in enumerate(schema.tasks):
+            if task.parent is None:
+                continue
+            p = schema.task_index(task.parent)
+            n = int(((table.labels[:, k] > 0) & (table.labels[:, p] == 0)).sum())
+            counts[task.name] = n
+            if n:
+                log.warning("%s split: %d rows have %s > 0 but parent %s = 0 (kept; esmm uses %s AND %s)",
+                            split, n, task.name, task.parent, task.name, task.parent)
+        out[split] = counts
+    return out
 
 
 def load_dataset(cfg, seed: int) -> DatasetBundle:
@@ -23,7 +53,9 @@ def load_dataset(cfg, seed: int) -> DatasetBundle:
     if cfg.name not in LOADERS:
         raise ConfigError(f"dataset.name: unknown dataset '{cfg.name}' (choose from {sorted(LOADERS)})")
     module, fn = LOADERS[cfg.name].split(":")
-    return getattr(importlib.import_module(module), fn)(cfg, seed)
+    bundle = getattr(importlib.import_module(module), fn)(cfg, seed)
+    bundle.info["funnel_violations"] = funnel_violations(bundle)
+    return bundle
 
 
 def read_file(cfg, path: str):

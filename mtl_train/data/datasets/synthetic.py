@@ -7,12 +7,15 @@ logistic model:
     s_click = sum_f a_f[id_f] + x_dense . u          (standardised to unit variance)
     s_own   = sum_f b_f[id_f] + x_dense . v          (standardised, independent of s_click)
     s_cvr   = rho * s_click + sqrt(1 - rho^2) * s_own,   rho = ``task_correlation``
-    click             ~ Bernoulli(sigmoid(logit(click_rate) + signal * s_click))
+    click             ~ Bernoulli(sigmoid(logit(click_rate) + signal * (s_click + click_bias * s_cvr)))
     purchase_if_click ~ Bernoulli(sigmoid(logit(cvr_rate) + signal * s_cvr))
     purchase          = click AND purchase_if_click
 
 so purchase only happens inside click, and ``task_correlation`` sets how strongly the two
-tasks share their structure. ``purchase_if_click`` (would this impression convert if
+tasks share their structure. ``click_bias`` (default 0) makes the click model select on the
+conversion score itself: the clicked population is then a biased sample of the impressions
+(sample-selection bias, the problem ESMM (Ma et al., SIGIR 2018) addresses): with
+``click_bias`` > 0 the clicked rows are those likelier to convert, with < 0 the unlikely ones. ``purchase_if_click`` (would this impression convert if
 clicked) is kept as an evaluation-only column, never a feature. Everything is
 deterministic from ``seed``: the hidden weights from ``seed``, and each split's rows from
 ``seed`` plus the split's index.
@@ -76,7 +79,8 @@ def generate(cfg, seed: int) -> DatasetBundle:
         s_own += dense @ u_own
         s_click, s_own = _standardise(s_click), _standardise(s_own)
         s_cvr = rho * s_click + np.sqrt(1 - rho**2) * s_own
-        p_click = 1 / (1 + np.exp(-(_logit(cfg.click_rate) + cfg.signal * s_click)))
+        bias = float(cfg.get("click_bias", 0.0))
+        p_click = 1 / (1 + np.exp(-(_logit(cfg.click_rate) + cfg.signal * (s_click + bias * s_cvr))))
         p_cvr = 1 / (1 + np.exp(-(_logit(cfg.cvr_rate) + cfg.signal * s_cvr)))
         click = rng.random(rows) < p_click
         pic = rng.random(rows) < p_cvr

@@ -1,0 +1,198 @@
+"""Ali-CCP, Alibaba Click and Conversion Prediction (Ma et al., SIGIR 2018, the ESMM paper's data;
+Tianchi dataset 408): click -> purchase.
+
+Two input formats, one schema (the 23 categorical fields and 8 numeric weights of the public
+preprocessed CSVs):
+
+1. The preprocessed CSVs (``train_path``, ``test_path``, optional ``val_path``): header
+   ``click,purchase,101,121,...,150_14,D109_14,...,D853``; every field column is an id
+   (re-encoded with a vocabulary built on train), each ``D<field>`` a numeric weight.
+2. The raw Tianchi release (``raw_dir`` holding ``sample_skeleton_{train,test}.csv`` and
+   ``common_features_{train,test}.csv``). A skeleton row is
+   ``sample_id,click,conversion,common_feature_index,feature_num,feature_list`` and a common
+   row ``common_feature_index,feature_num,feature_list``; a feature list is features separated
+   by ``\\x01``, each ``field_id\\x02feature_id\\x03value``. A sample's features are its own
+   (ad and cross fields) plus those of its common row (user fields), joined on the index.
+   Choice made (the release leaves it open): a field with several features in a row (the
+   14-day behaviour fields) keeps its first; its id is the field column and its value the
+   ``D<field>`` column, as in the preprocessed files.
+
+Rows with purchase = 1 but click = 0 are kept (the preprocessed files dropped them); they
+are counted and reported, and ESMM uses click AND purchase as its CTCVR label.
+
+Prepare: each input is converted once to Parquet in the cache. Split: with ``val_path`` the
+three files; otherwise (and for the raw release, which has train and test only) the test file
+is split half and half into val and test by a seeded permutation (``split_seed``, null = the
+run's seed), the protocol of the public preprocessed set.
+"""
+from __future__ import annotations
+
+import logging
+import os
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+
+from mtl_train.data.datasets.common import head, prepared_parquet, read_csv, require_columns, require_file
+from mtl_train.data.encode import encode_splits, split_indices
+from mtl_train.data.schema import DatasetBundle, Task
+from mtl_train.errors import ConfigError, DataError
+
+log = logging.getLogger(__name__)
+
+FIELDS = ["101", "121", "122", "124", "125", "126", "127", "128", "129", "205", "206", "207", "210", "216",
+          "508", "509", "702", "853", "301", "109_14", "110_14", "127_14", "150_14"]
+DENSE_FIELDS = ["109_14", "110_14", "127_14", "150_14", "508", "509", "702", "853"]
+NUMERIC = [f"D{f}" for f in DENSE_FIELDS]
+LABELS = ["click", "purchase"]
+TASKS = [Task("click", "click", "binary"), Task("purchase", "purchase", "binary", parent="click")]
+SKELETON = ["sample_id", "click", "purchase", "common_index", "feature_num", "feature_list"]
+COMMON = ["common_index", "feature_num", "feature_list"]
+
+
+def _convert_csv(path: str) -> pa.Table:
+    types = {f: pa.string() for f in FIELDS}
+    types.update({c: pa.float64() for c in NUMERIC})
+    types.update({c: pa.int8() for c in LABELS})
+    tbl = read_csv(path, types)
+    require_columns(tbl, LABELS + FIELDS + NUMERIC, path)
+    return tbl.select(LABELS + FIELDS + NUMERIC)
+
+
+def parse_feature_lists(lists: pa.Array, path: str) -> dict[str, pa.Array]:
+    """Columnar parse of ``field\\x02feature\\x03value`` lists joined by ``\\x01``.
+
+    Returns {field: ids (string [N], null where absent), "D<field>": values (float64 [N])} for
+    every field of :data:`FIELDS` (values for :data:`DENSE_FIELDS` only); a field repeated in a
+    row keeps its first feature.
+
+    Raises:
+        DataError: a feature that is not ``field\\x02feature\\x03value`` (naming the file).
+    """
+    if isinstance(lists, pa.ChunkedArray):
+        lists = lists.combine_chunks()
+    n = len(lists)
+    split = pc.split_pattern(pc.fill_null(lists, ""), "\x01")
+    flat = pc.list_flatten(split)
+    owner = np.asarray(pc.list_parent_indices(split))
+    keep = pc.not_equal(flat, "")
+    flat, owner = flat.filter(keep), owner[np.asarray(keep)]
+    parts = pc.split_pattern(flat, "\x02", max_splits=1)
+    fv = pc.split_pattern(pc.list_element(_checked(parts, path, "\\x02"), 1), "\x03", max_splits=1)
+    fv = _checked(fv, path, "\\x03")
+    field = pc.list_element(parts, 0)
+    feature = pc.list_element(fv, 0)
+    out: dict[str, pa.Array] = {}
+    for f in FIELDS:
+        hit = np.asarray(pc.equal(field, f))
+        pos = np.flatnonzero(hit)
+        rows, first = np.unique(owner[pos], return_index=True)
+        take = np.full(n, -1, dtype=np.int64)
+        take[rows] = pos[first]
+        index = pa.array(take, mask=take < 0)
+        out[f] = feature.take(index)
+        if f in DENSE_FIELDS:
+            try:
+                value = pc.cast(pc.list_element(fv, 1).take(index), pa.float64())
+            except pa.ArrowInvalid as e:
+                raise DataError(f"{path}: field {f} has a non-numeric value: {str(e).splitlines()[0]}") from None
+            out[f"D{f}"] = value
+    return out
+
+
+def _checked(parts: pa.Array, path: str, sep: str) -> pa.Array:
+    bad = pc.not_equal(pc.list_value_length(parts), 2)
+    if pc.any(bad).as_py():
+        raise DataError(f"{path}: {pc.sum(bad).as_py()} features are not 'field\\x02feature\\x03value' (missing {sep})")
+    return parts
+
+
+def _read_raw(path: str, names: list[str]) -> pa.Table:
+    if not os.path.isfile(path):
+        raise DataError(f"dataset.raw_dir: raw Ali-CCP file not found: {path}")
+    try:
+        tbl = pacsv.read_csv(
+            path,
+            read_options=pacsv.ReadOptions(column_names=names, block_size=1 << 24),
+            parse_options=pacsv.ParseOptions(delimiter=",", quote_char=False),
+            convert_options=pacsv.ConvertOptions(
+                column_types={"common_index": pa.string(), "feature_list": pa.string(), "click": pa.int8(),
+                              "purchase": pa.int8()}),
+        )
+    except (pa.ArrowInvalid, OSError) as e:
+        raise DataError(f"{path}: not a raw Ali-CCP file ({len(names)} comma-separated columns): "
+                        f"{str(e).splitlines()[0]}") from None
+    return tbl
+
+
+def convert_raw(skeleton_path: str, common_path: str) -> pa.Table:
+    """One raw split (skeleton + common features) -> the preprocessed column layout.
+
+    Raises:
+        DataError: a file is missing or malformed.
+    """
+    skel = _read_raw(skeleton_path, SKELETON)
+    common = _read_raw(common_path, COMMON)
+    own = parse_feature_lists(skel.column("feature_list"), skeleton_path)
+    shared = parse_feature_lists(common.column("feature_list"), common_path)
+    row = pc.index_in(skel.column("common_index"), value_set=common.column("common_index").combine_chunks())
+    if isinstance(row, pa.ChunkedArray):
+        row = row.combine_chunks()
+    missing = row.null_count
+    if missing:
+        log.warning("%s: %d samples have no row in %s (their user fields are null)", skeleton_path, missing, common_path)
+    cols = {"click": skel.column("click"), "purchase": skel.column("purchase")}
+    for f in FIELDS:
+        cols[f] = pc.coalesce(own[f], shared[f].take(row))
+    for c in NUMERIC:
+        cols[c] = pc.coalesce(own[c], shared[c].take(row))
+    return pa.table(cols)
+
+
+def load(cfg, seed: int) -> DatasetBundle:
+    """Load and encode Ali-CCP from the preprocessed CSVs or the raw release (module docstring).
+
+    Raises:
+        ConfigError: neither or both formats given.
+        DataError: a file is missing or malformed.
+    """
+    cache = cfg.cache_dir
+    if cfg.raw_dir and not (cfg.train_path or cfg.test_path or cfg.val_path):
+        paths = {s: (os.path.join(cfg.raw_dir, f"sample_skeleton_{s}.csv"), os.path.join(cfg.raw_dir, f"common_features_{s}.csv"))
+                 for s in ("train", "test")}
+        for s, (a, b) in paths.items():
+            for p in (a, b):
+                if not os.path.isfile(p):
+                    raise DataError(f"dataset.raw_dir: raw Ali-CCP file not found: {p}")
+        train = prepared_parquet("aliccp-raw", list(paths["train"]), {}, cache, lambda: convert_raw(*paths["train"]))
+        test = prepared_parquet("aliccp-raw", list(paths["test"]), {}, cache, lambda: convert_raw(*paths["test"]))
+        val = None
+        source = f"raw release in {cfg.raw_dir}"
+    elif cfg.train_path and cfg.test_path and not cfg.raw_dir:
+        tr = require_file(cfg.train_path, "dataset.train_path")
+        te = require_file(cfg.test_path, "dataset.test_path")
+        train = prepared_parquet("aliccp", [tr], {}, cache, lambda: _convert_csv(tr))
+        test = prepared_parquet("aliccp", [te], {}, cache, lambda: _convert_csv(te))
+        val = None
+        if cfg.val_path:
+            va = require_file(cfg.val_path, "dataset.val_path")
+            val = prepared_parquet("aliccp", [va], {}, cache, lambda: _convert_csv(va))
+        source = f"preprocessed CSVs {tr}, {cfg.val_path or '-'}, {te}"
+    else:
+        raise ConfigError("dataset: aliccp needs either dataset.train_path and dataset.test_path (preprocessed CSVs) "
+                          "or dataset.raw_dir (the raw Tianchi release), not both")
+    train, test = head(train, cfg.max_rows), head(test, cfg.max_rows)
+    split_seed = seed if cfg.split_seed is None else cfg.split_seed
+    if val is None:
+        va_idx, te_idx = split_indices(test.num_rows, (0.5, 0.5), split_seed)
+        val, test = test.take(pa.array(va_idx)), test.take(pa.array(te_idx))
+        protocol = f"{source}; test split half/half into val/test (seed {split_seed})"
+    else:
+        val = head(val, cfg.max_rows)
+        protocol = source
+    splits = {"train": train, "val": val, "test": test}
+    schema, tables, report = encode_splits(splits, FIELDS, NUMERIC, TASKS, min_count=cfg.min_count)
+    log.info("aliccp: %s; rows train/val/test = %d/%d/%d", protocol, *(len(tables[k]) for k in ("train", "val", "test")))
+    return DatasetBundle(schema, tables["train"], tables["val"], tables["test"], {"protocol": protocol, "report": report})

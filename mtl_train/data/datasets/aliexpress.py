@@ -1,0 +1,64 @@
+"""AliExpress search logs (Li et al., "Improving Multi-Scenario Learning to Rank in E-commerce by
+Exploiting Task Relationships in the Label Space", CIKM 2020; the CSV schema of MTReclib and the
+AITM experiments): click -> conversion.
+
+Columns: ``search_id`` (dropped, as in MTReclib), ``categorical_1..16`` (label-encoded ids; a
+vocabulary each, built on train), ``numerical_1..63`` (already normalised; standardised again
+with training statistics), labels ``click`` and ``conversion`` (parent ``click``).
+
+Prepare: each CSV is converted once to Parquet in the cache. Split: the release has a train and
+a test file; val is a seeded ``val_fraction`` of the train file
+(``numpy.random.default_rng(split_seed).permutation``, ``split_seed`` null = the run's seed),
+the test file is test.
+"""
+from __future__ import annotations
+
+import logging
+
+import pyarrow as pa
+
+from mtl_train.data.datasets.common import head, prepared_parquet, read_csv, require_columns, require_file
+from mtl_train.data.encode import encode_splits, split_indices
+from mtl_train.data.schema import DatasetBundle, Task
+from mtl_train.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+CATEGORICAL = [f"categorical_{i}" for i in range(1, 17)]
+NUMERIC = [f"numerical_{i}" for i in range(1, 64)]
+LABELS = ["click", "conversion"]
+TASKS = [Task("click", "click", "binary"), Task("conversion", "conversion", "binary", parent="click")]
+
+
+def _convert(path: str) -> pa.Table:
+    types = {c: pa.int64() for c in CATEGORICAL}
+    types.update({c: pa.float64() for c in NUMERIC})
+    types.update({c: pa.int8() for c in LABELS})
+    tbl = read_csv(path, types)
+    require_columns(tbl, CATEGORICAL + NUMERIC + LABELS, path)
+    return tbl.select(CATEGORICAL + NUMERIC + LABELS)
+
+
+def load(cfg, seed: int) -> DatasetBundle:
+    """Load and encode the AliExpress train/test CSVs (see the module docstring).
+
+    Raises:
+        ConfigError: a path is not set or ``val_fraction`` is not in (0, 1).
+        DataError: a file is missing or lacks a column.
+    """
+    train_path = require_file(cfg.train_path, "dataset.train_path")
+    test_path = require_file(cfg.test_path, "dataset.test_path")
+    if not 0 < cfg.val_fraction < 1:
+        raise ConfigError(f"dataset.val_fraction: must be in (0, 1), got {cfg.val_fraction}")
+    train = head(prepared_parquet("aliexpress", [train_path], {}, cfg.cache_dir, lambda: _convert(train_path)),
+                 cfg.max_rows)
+    test = head(prepared_parquet("aliexpress", [test_path], {}, cfg.cache_dir, lambda: _convert(test_path)),
+                cfg.max_rows)
+    split_seed = seed if cfg.split_seed is None else cfg.split_seed
+    tr, va = split_indices(train.num_rows, (1 - cfg.val_fraction, cfg.val_fraction), split_seed)
+    splits = {"train": train.take(pa.array(tr)), "val": train.take(pa.array(va)), "test": test}
+    schema, tables, report = encode_splits(splits, CATEGORICAL, NUMERIC, TASKS, min_count=cfg.min_count)
+    protocol = (f"train {train_path} less a seeded {cfg.val_fraction:g} for val (seed {split_seed}); "
+                f"test {test_path}")
+    log.info("aliexpress: %s; rows train/val/test = %d/%d/%d", protocol, *(len(tables[k]) for k in ("train", "val", "test")))
+    return DatasetBundle(schema, tables["train"], tables["val"], tables["test"], {"protocol": protocol, "report": report})

@@ -1,0 +1,66 @@
+"""Shared steps of the file-backed funnel datasets: a cached CSV -> Parquet conversion and the
+column checks every loader runs."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Callable
+
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from mtl_train.data.cache import cache_root, cached_file, fingerprint
+from mtl_train.errors import ConfigError, DataError
+
+log = logging.getLogger(__name__)
+
+PREPARE_VERSION = 1
+
+
+def require_file(path: str | None, key: str) -> str:
+    """``path`` if it names a file; ConfigError when unset, DataError when missing."""
+    if not path:
+        raise ConfigError(f"{key}: not set (give the path of the data file)")
+    if not Path(path).is_file():
+        raise DataError(f"{key}: data file not found: {path}")
+    return str(path)
+
+
+def prepared_parquet(name: str, inputs: list[str], spec: dict, cache_dir: str | None,
+                     convert: Callable[[], pa.Table]) -> pa.Table:
+    """Read the Parquet conversion of ``inputs``, building it once with ``convert()``.
+
+    The file is ``<cache>/<name>-<fingerprint>.parquet``; the fingerprint covers each input's
+    path, size and mtime and ``spec`` (:mod:`mtl_train.data.cache`), so a changed file or
+    conversion rebuilds it and an unchanged one is read back.
+    """
+    fp = fingerprint(inputs, {"dataset": name, "prepare": PREPARE_VERSION, **spec})
+    path = cache_root(inputs, cache_dir) / f"{name}-{fp}.parquet"
+    built = not path.exists()
+    cached_file(path, lambda tmp: pq.write_table(convert(), tmp))
+    log.info("%s: %s Parquet %s", name, "wrote" if built else "reusing", path)
+    return pq.read_table(path)
+
+
+def read_csv(path: str, column_types: dict | None = None, **read) -> pa.Table:
+    """Read a CSV with a header row (pyarrow); DataError naming the file on failure."""
+    try:
+        return pacsv.read_csv(
+            path,
+            read_options=pacsv.ReadOptions(block_size=1 << 24, **read),
+            convert_options=pacsv.ConvertOptions(column_types=column_types or {}),
+        )
+    except (pa.ArrowInvalid, OSError) as e:
+        raise DataError(f"{path}: cannot read as CSV: {str(e).splitlines()[0]}") from None
+
+
+def require_columns(tbl: pa.Table, columns: list[str], path: str) -> None:
+    """DataError naming the file and the first missing column."""
+    missing = [c for c in columns if c not in tbl.column_names]
+    if missing:
+        raise DataError(f"{path}: missing column '{missing[0]}' ({len(missing)} missing; have {tbl.column_names[:8]}...)")
+
+
+def head(tbl: pa.Table, max_rows: int | None) -> pa.Table:
+    return tbl if max_rows is None else tbl.slice(0, max_rows)

@@ -1,0 +1,77 @@
+"""Kevin Hillstrom's MineThatData E-Mail Analytics challenge (2008): 64,000 customers who got a
+men's, a women's or no e-mail, and their next two weeks: visit -> conversion (-> spend).
+
+Tasks (``dataset.tasks``, in funnel order): ``visit`` (binary), ``conversion`` (binary, parent
+``visit``), ``spend`` (optional regression task, label log1p(spend in $), no parent: it trains
+with MSE beside the funnel and is reported as mse/r2). Features: the customer columns and the
+campaign segment - categorical ``recency`` (months, 1-12), ``history_segment``, ``mens``,
+``womens``, ``zip_code``, ``newbie``, ``channel``, ``segment``; numeric ``recency``,
+``history`` (standardised with training statistics). The label columns never are features.
+
+Prepare: the CSV is converted once to Parquet in the cache (:mod:`mtl_train.data.cache`).
+Split: a seeded random 60/20/20 train/val/test partition (``dataset.split``,
+``numpy.random.default_rng(split_seed).permutation``; ``split_seed`` null = the run's seed),
+vocabularies and statistics fitted on train only.
+"""
+from __future__ import annotations
+
+import logging
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from mtl_train.data.datasets.common import head, prepared_parquet, read_csv, require_columns, require_file
+from mtl_train.data.encode import encode_splits, split_indices
+from mtl_train.data.schema import DatasetBundle, Task
+from mtl_train.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+CATEGORICAL = ["recency", "history_segment", "mens", "womens", "zip_code", "newbie", "channel", "segment"]
+NUMERIC = ["recency", "history"]
+LABELS = ["visit", "conversion", "spend"]
+TASKS = {
+    "visit": Task("visit", "visit", "binary"),
+    "conversion": Task("conversion", "conversion", "binary", parent="visit"),
+    "spend": Task("spend", "log1p_spend", "regression"),
+}
+
+
+def _convert(path: str) -> pa.Table:
+    types = {c: pa.string() for c in ("history_segment", "mens", "womens", "zip_code", "newbie", "channel", "segment")}
+    types.update({"recency": pa.int64(), "history": pa.float64(), "visit": pa.int8(), "conversion": pa.int8(),
+                  "spend": pa.float64()})
+    tbl = read_csv(path, types)
+    require_columns(tbl, list(dict.fromkeys(CATEGORICAL + NUMERIC + LABELS)), path)
+    cols = {c: tbl.column(c) for c in dict.fromkeys(CATEGORICAL + NUMERIC + LABELS)}
+    cols["recency_id"] = pc.cast(tbl.column("recency"), pa.string())
+    cols["log1p_spend"] = pc.log1p(tbl.column("spend"))
+    return pa.table(cols)
+
+
+def load(cfg, seed: int) -> DatasetBundle:
+    """Load, split and encode the Hillstrom CSV (see the module docstring).
+
+    Raises:
+        ConfigError: no path, an unknown task, a task order that breaks the funnel, bad split.
+        DataError: the file is missing or lacks a column.
+    """
+    path = require_file(cfg.path, "dataset.path")
+    for name in cfg.tasks:
+        if name not in TASKS:
+            raise ConfigError(f"dataset.tasks: unknown hillstrom task '{name}' (choose from {list(TASKS)})")
+    tasks = [TASKS[n] for n in cfg.tasks]
+    names = [t.name for t in tasks]
+    tasks = [Task(t.name, t.label, t.type, t.parent if t.parent in names else None) for t in tasks]
+    fr = tuple(cfg.split)
+    if len(fr) != 3 or abs(sum(fr) - 1) > 1e-6 or min(fr) <= 0:
+        raise ConfigError(f"dataset.split: need three positive fractions summing to 1, got {list(fr)}")
+    raw = head(prepared_parquet("hillstrom", [path], {}, cfg.cache_dir, lambda: _convert(path)), cfg.max_rows)
+    split_seed = seed if cfg.split_seed is None else cfg.split_seed
+    idx = split_indices(raw.num_rows, fr, split_seed)
+    splits = {k: raw.take(pa.array(i)) for k, i in zip(("train", "val", "test"), idx)}
+    sparse = ["recency_id" if c == "recency" else c for c in CATEGORICAL]
+    schema, tables, report = encode_splits(splits, sparse, NUMERIC, tasks, min_count=cfg.min_count)
+    protocol = f"{path}: seeded random split {list(fr)} (seed {split_seed})"
+    log.info("hillstrom: %s; rows train/val/test = %d/%d/%d", protocol, *(len(tables[k]) for k in ("train", "val", "test")))
+    return DatasetBundle(schema, tables["train"], tables["val"], tables["test"], {"protocol": protocol, "report": report})
