@@ -38,8 +38,8 @@ def main() -> None:
     ap.add_argument("--out", default="runs/esmm_bias")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--click-bias", type=float, default=1.0)
-    ap.add_argument("--rows", type=int, default=100_000)
-    ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--rows", type=int, default=50_000)
+    ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--extra", nargs="*", default=[], help="more overrides for every run")
     a = ap.parse_args()
     data = ["dataset=synthetic", f"dataset.click_bias={a.click_bias}", f"dataset.train_rows={a.rows}",

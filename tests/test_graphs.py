@@ -225,3 +225,24 @@ def test_presets_select_their_graph_and_precheck_accepts_combinations():
     precheck_overrides(["model=esmm", "graph=dbmtl", "graph.head_hidden=[8]"])
     with pytest.raises(ConfigError, match="graph.calibrator_weight"):
         precheck_overrides(["model=aitm", "graph=esmm", "graph.calibrator_weight=0.3"])
+
+
+@pytest.mark.parametrize("graph", GRAPHS)
+def test_each_graph_learns_the_synthetic_funnel(graph):
+    from mtl_train.data.datasets import load_dataset
+
+    torch.manual_seed(0)
+    data = load_dataset(cfg("dataset", "synthetic", train_rows=2000, val_rows=10, test_rows=10,
+                            vocab_sizes=[20, 20, 5], num_dense=2, click_rate=0.3, cvr_rate=0.3), seed=0)
+    m = build_model(data.schema, cfg("model", "esmm", embedding_dim=4), cfg("graph", graph, **SMALL_GRAPH[graph]))
+    opt = torch.optim.Adam(m.parameters(), lr=0.02)
+    batch = data.train.take(torch.arange(2000))
+    for _ in range(60):
+        losses, _ = m.graph.losses(m(batch), batch["labels"])
+        opt.zero_grad()
+        losses.sum().backward()
+        opt.step()
+    # every loss term ends below the logloss of the constant base-rate predictor of its label
+    p = batch["labels"].mean(0)
+    base = -(p * p.log() + (1 - p) * (1 - p).log())
+    assert (losses.detach() < 0.97 * base).all(), (losses, base)
