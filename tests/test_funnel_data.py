@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 from conftest import REPO, SHARED, find_run_dir, run_cli
 from mtl_train.config import validate_group
 from mtl_train.data.datasets import load_dataset
-from mtl_train.data.datasets.aliccp import convert_raw
+from mtl_train.data.datasets.aliccp import convert_raw, write_raw
 from mtl_train.data.schema import DenseFeature, FeatureSchema, SparseFeature, Task
 from mtl_train.errors import ConfigError, DataError
 
@@ -79,7 +79,7 @@ def feats(*items):
     return F1.join(f"{f}{F2}{i}{F3}{v}" for f, i, v in items)
 
 
-def write_raw(d):
+def write_raw_fragment(d):
     (d / "sample_skeleton_train.csv").write_text("\n".join([
         f"1,1,0,idxA,3,{feats(('205', 'i1', 1.0), ('206', 'c1', 1.0), ('508', 'x1', 0.5))}",
         f"2,0,0,idxB,3,{feats(('205', 'i2', 1.0), ('508', 'x2', 0.25), ('508', 'x3', 0.75))}",
@@ -99,13 +99,19 @@ def write_raw(d):
 def test_raw_aliccp_fragment_joins_common_features(tmp_path):
     raw = tmp_path / "raw"
     raw.mkdir()
-    write_raw(raw)
+    write_raw_fragment(raw)
     t = convert_raw(str(raw / "sample_skeleton_train.csv"), str(raw / "common_features_train.csv")).to_pydict()
     assert t["click"] == [1, 0, 0] and t["purchase"] == [0, 0, 1]
     assert t["205"] == ["i1", "i2", "i1"] and t["206"] == ["c1", None, None]
     assert t["508"] == ["x1", "x2", None] and t["D508"] == [0.5, 0.25, None]  # a repeated field keeps its first
     assert t["101"] == ["u1", "u2", "u1"] and t["109_14"] == ["b1", None, "b1"] and t["D109_14"] == [2.5, None, 2.5]
     assert t["127"] == [None, None, None]
+    # streamed in blocks of a few rows, the Parquet file holds the same rows
+    import pyarrow.parquet as pq
+
+    n = write_raw(str(raw / "sample_skeleton_train.csv"), str(raw / "common_features_train.csv"),
+                  str(tmp_path / "stream.parquet"), block_size=64)
+    assert n == 3 and pq.read_table(tmp_path / "stream.parquet").to_pydict() == t
 
     b = load_dataset(dataset_cfg("aliccp", raw_dir=str(raw), cache_dir=str(tmp_path / "cache")), seed=0)
     assert [len(x) for _, x in b.splits()] == [3, 1, 1]

@@ -20,7 +20,8 @@ preprocessed CSVs):
 Rows with purchase = 1 but click = 0 are kept (the preprocessed files dropped them); they
 are counted and reported, and ESMM uses click AND purchase as its CTCVR label.
 
-Prepare: each input is converted once to Parquet in the cache. Split: with ``val_path`` the
+Prepare: each input is converted once to Parquet in the cache; the raw skeleton files are
+streamed block by block (the common-features file, about 1/50 of the rows, is held in memory). Split: with ``val_path`` the
 three files; otherwise (and for the raw release, which has train and test only) the test file
 is split half and half into val and test by a seeded permutation (``split_seed``, null = the
 run's seed), the protocol of the public preprocessed set.
@@ -34,6 +35,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
 
 from mtl_train.data.datasets.common import head, prepared_parquet, read_csv, require_columns, require_file
 from mtl_train.data.encode import encode_splits, split_indices
@@ -109,46 +111,89 @@ def _checked(parts: pa.Array, path: str, sep: str) -> pa.Array:
     return parts
 
 
-def _read_raw(path: str, names: list[str]) -> pa.Table:
+def _raw_options(names: list[str], block_size: int):
+    return dict(
+        read_options=pacsv.ReadOptions(column_names=names, block_size=block_size),
+        parse_options=pacsv.ParseOptions(delimiter=",", quote_char=False),
+        convert_options=pacsv.ConvertOptions(
+            column_types={"common_index": pa.string(), "feature_list": pa.string(), "click": pa.int8(),
+                          "purchase": pa.int8(), "sample_id": pa.string(), "feature_num": pa.int64()}),
+    )
+
+
+def _bad_raw(path: str, names: list[str], e: Exception) -> DataError:
+    return DataError(f"{path}: not a raw Ali-CCP file ({len(names)} comma-separated columns): {str(e).splitlines()[0]}")
+
+
+def _read_common(path: str) -> tuple[pa.Array, dict[str, pa.Array]]:
+    """The common-features file, parsed: (index strings [M], {column: [M]})."""
     if not os.path.isfile(path):
         raise DataError(f"dataset.raw_dir: raw Ali-CCP file not found: {path}")
     try:
-        tbl = pacsv.read_csv(
-            path,
-            read_options=pacsv.ReadOptions(column_names=names, block_size=1 << 24),
-            parse_options=pacsv.ParseOptions(delimiter=",", quote_char=False),
-            convert_options=pacsv.ConvertOptions(
-                column_types={"common_index": pa.string(), "feature_list": pa.string(), "click": pa.int8(),
-                              "purchase": pa.int8()}),
-        )
+        tbl = pacsv.read_csv(path, **_raw_options(COMMON, 1 << 24))
     except (pa.ArrowInvalid, OSError) as e:
-        raise DataError(f"{path}: not a raw Ali-CCP file ({len(names)} comma-separated columns): "
-                        f"{str(e).splitlines()[0]}") from None
-    return tbl
+        raise _bad_raw(path, COMMON, e) from None
+    return tbl.column("common_index").combine_chunks(), parse_feature_lists(tbl.column("feature_list"), path)
 
 
-def convert_raw(skeleton_path: str, common_path: str) -> pa.Table:
-    """One raw split (skeleton + common features) -> the preprocessed column layout.
+def _skeleton_batches(path: str, block_size: int):
+    """The skeleton file as record batches (streamed: the full release does not fit in memory)."""
+    if not os.path.isfile(path):
+        raise DataError(f"dataset.raw_dir: raw Ali-CCP file not found: {path}")
+    try:
+        reader = pacsv.open_csv(path, **_raw_options(SKELETON, block_size))
+        for batch in reader:
+            yield batch
+    except (pa.ArrowInvalid, OSError) as e:
+        raise _bad_raw(path, SKELETON, e) from None
+
+
+def _join(batch: pa.RecordBatch, index: pa.Array, shared: dict[str, pa.Array], skeleton_path: str,
+          common_path: str) -> pa.Table:
+    own = parse_feature_lists(batch.column("feature_list"), skeleton_path)
+    row = pc.index_in(batch.column("common_index"), value_set=index)
+    if row.null_count:
+        log.warning("%s: %d samples have no row in %s (their user fields are null)", skeleton_path, row.null_count,
+                    common_path)
+    cols = {"click": batch.column("click"), "purchase": batch.column("purchase")}
+    for c in FIELDS + NUMERIC:
+        cols[c] = pc.coalesce(own[c], shared[c].take(row))
+    return pa.table(cols)
+
+
+def write_raw(skeleton_path: str, common_path: str, out_path: str, block_size: int = 1 << 26) -> int:
+    """Convert one raw split (skeleton + common features) to a Parquet file in the preprocessed
+    column layout, streaming the skeleton in blocks of ``block_size`` bytes; returns the rows.
 
     Raises:
         DataError: a file is missing or malformed.
     """
-    skel = _read_raw(skeleton_path, SKELETON)
-    common = _read_raw(common_path, COMMON)
-    own = parse_feature_lists(skel.column("feature_list"), skeleton_path)
-    shared = parse_feature_lists(common.column("feature_list"), common_path)
-    row = pc.index_in(skel.column("common_index"), value_set=common.column("common_index").combine_chunks())
-    if isinstance(row, pa.ChunkedArray):
-        row = row.combine_chunks()
-    missing = row.null_count
-    if missing:
-        log.warning("%s: %d samples have no row in %s (their user fields are null)", skeleton_path, missing, common_path)
-    cols = {"click": skel.column("click"), "purchase": skel.column("purchase")}
-    for f in FIELDS:
-        cols[f] = pc.coalesce(own[f], shared[f].take(row))
-    for c in NUMERIC:
-        cols[c] = pc.coalesce(own[c], shared[c].take(row))
-    return pa.table(cols)
+    index, shared = _read_common(common_path)
+    writer = None
+    rows = 0
+    try:
+        for batch in _skeleton_batches(skeleton_path, block_size):
+            tbl = _join(batch, index, shared, skeleton_path, common_path)
+            if writer is None:
+                writer = pq.ParquetWriter(out_path, tbl.schema)
+            writer.write_table(tbl.cast(writer.schema))
+            rows += tbl.num_rows
+        if writer is None:  # an empty skeleton file
+            empty = {"click": pa.array([], pa.int8()), "purchase": pa.array([], pa.int8())}
+            empty.update({f: pa.array([], pa.string()) for f in FIELDS})
+            empty.update({c: pa.array([], pa.float64()) for c in NUMERIC})
+            pq.write_table(pa.table(empty), out_path)
+    finally:
+        if writer is not None:
+            writer.close()
+    return rows
+
+
+def convert_raw(skeleton_path: str, common_path: str) -> pa.Table:
+    """One raw split as an in-memory table (see :func:`write_raw`)."""
+    index, shared = _read_common(common_path)
+    tables = [_join(b, index, shared, skeleton_path, common_path) for b in _skeleton_batches(skeleton_path, 1 << 24)]
+    return pa.concat_tables(tables) if tables else None
 
 
 def load(cfg, seed: int) -> DatasetBundle:
@@ -166,8 +211,10 @@ def load(cfg, seed: int) -> DatasetBundle:
             for p in (a, b):
                 if not os.path.isfile(p):
                     raise DataError(f"dataset.raw_dir: raw Ali-CCP file not found: {p}")
-        train = prepared_parquet("aliccp-raw", list(paths["train"]), {}, cache, lambda: convert_raw(*paths["train"]))
-        test = prepared_parquet("aliccp-raw", list(paths["test"]), {}, cache, lambda: convert_raw(*paths["test"]))
+        train = prepared_parquet("aliccp-raw", list(paths["train"]), {}, cache,
+                                 write=lambda tmp: write_raw(*paths["train"], tmp))
+        test = prepared_parquet("aliccp-raw", list(paths["test"]), {}, cache,
+                                write=lambda tmp: write_raw(*paths["test"], tmp))
         val = None
         source = f"raw release in {cfg.raw_dir}"
     elif cfg.train_path and cfg.test_path and not cfg.raw_dir:

@@ -28,8 +28,10 @@ def require_file(path: str | None, key: str) -> str:
 
 
 def prepared_parquet(name: str, inputs: list[str], spec: dict, cache_dir: str | None,
-                     convert: Callable[[], pa.Table]) -> pa.Table:
-    """Read the Parquet conversion of ``inputs``, building it once with ``convert()``.
+                     convert: Callable[[], pa.Table] | None = None,
+                     write: Callable[[str], None] | None = None) -> pa.Table:
+    """Read the Parquet conversion of ``inputs``, building it once with ``convert()`` (returns
+    the table) or ``write(tmp_path)`` (writes the Parquet file itself, e.g. batch by batch).
 
     The file is ``<cache>/<name>-<fingerprint>.parquet``; the fingerprint covers each input's
     path, size and mtime and ``spec`` (:mod:`mtl_train.data.cache`), so a changed file or
@@ -38,7 +40,7 @@ def prepared_parquet(name: str, inputs: list[str], spec: dict, cache_dir: str | 
     fp = fingerprint(inputs, {"dataset": name, "prepare": PREPARE_VERSION, **spec})
     path = cache_root(inputs, cache_dir) / f"{name}-{fp}.parquet"
     built = not path.exists()
-    cached_file(path, lambda tmp: pq.write_table(convert(), tmp))
+    cached_file(path, write if write is not None else (lambda tmp: pq.write_table(convert(), tmp)))
     log.info("%s: %s Parquet %s", name, "wrote" if built else "reusing", path)
     return pq.read_table(path)
 
