@@ -129,6 +129,8 @@ def test_raw_aliccp_fragment_joins_common_features(tmp_path):
 def test_label_column_listed_as_feature_is_refused():
     with pytest.raises(ConfigError, match="label leakage"):
         FeatureSchema([SparseFeature("click", 4)], [DenseFeature("x")], [Task("click", "click")])
+    with pytest.raises(ConfigError, match="funnel order"):
+        FeatureSchema([SparseFeature("a", 4)], [], [Task("buy", "buy", parent="click"), Task("click", "click")])
 
 
 def test_synthetic_click_bias_selects_the_clicked_population():

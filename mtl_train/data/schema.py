@@ -65,8 +65,9 @@ class FeatureSchema:
     """Features and tasks of a dataset, in the column order of the split tensors.
 
     Raises:
-        ConfigError: on duplicate names, unknown task types or parents, or a label column
-            that is also a feature (label leakage).
+        ConfigError: on duplicate names, unknown task types or parents, a parent declared after
+            its child (tasks are in funnel order), or a label column that is also a feature
+            (label leakage).
     """
 
     sparse: list[SparseFeature]
@@ -89,6 +90,11 @@ class FeatureSchema:
                 raise ConfigError(f"dataset.tasks.{t.name}.type: '{t.type}' is not one of {TASK_TYPES}")
             if t.parent is not None and t.parent not in names:
                 raise ConfigError(f"dataset.tasks.{t.name}.parent: unknown task '{t.parent}'")
+            if t.parent is not None and names.index(t.parent) > names.index(t.name):
+                raise ConfigError(
+                    f"dataset.tasks.{t.name}.parent: parent '{t.parent}' must be declared before '{t.name}' "
+                    f"(tasks are listed in funnel order)"
+                )
             if t.label in features:
                 raise ConfigError(f"dataset: label column '{t.label}' of task '{t.name}' is also a feature (label leakage)")
         for f in self.sparse:
