@@ -59,6 +59,12 @@ def test_aliexpress_sample_loads(tmp_path):
     assert b.train.sparse.shape[1] == 16 and b.train.dense.shape[1] == 63
     assert int(b.train.labels[:, 0].sum() + b.val.labels[:, 0].sum()) == 60  # click=1 in 60 of 100
     assert int(b.test.labels[:, 1].sum()) == 2
+    # eval/predict read a file of the same format and encode it with the training encoders
+    from mtl_train.data.datasets import read_file
+
+    again, _ = b.schema.encoders.transform(read_file(cfg, str(ALIEXPRESS / "aliexpress_test_sample.csv")))
+    assert torch.equal(again.sparse, b.test.sparse) and torch.equal(again.labels, b.test.labels)
+    assert torch.allclose(again.dense, b.test.dense)
 
 
 @pytest.mark.skipif(not ALICCP.exists(), reason="shared ali-ccp sample not present")

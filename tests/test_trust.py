@@ -305,9 +305,11 @@ def test_eval_reproduces_metrics_and_scored_predictions_give_the_same_auc(tmp_pa
     out = run_predict(make_cfg("mode=predict", f"checkpoint={train_dir}", "trainer.device=cpu",
                                "infer.id_columns=[c0,c2]"), str(tmp_path / "pr"))
     tbl = pq.read_table(out)
-    assert tbl.column_names == ["row", "c0", "c2", "prob_click", "label_click", "prob_purchase", "label_purchase"]
+    # one prob/label pair per evaluated output (purchase_given_click: labels only on clicked rows)
+    assert tbl.column_names == ["row", "c0", "c2", "prob_click", "label_click", "prob_purchase", "label_purchase",
+                                "prob_purchase_given_click", "label_purchase_given_click"]
     assert tbl.num_rows == 400 and tbl.column("row").to_pylist() == list(range(400))
-    for task in ("click", "purchase"):
+    for task in ("click", "purchase", "purchase_given_click"):
         p = tbl.column(f"prob_{task}").to_numpy()
         y = tbl.column(f"label_{task}").to_numpy(zero_copy_only=False)
         keep = ~np.isnan(y)

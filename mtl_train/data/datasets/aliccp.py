@@ -196,6 +196,18 @@ def convert_raw(skeleton_path: str, common_path: str) -> pa.Table:
     return pa.concat_tables(tables) if tables else None
 
 
+def read_file(cfg, path: str) -> pa.Table:
+    """One file for eval/predict: a preprocessed-layout CSV, or a Parquet file in that layout
+    (e.g. a prepared raw split from the cache).
+
+    Raises:
+        DataError: the file is missing, unreadable, or lacks a column."""
+    from mtl_train.data.files import check_readable, read_parquet
+
+    path = check_readable(path)
+    return read_parquet(path) if path.endswith(".parquet") else _convert_csv(path)
+
+
 def load(cfg, seed: int) -> DatasetBundle:
     """Load and encode Ali-CCP from the preprocessed CSVs or the raw release (module docstring).
 

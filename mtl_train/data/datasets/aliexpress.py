@@ -39,6 +39,16 @@ def _convert(path: str) -> pa.Table:
     return tbl.select(CATEGORICAL + NUMERIC + LABELS)
 
 
+def read_file(cfg, path: str) -> pa.Table:
+    """One AliExpress-format CSV as raw columns for eval/predict.
+
+    Raises:
+        DataError: the file is missing, unreadable, or lacks a column."""
+    from mtl_train.data.files import check_readable
+
+    return _convert(check_readable(path))
+
+
 def load(cfg, seed: int) -> DatasetBundle:
     """Load and encode the AliExpress train/test CSVs (see the module docstring).
 

@@ -49,6 +49,16 @@ def _convert(path: str) -> pa.Table:
     return pa.table(cols)
 
 
+def read_file(cfg, path: str) -> pa.Table:
+    """One Hillstrom-format CSV as raw columns for eval/predict (labels derived as in training).
+
+    Raises:
+        DataError: the file is missing, unreadable, or lacks a column."""
+    from mtl_train.data.files import check_readable
+
+    return _convert(check_readable(path))
+
+
 def load(cfg, seed: int) -> DatasetBundle:
     """Load, split and encode the Hillstrom CSV (see the module docstring).
 
