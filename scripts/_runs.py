@@ -20,6 +20,8 @@ def run_mtl(args: list[str], run_dir: Path, threads: int = 1) -> dict:
     env = dict(os.environ, OMP_NUM_THREADS=str(threads))
     cmd = [sys.executable, "-m", "mtl_train", *args, f"hydra.run.dir={run_dir}", "trainer.progress=false",
            f"trainer.num_threads={threads}"]
+    if (run_dir / "checkpoints" / "last.pt").exists():  # an interrupted run: continue it
+        cmd.append(f"trainer.resume={run_dir}")
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(args)} failed: {proc.stderr[-2000:]}")
