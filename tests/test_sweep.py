@@ -69,7 +69,7 @@ def test_every_job_is_one_hparams_row_with_its_final_metrics(sweep):
         tags = set(acc.Tags()["scalars"])
         final = {t for t in tags if t.startswith("hparams/")}
         assert final == {f"hparams/{s}/{m}/{t}" for s in ("val", "test") for m in ("auc", "logloss")
-                         for t in ("click", "purchase")}
+                         for t in ("click", "purchase", "purchase_given_click")}  # every evaluated output
         for tag in final:
             _, split, metric, task = tag.split("/")
             (event,) = acc.Scalars(tag)  # one value per metric tag
