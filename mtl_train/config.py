@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Any, Dict, List, Optional
 
+from omegaconf import MISSING
+
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
@@ -82,13 +84,101 @@ class CensusData:
     max_rows: Optional[int] = None
 
 
+@dataclass
+class CategoricalColumn:
+    name: str = MISSING
+    min_count: Optional[int] = None       # null: dataset.min_count
+    hash_buckets: Optional[int] = None    # hash into N buckets instead of a vocabulary
+
+
+@dataclass
+class NumericColumn:
+    name: str = MISSING
+    norm: str = "standard"                # standard, minmax, log (signed log1p, then standard), none
+    fill: str = "mean"                    # nulls: mean (the training mean), zero, or a number
+
+
+@dataclass
+class SequenceColumn:
+    name: str = MISSING
+    max_len: int = 20                     # ids kept per row (the first max_len)
+    pooling: str = "mean"                 # mean or sum
+    min_count: Optional[int] = None
+    hash_buckets: Optional[int] = None
+
+
+@dataclass
+class TaskColumn:
+    name: str = MISSING
+    label: Optional[str] = None           # null: the column named like the task
+    type: str = "binary"                  # binary or regression
+    parent: Optional[str] = None          # funnel parent task (e.g. purchase -> click)
+
+
+@dataclass
+class ParquetSchema:
+    """The column schema of ``dataset=parquet`` (inline, or the content of ``schema_file``)."""
+
+    categorical: List[CategoricalColumn] = field(default_factory=list)
+    numeric: List[NumericColumn] = field(default_factory=list)
+    sequences: List[SequenceColumn] = field(default_factory=list)
+    tasks: List[TaskColumn] = field(default_factory=list)
+
+
+@dataclass
+class ParquetData(ParquetSchema):
+    name: str = "parquet"
+    train_path: Optional[str] = None
+    val_path: Optional[str] = None
+    test_path: Optional[str] = None
+    split: List[float] = field(default_factory=lambda: [0.8, 0.1, 0.1])
+    split_seed: Optional[int] = None
+    schema_file: Optional[str] = None
+    min_count: int = 1
+    mode: str = "auto"                    # auto, memory, stream
+    memory_budget_mb: Optional[int] = None
+    shuffle_buffer: int = 262144
+    num_workers: int = 1
+    cache_dir: Optional[str] = None
+    progress: bool = True
+
+
+def _normalise_parquet(cfg: DictConfig) -> DictConfig:
+    from mtl_train.data.parquet import normalise_columns
+
+    d = OmegaConf.to_container(cfg)
+    return OmegaConf.create(normalise_columns(d))
+
+
+def validate_schema_file(path: str) -> dict:
+    """Load and check a parquet column schema file (YAML with categorical, numeric,
+    sequences, tasks). Raises ConfigError naming the file and the key."""
+    import os
+
+    from mtl_train.data.parquet import normalise_columns
+
+    if not os.path.isfile(path):
+        raise ConfigError(f"dataset.schema_file: file not found: {path}")
+    try:
+        raw = OmegaConf.load(path)
+        typed = OmegaConf.merge(OmegaConf.structured(ParquetSchema), normalise_columns(OmegaConf.to_container(raw)))
+    except ConfigKeyError as e:
+        raise ConfigError(f"{path}: unknown key '{e.key}' (known: categorical, numeric, sequences, tasks and their "
+                          f"fields)") from None
+    except ValidationError as e:
+        raise ConfigError(f"{path}: {e.full_key}: {e.msg.splitlines()[0]}") from None
+    except Exception as e:  # YAML syntax and the like
+        raise ConfigError(f"{path}: not a valid schema file: {str(e).splitlines()[0]}") from None
+    return OmegaConf.to_container(typed)
+
+
 # ---- model ------------------------------------------------------------------------------
 @dataclass
 class _ModelBase:
     name: str = ""
     backbone: str = ""
     embedding_dim: int = 8
-    sparse_embedding: bool = False
+    sparse_embedding: Optional[bool] = None  # null: on where it is faster (CPU, loss-weighting balancers)
     activation: str = "relu"
     dropout: float = 0.0
 
@@ -285,7 +375,7 @@ class Objective:
 # group -> (selector key, {selector value: schema})
 SCHEMAS: dict[str, tuple[str, dict[str, type]]] = {
     "dataset": ("name", {"synthetic": SyntheticData, "census": CensusData, "hillstrom": HillstromData,
-                         "aliccp": AliCCPData, "aliexpress": AliExpressData}),
+                         "aliccp": AliCCPData, "aliexpress": AliExpressData, "parquet": ParquetData}),
     "model": ("backbone", {"single_task": MLPModel, "shared_bottom": MLPModel, "mmoe": MoEModel, "ple": PLEModel,
                            "shared_embedding": SharedEmbeddingModel}),
     "graph": ("name", {"independent": IndependentGraph, "esmm": ESMMGraph, "dbmtl": DBMTLGraph, "gmsl": GMSLGraph,
@@ -306,8 +396,9 @@ POSITIVE = {
     "eval_batch_size", "lr", "eval_every_steps", "max_steps", "log_every_steps", "num_threads", "min_count",
     "max_rows", "min_weight", "patience", "num_gates", "step_size", "checkpoint_every_steps", "gamma",
     "temperature", "window_steps", "gru_hidden", "attention_dim", "val_fraction",
+    "max_len", "hash_buckets", "shuffle_buffer", "memory_budget_mb",
 }
-NON_NEGATIVE = {"num_dense", "num_task_experts", "num_shared_experts", "weight_decay", "dropout", "alpha", "min_delta",
+NON_NEGATIVE = {"num_workers", "num_dense", "num_task_experts", "num_shared_experts", "weight_decay", "dropout", "alpha", "min_delta",
                 "warmup_steps", "min_lr_ratio", "c", "default_weight", "order_weight", "calibrator_weight"}
 # string keys with a closed set of values: (group, key) -> allowed values
 CHOICES = {
@@ -320,6 +411,8 @@ CHOICES = {
 }
 MODES = ("train", "eval", "predict")
 TOP_LEVEL = ("seed", "mode", "checkpoint", "infer", "objective", "experiment")
+# per group option: a function applied to its config before the schema merge (short forms)
+NORMALISERS = {("dataset", "parquet"): _normalise_parquet}
 
 
 def _check_values(group: str, cfg: DictConfig) -> None:
@@ -349,6 +442,8 @@ def validate_group(group: str, cfg: DictConfig) -> DictConfig:
     if choice not in options:
         raise ConfigError(f"{group}.{selector}: unknown value '{choice}' (choose from {sorted(options)})")
     schema = options[choice]
+    if (group, choice) in NORMALISERS:
+        cfg = NORMALISERS[(group, choice)](cfg)
     try:
         typed = OmegaConf.merge(OmegaConf.structured(schema), cfg)
     except ConfigKeyError as e:

@@ -50,22 +50,119 @@ class Vocabulary:
 
         Returns:
             (ids int64 [N], null count, out-of-vocabulary count). Nulls get id 0 and unseen
-            values id 1. Integer values never pass through floats.
+            values id 1. Integer values never pass through floats: positions come from
+            ``pyarrow.compute.index_in`` as int32, misses filled with -1 before leaving Arrow
+            (or, for integer columns, from a sorted-value ``numpy.searchsorted``).
         """
-        column = column.cast(self.values.type) if column.type != self.values.type else column
-        pos = pc.index_in(column, value_set=self.values)
-        if isinstance(pos, pa.ChunkedArray):
-            pos = pos.combine_chunks()
-        is_null = column.is_null()
-        if isinstance(is_null, pa.ChunkedArray):
-            is_null = is_null.combine_chunks()
-        ids = pos.to_numpy(zero_copy_only=False)  # float with NaN where not found
-        found = ~np.isnan(ids) if ids.dtype.kind == "f" else np.ones(len(ids), bool)
-        out = np.full(len(ids), OOV_ID, dtype=np.int64)
-        out[found] = ids[found].astype(np.int64) + NUM_RESERVED_IDS
-        null = is_null.to_numpy(zero_copy_only=False)
+        if isinstance(column, pa.ChunkedArray):
+            column = column.combine_chunks()
+        if column.type != self.values.type:
+            try:
+                column = column.cast(self.values.type)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
+                raise DataError(f"cannot map values of type {column.type} to a vocabulary of {self.values.type}: "
+                                f"{str(e).splitlines()[0]}") from None
+        null = column.is_null().to_numpy(zero_copy_only=False)
+        if pa.types.is_integer(self.values.type):
+            pos = self._int_positions(column.fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64, copy=False))
+        else:
+            found = pc.fill_null(pc.index_in(column, value_set=self.values), -1)
+            pos = found.to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
+        out = pos + NUM_RESERVED_IDS
+        miss = pos < 0
+        out[miss] = OOV_ID
         out[null] = NULL_ID
-        return out, int(null.sum()), int((~found & ~null).sum())
+        return out, int(null.sum()), int((miss & ~null).sum())
+
+    def _int_positions(self, x: np.ndarray) -> np.ndarray:
+        """Vocabulary positions of int64 values (-1 where unknown), by binary search over the
+        sorted values (built once per vocabulary)."""
+        if not hasattr(self, "_sorted"):
+            vals = self.values.to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
+            order = np.argsort(vals, kind="stable")
+            self._sorted, self._order = vals[order], order.astype(np.int64)
+        if len(self._sorted) == 0:
+            return np.full(len(x), -1, dtype=np.int64)
+        i = np.searchsorted(self._sorted, x)
+        i[i == len(self._sorted)] = 0
+        hit = self._sorted[i] == x
+        return np.where(hit, self._order[i], -1)
+
+
+def hash_ids(column: pa.Array | pa.ChunkedArray, buckets: int, salt: int = 0) -> tuple[np.ndarray, int]:
+    """Hash a column into ``buckets`` ids: id = 2 + h(value) mod buckets; nulls get id 0.
+
+    ``h`` is deterministic across runs and machines: for integers the SplitMix64 finaliser
+    (Steele et al., OOPSLA 2014) of the value; for strings/binary a polynomial hash of the
+    UTF-8 bytes (base 1099511628211, mod 2**64) finalised by SplitMix64, computed for the
+    whole column at once with numpy (no per-row Python).
+
+    Returns:
+        (ids int64 [N], null count). Hashed columns have no out-of-vocabulary id.
+
+    Raises:
+        DataError: the column is neither integer, string nor binary.
+    """
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    t = column.type
+    null = column.is_null().to_numpy(zero_copy_only=False)
+    if pa.types.is_integer(t) or pa.types.is_boolean(t):
+        x = column.cast(pa.int64()).fill_null(0).to_numpy(zero_copy_only=False).view(np.uint64)
+    elif pa.types.is_string(t) or pa.types.is_binary(t) or pa.types.is_large_string(t) or pa.types.is_large_binary(t):
+        x = _bytes_hash(column)
+    elif pa.types.is_dictionary(t):
+        return hash_ids(column.cast(t.value_type), buckets, salt)
+    else:
+        raise DataError(f"cannot hash a column of type {t} (integer, string or binary needed)")
+    h = splitmix64(x ^ np.uint64(salt & 0xFFFFFFFFFFFFFFFF))
+    ids = (h % np.uint64(buckets)).astype(np.int64) + NUM_RESERVED_IDS
+    ids[null] = NULL_ID
+    return ids, int(null.sum())
+
+
+def splitmix64(x: np.ndarray) -> np.ndarray:
+    """SplitMix64 finaliser of uint64 values (wrapping arithmetic), uint64 [N] -> uint64 [N]."""
+    with np.errstate(over="ignore"):
+        z = x.astype(np.uint64) + np.uint64(0x9E3779B97F4A7C15)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return z ^ (z >> np.uint64(31))
+
+
+def _bytes_hash(column: pa.Array) -> np.ndarray:
+    """Polynomial hash of each string's bytes, uint64 [N] (nulls and empty strings hash to 0)."""
+    if pa.types.is_large_string(column.type) or pa.types.is_large_binary(column.type):
+        column = column.cast(pa.large_binary())
+        off_t = np.int64
+    else:
+        column = column.cast(pa.binary())
+        off_t = np.int32
+    column = column.fill_null(b"")
+    bufs = column.buffers()
+    n = len(column)
+    offsets = np.frombuffer(bufs[1], dtype=off_t, count=n + 1, offset=column.offset * np.dtype(off_t).itemsize)
+    offsets = offsets.astype(np.int64)
+    data = np.frombuffer(bufs[2], dtype=np.uint8) if bufs[2] is not None else np.zeros(0, np.uint8)
+    lengths = np.diff(offsets)
+    total = int(lengths.sum())
+    if total == 0:
+        return np.zeros(n, dtype=np.uint64)
+    start = offsets[0]
+    b = data[start:start + total].astype(np.uint64) + np.uint64(1)
+    # position from the end of its string: h = sum_i b_i * P^(len-1-i)  (mod 2^64)
+    row = np.repeat(np.arange(n), lengths)
+    pos_from_end = (offsets[1:][row] - start) - np.arange(start - start, total) - 1
+    maxlen = int(lengths.max())
+    powers = np.ones(maxlen, dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        for k in range(1, maxlen):  # loop over string length, not rows
+            powers[k] = powers[k - 1] * np.uint64(1099511628211)
+        terms = b * powers[pos_from_end]
+    h = np.zeros(n, dtype=np.uint64)
+    nonempty = lengths > 0
+    h[nonempty] = np.add.reduceat(terms, (offsets[:-1] - start)[nonempty])  # strings are contiguous
+    return h
 
 
 @dataclass

@@ -36,6 +36,33 @@ class SparseFeature:
 
 
 @dataclass(frozen=True)
+class SequenceFeature:
+    """A multi-valued id column (a list of ids per row, e.g. the last 20 item ids), pooled
+    into one embedding.
+
+    In a :class:`Table` and in batches, the lists of all sequence features sit side by side
+    in the ``seq`` block, feature k taking ``max_len`` consecutive columns; a list longer
+    than ``max_len`` keeps its first ``max_len`` ids; shorter lists are padded with id 0.
+    Id 0 (null, padding) takes no part in pooling, id 1 is out-of-vocabulary.
+
+    Attributes:
+        name: column name.
+        vocab_size: number of embedding rows, reserved ids (null=0, oov=1) included.
+        max_len: ids kept per row.
+        pooling: ``mean`` (average of the non-null ids' vectors; zero vector for an empty
+            list) or ``sum``.
+    """
+
+    name: str
+    vocab_size: int
+    max_len: int
+    pooling: str = "mean"
+
+
+POOLINGS = ("mean", "sum")
+
+
+@dataclass(frozen=True)
 class DenseFeature:
     """A numeric column, already normalised (for example standardised with training statistics)."""
 
@@ -77,6 +104,7 @@ class FeatureSchema:
     encoders: object = field(default=None, compare=False, repr=False)
     """The fitted :class:`~mtl_train.data.encode.Encoders` (raw columns -> Table) of a
     file-based dataset, or None; kept in checkpoints so that eval/predict can encode new files."""
+    sequence: list[SequenceFeature] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         names = [t.name for t in self.tasks]
@@ -84,7 +112,10 @@ class FeatureSchema:
             raise ConfigError("dataset.tasks: at least one task is needed")
         if len(set(names)) != len(names):
             raise ConfigError(f"dataset.tasks: duplicate task names in {names}")
-        features = {f.name for f in self.sparse} | {f.name for f in self.dense}
+        features = {f.name for f in self.sparse} | {f.name for f in self.dense} | {f.name for f in self.sequence}
+        all_features = [f.name for f in [*self.sparse, *self.dense, *self.sequence]]
+        if len(all_features) != len(features):
+            raise ConfigError(f"dataset: duplicate feature names in {all_features}")
         for t in self.tasks:
             if t.type not in TASK_TYPES:
                 raise ConfigError(f"dataset.tasks.{t.name}.type: '{t.type}' is not one of {TASK_TYPES}")
@@ -97,9 +128,19 @@ class FeatureSchema:
                 )
             if t.label in features:
                 raise ConfigError(f"dataset: label column '{t.label}' of task '{t.name}' is also a feature (label leakage)")
-        for f in self.sparse:
+        for f in [*self.sparse, *self.sequence]:
             if f.vocab_size <= NUM_RESERVED_IDS - 1:
                 raise ConfigError(f"dataset: feature '{f.name}' has vocab_size {f.vocab_size}")
+        for f in self.sequence:
+            if f.max_len <= 0:
+                raise ConfigError(f"dataset: sequence feature '{f.name}' has max_len {f.max_len}")
+            if f.pooling not in POOLINGS:
+                raise ConfigError(f"dataset: sequence feature '{f.name}': pooling '{f.pooling}' is not one of {POOLINGS}")
+
+    @property
+    def seq_width(self) -> int:
+        """Columns of the ``seq`` block: the sum of the sequence features' ``max_len``."""
+        return sum(f.max_len for f in self.sequence)
 
     @property
     def task_names(self) -> list[str]:
@@ -118,20 +159,26 @@ class Table:
         dense: float32 [N, F_dense] normalised numeric features.
         labels: float32 [N, T] task labels in schema order; NaN marks a missing label.
         extra: evaluation-only columns (never features), each float32 [N].
+        seq: int64 [N, schema.seq_width] padded id lists of the sequence features (see
+            :class:`SequenceFeature`); None means no sequence feature (an [N, 0] block).
+            Batches carry a ``"seq"`` entry only when the block has columns.
     """
 
     sparse: torch.Tensor
     dense: torch.Tensor
     labels: torch.Tensor
     extra: dict[str, torch.Tensor] = field(default_factory=dict)
+    seq: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         n = self.labels.shape[0]
-        for name, t in [("sparse", self.sparse), ("dense", self.dense), *self.extra.items()]:
+        if self.seq is None:
+            self.seq = torch.zeros(n, 0, dtype=torch.int64)
+        for name, t in [("sparse", self.sparse), ("dense", self.dense), ("seq", self.seq), *self.extra.items()]:
             if t.shape[0] != n:
                 raise ValueError(f"column block '{name}' has {t.shape[0]} rows, labels have {n}")
-        if self.sparse.dtype != torch.int64:
-            raise TypeError("sparse ids must be int64")
+        if self.sparse.dtype != torch.int64 or self.seq.dtype != torch.int64:
+            raise TypeError("sparse and seq ids must be int64")
 
     def __len__(self) -> int:
         return self.labels.shape[0]
@@ -143,6 +190,8 @@ class Table:
             "dense": self.dense.index_select(0, index),
             "labels": self.labels.index_select(0, index),
         }
+        if self.seq.shape[1]:
+            batch["seq"] = self.seq.index_select(0, index)
         for k, v in self.extra.items():
             batch[k] = v.index_select(0, index)
         return batch
@@ -150,6 +199,8 @@ class Table:
     def slice(self, start: int, stop: int) -> dict[str, torch.Tensor]:
         """Contiguous rows [start, stop) as a batch (views, no copy)."""
         batch = {"sparse": self.sparse[start:stop], "dense": self.dense[start:stop], "labels": self.labels[start:stop]}
+        if self.seq.shape[1]:
+            batch["seq"] = self.seq[start:stop]
         for k, v in self.extra.items():
             batch[k] = v[start:stop]
         return batch
@@ -157,12 +208,25 @@ class Table:
     def subset(self, index: torch.Tensor) -> "Table":
         """A new table with rows ``index``."""
         b = self.take(index)
-        return Table(b.pop("sparse"), b.pop("dense"), b.pop("labels"), b)
+        seq = b.pop("seq", None)
+        return Table(b.pop("sparse"), b.pop("dense"), b.pop("labels"), b, seq)
+
+    def batches(self, batch_size: int) -> Iterable[dict[str, torch.Tensor]]:
+        """Every row once, in order, as contiguous batches of ``batch_size`` (the last may be
+        shorter): how evaluation reads a split."""
+        for s in range(0, len(self), batch_size):
+            yield self.slice(s, min(s + batch_size, len(self)))
 
 
 @dataclass
 class DatasetBundle:
-    """What a dataset loader returns: the schema plus train, val and test tables."""
+    """What a dataset loader returns: the schema plus train, val and test splits.
+
+    A split is a :class:`Table` (in memory) or a streamed split (see
+    :class:`mtl_train.data.stream.StreamSplit`); both offer ``len()`` and
+    ``batches(batch_size)`` (every row once, in order), and the trainer builds its training
+    loader from either (:func:`mtl_train.data.stream.train_loader`).
+    """
 
     schema: FeatureSchema
     train: Table

@@ -82,8 +82,11 @@ class MultiTaskModel(nn.Module):
         return self.backbone.last_shared_layer()
 
 
-def build_model(schema: FeatureSchema, model_cfg, graph_cfg) -> MultiTaskModel:
+def build_model(schema: FeatureSchema, model_cfg, graph_cfg, sparse_default: bool = False) -> MultiTaskModel:
     """Build the model named by ``model_cfg.backbone`` with the graph ``graph_cfg.name``.
+
+    ``model_cfg.sparse_embedding`` (true/false) chooses sparse embedding gradients; null
+    takes ``sparse_default`` (see :func:`mtl_train.train.trainer.sparse_embedding_default`).
 
     Raises:
         ConfigError: unknown backbone or graph, or an invalid size.
@@ -96,7 +99,8 @@ def build_model(schema: FeatureSchema, model_cfg, graph_cfg) -> MultiTaskModel:
     cls_path, keys = BACKBONES[model_cfg.backbone]
     cls = _resolve(cls_path)
     n_emb = T if cls.separate_inputs else 1
-    sparse_grad = bool(model_cfg.get("sparse_embedding", False))
+    sparse_grad = model_cfg.get("sparse_embedding", None)
+    sparse_grad = bool(sparse_default) if sparse_grad is None else bool(sparse_grad)
     embeddings = nn.ModuleList(FeatureEmbedding(schema, model_cfg.embedding_dim, sparse_grad) for _ in range(n_emb))
     backbone = cls(embeddings[0].out_dim, T, **_kwargs(model_cfg, keys))
     g_path, g_keys = GRAPHS[graph_cfg.name]

@@ -80,17 +80,22 @@ class BatchedExperts(nn.Module):
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.out_dim = d
 
+    def _act(self, y: torch.Tensor) -> torch.Tensor:
+        # in place where safe: the GEMM outputs are fresh tensors their backward does not need
+        y = y.relu_() if isinstance(self.act, nn.ReLU) else self.act(y)
+        return self.dropout(y)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w0, b0 = self.weights[0], self.biases[0]
         e, d_in, h = w0.shape
         if x.dim() == 2:
-            # one GEMM for all experts: [B, D] @ [D, E*H]
-            y = (x @ w0.permute(1, 0, 2).reshape(d_in, e * h)).view(-1, e, h).transpose(0, 1) + b0.unsqueeze(1)
+            # one GEMM for all experts, bias fused: [B, D] @ [D, E*H] + [E*H] -> [B, E, H]
+            y = torch.addmm(b0.reshape(e * h), x, w0.permute(1, 0, 2).reshape(d_in, e * h))
+            y = self._act(y).view(-1, e, h).transpose(0, 1)  # [E, B, H], a strided view (no copy)
         else:
-            y = torch.baddbmm(b0.unsqueeze(1), x, w0)
-        y = self.dropout(self.act(y))
+            y = self._act(torch.baddbmm(b0.unsqueeze(1), x, w0))
         for w, b in zip(self.weights[1:], self.biases[1:]):
-            y = self.dropout(self.act(torch.baddbmm(b.unsqueeze(1), y, w)))
+            y = self._act(torch.baddbmm(b.unsqueeze(1), y, w))
         return y
 
 
@@ -109,4 +114,6 @@ class Gate(nn.Module):
 
     def mix(self, x: torch.Tensor, experts: torch.Tensor) -> torch.Tensor:
         g = self.forward(x)  # [B, E]
-        return torch.bmm(g.unsqueeze(1), experts.transpose(0, 1)).squeeze(1)
+        # sum_e g[b, e] * experts[e, b, :], elementwise on the [E, B, H] layout the experts
+        # produce (a [B, 1, E] x [B, E, H] bmm would run B tiny GEMMs on a transposed copy)
+        return (g.t().unsqueeze(-1) * experts).sum(0)

@@ -31,7 +31,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from mtl_train.balancing.base import build_balancer
 from mtl_train.data.datasets import load_dataset
-from mtl_train.data.loader import InMemoryLoader
+from mtl_train.data.stream import train_loader
 from mtl_train.data.schema import DatasetBundle, Table
 from mtl_train.errors import ConfigError, DataError, RunInterrupted, TrainingError
 from mtl_train.metrics import binary_metrics, regression_metrics
@@ -65,7 +65,9 @@ def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str,
 
 @torch.no_grad()
 def evaluate(model: MultiTaskModel, table: Table, device: torch.device, batch_size: int, split: str) -> dict:
-    """Exact metrics of every evaluated output over the whole ``table``.
+    """Exact metrics of every evaluated output over the whole split ``table``: a
+    :class:`Table` or a streamed split (anything with ``batches(batch_size)`` yielding every
+    row once), or an iterable of batch dicts.
 
     Returns {output name: metrics dict} (see :mod:`mtl_train.metrics`).
     """
@@ -74,8 +76,9 @@ def evaluate(model: MultiTaskModel, table: Table, device: torch.device, batch_si
     scores: dict[str, list] = {}
     types: dict[str, str] = {}
     eval_only: set[str] = set()
-    for s in range(0, len(table), batch_size):
-        batch = to_device(table.slice(s, min(s + batch_size, len(table))), device)
+    batches = table.batches(batch_size) if hasattr(table, "batches") else table
+    for batch in batches:
+        batch = to_device(batch, device)
         out = model(batch)
         for name, eo in model.graph.eval_outputs(out, batch).items():
             m = eo.mask
@@ -132,8 +135,9 @@ def lr_factor(step: int, tcfg, total_steps: int) -> float:
 
 
 def build_optimizer(model: torch.nn.Module, cfg) -> list[torch.optim.Optimizer]:
-    """Adam/AdamW for dense parameters; a sparse embedding table (``model.sparse_embedding``)
-    gets ``torch.optim.SparseAdam`` with the same learning rate."""
+    """Adam/AdamW/SGD for dense parameters; a sparse embedding table (``model.sparse_embedding``)
+    gets :class:`~mtl_train.train.optim.RowSparseAdam` (lazy Adam over the rows of the batch)
+    with the same learning rate."""
     sparse = [p for m in model.modules() if isinstance(m, torch.nn.Embedding) and m.sparse for p in m.parameters()]
     sparse_ids = {id(p) for p in sparse}
     dense = [p for p in model.parameters() if id(p) not in sparse_ids]
@@ -146,8 +150,25 @@ def build_optimizer(model: torch.nn.Module, cfg) -> list[torch.optim.Optimizer]:
     else:
         raise ConfigError(f"trainer.optimizer: unknown optimizer '{cfg.optimizer}' (choose from adam, adamw, sgd)")
     if sparse:
-        opts.append(torch.optim.SparseAdam(sparse, lr=cfg.lr))
+        from mtl_train.train.optim import RowSparseAdam
+
+        opts.append(RowSparseAdam(sparse, lr=cfg.lr))
     return opts
+
+
+# balancers that only weight the task losses: they never need per-task gradients of the
+# embedding table, so its gradient may be sparse
+LOSS_WEIGHTING = ("equal", "static", "uncertainty", "dwa", "gradnorm")
+
+
+def sparse_embedding_default(cfg, device: torch.device) -> bool:
+    """Whether ``model.sparse_embedding: null`` means sparse embedding gradients: on CPU with
+    plain Adam (no weight decay) and a loss-weighting balancer, where the bench measured it
+    faster (scripts/bench.py; the dense Adam update of the whole table dominates a step);
+    off on GPU and for gradient-surgery balancers, which need dense per-task gradients."""
+    t = cfg.trainer
+    return (device.type == "cpu" and t.optimizer == "adam" and not t.weight_decay
+            and cfg.loss.name in LOSS_WEIGHTING)
 
 
 class Trainer:
@@ -162,11 +183,12 @@ class Trainer:
         self.cfg, self.data, self.run_dir = cfg, data, run_dir
         tcfg = cfg.trainer
         self.device = resolve_device(tcfg.device)
-        self.model = build_model(data.schema, cfg.model, cfg.graph).to(self.device)
+        self.model = build_model(data.schema, cfg.model, cfg.graph,
+                                 sparse_default=sparse_embedding_default(cfg, self.device)).to(self.device)
         self.loss_names = self.model.graph.loss_names
         self.balancer = build_balancer(cfg.loss, self.loss_names, self.model).to(self.device)
         self.optimizers = build_optimizer(self.model, tcfg)
-        self.loader = InMemoryLoader(data.train, tcfg.batch_size, shuffle=True, seed=cfg.seed)
+        self.loader = train_loader(data.train, tcfg.batch_size, seed=cfg.seed)
         steps = tcfg.epochs * len(self.loader)
         self.total_steps = min(steps, tcfg.max_steps) if tcfg.max_steps else steps
         self.schedulers = [torch.optim.lr_scheduler.LambdaLR(o, lambda s: lr_factor(s, tcfg, self.total_steps))
@@ -440,8 +462,10 @@ class Trainer:
 
 
 def _same_schema(a, b) -> bool:
-    return ([(f.name, f.vocab_size) for f in a.sparse], [f.name for f in a.dense], list(a.tasks)) == \
-        ([(f.name, f.vocab_size) for f in b.sparse], [f.name for f in b.dense], list(b.tasks))
+    return ([(f.name, f.vocab_size) for f in a.sparse], [f.name for f in a.dense], list(a.tasks),
+            list(getattr(a, "sequence", []))) == \
+        ([(f.name, f.vocab_size) for f in b.sparse], [f.name for f in b.dense], list(b.tasks),
+         list(getattr(b, "sequence", [])))
 
 
 # keys a resumed run may change (they do not alter the trajectory, or extend it on purpose)
@@ -483,8 +507,11 @@ def resume_config(stored: dict, current: DictConfig, overridden: list[str]) -> D
 
 def _check_labels(data: DatasetBundle) -> None:
     for k, task in enumerate(data.schema.tasks):
-        col = data.train.labels[:, k]
-        if task.type == "binary" and not bool((col == 1).any()):
+        if isinstance(data.train, Table):
+            has_pos = bool((data.train.labels[:, k] == 1).any())
+        else:  # streamed: the prepare step counted them
+            has_pos = data.info["report"]["train"]["positives"][task.name] > 0
+        if task.type == "binary" and not has_pos:
             raise DataError(f"dataset: task '{task.name}' (column '{task.label}') has no positive label in the training split")
 
 

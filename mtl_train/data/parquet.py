@@ -1,0 +1,603 @@
+"""``dataset=parquet``: any Parquet file, directory or glob, described by a YAML schema.
+
+The schema (in the dataset config, or in a separate YAML file named by ``schema_file``)
+declares:
+
+- ``categorical``: id columns (integer or string), each with a vocabulary of the training
+  values seen at least ``min_count`` times, or hashed into ``hash_buckets`` buckets;
+- ``numeric``: number columns with a normalisation (``standard``, ``minmax``, ``log``,
+  ``none``) and a null fill (``mean``, ``zero`` or a number, applied before normalising);
+- ``sequences``: list columns of ids (e.g. the last 20 item ids), vocabulary or hash like
+  categorical columns, kept up to ``max_len`` ids and pooled by ``mean`` or ``sum``;
+- ``tasks``: one label column per task with its type (binary/regression) and parent.
+
+Ids: 0 = null (and padding of id lists), 1 = out of vocabulary, known values 2..; hashed
+columns use ids 2..hash_buckets+1. Integer ids never pass through floats. Null labels are
+NaN (masked per task), never 0.
+
+The **prepare step** (:func:`prepare`) reads the training rows once, by record batch with a
+progress bar, to build the vocabularies and numeric statistics (training split only), then
+the val/test rows to count their nulls and out-of-vocabulary ids. Its outputs are cached
+(:mod:`mtl_train.data.cache`) under a key of the files (path, size, mtime) and of everything
+in the config that shapes them, so a second run reuses them and any change rebuilds them.
+
+Splits: ``train_path`` / ``val_path`` / ``test_path``; a split without a path is carved out
+of the train files by a seeded hash of (file name, row number) with the fractions
+``split`` (so the assignment of a row never depends on the order files are read in).
+
+Reading: each split is held in memory as a :class:`~mtl_train.data.schema.Table` or
+streamed (:class:`~mtl_train.data.stream.StreamSplit`), see ``mode``.
+"""
+from __future__ import annotations
+
+import glob
+import json
+import logging
+import math
+import os
+import zlib
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from omegaconf import OmegaConf
+
+from mtl_train.data import cache
+from mtl_train.data.encode import Vocabulary, hash_ids, splitmix64
+from mtl_train.data.schema import (
+    NULL_ID, NUM_RESERVED_IDS, OOV_ID, DatasetBundle, DenseFeature, FeatureSchema, SequenceFeature, SparseFeature,
+    Table, Task,
+)
+from mtl_train.errors import ConfigError, DataError
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "val", "test")
+NORMS = ("standard", "minmax", "log", "none")
+READ_BATCH = 65536
+"""Rows per record batch read from a row group."""
+
+
+# ---- the schema --------------------------------------------------------------------------------
+def normalise_columns(spec: dict) -> dict:
+    """Accept the short forms of the schema: a bare column name for a categorical or numeric
+    column, and a task without ``label`` (the label column is the task name)."""
+    spec = dict(spec)
+    for key in ("categorical", "numeric", "sequences"):
+        if spec.get(key) is not None:
+            spec[key] = [{"name": c} if isinstance(c, str) else c for c in spec[key]]
+    if spec.get("tasks") is not None:
+        spec["tasks"] = [{"name": t} if isinstance(t, str) else t for t in spec["tasks"]]
+    return spec
+
+
+def load_schema(cfg) -> dict:
+    """The column schema of a parquet dataset config: its own ``categorical``/``numeric``/
+    ``sequences``/``tasks`` keys, or those of the YAML file ``schema_file``.
+
+    Raises:
+        ConfigError: both given, neither given, the file is missing or malformed, or a
+            column appears twice.
+    """
+    from mtl_train.config import ParquetSchema, validate_schema_file
+
+    own = {k: OmegaConf.to_container(cfg[k]) for k in ("categorical", "numeric", "sequences", "tasks") if cfg[k]}
+    if cfg.schema_file:
+        if own:
+            raise ConfigError(f"dataset.schema_file: given together with dataset keys {sorted(own)}; use one or the other")
+        spec = validate_schema_file(cfg.schema_file)
+    else:
+        spec = OmegaConf.to_container(OmegaConf.merge(OmegaConf.structured(ParquetSchema), own))
+    if not spec["tasks"]:
+        raise ConfigError("dataset.tasks: at least one task (label column) is needed")
+    if not (spec["categorical"] or spec["numeric"] or spec["sequences"]):
+        raise ConfigError("dataset: no feature columns (categorical, numeric or sequences)")
+    for c in spec["categorical"] + spec["sequences"]:
+        if c["hash_buckets"] is not None and c["hash_buckets"] <= 0:
+            raise ConfigError(f"dataset: column '{c['name']}': hash_buckets must be positive")
+        if c["min_count"] is not None and c["min_count"] <= 0:
+            raise ConfigError(f"dataset: column '{c['name']}': min_count must be positive")
+    for c in spec["numeric"]:
+        if c["norm"] not in NORMS:
+            raise ConfigError(f"dataset: numeric column '{c['name']}': norm '{c['norm']}' is not one of {NORMS}")
+        fill_value(c)
+    for c in spec["sequences"]:
+        if c["max_len"] <= 0:
+            raise ConfigError(f"dataset: sequence column '{c['name']}': max_len must be positive")
+        if c["pooling"] not in ("mean", "sum"):
+            raise ConfigError(f"dataset: sequence column '{c['name']}': pooling '{c['pooling']}' is not mean or sum")
+    for t in spec["tasks"]:
+        t["label"] = t["label"] or t["name"]
+    names = [c["name"] for k in ("categorical", "numeric", "sequences") for c in spec[k]]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise ConfigError(f"dataset: column(s) {dup} declared more than once")
+    return spec
+
+
+def fill_value(col: dict) -> str | float:
+    f = str(col["fill"])
+    if f in ("mean", "zero"):
+        return f
+    try:
+        return float(f)
+    except ValueError:
+        raise ConfigError(f"dataset: numeric column '{col['name']}': fill '{f}' is not mean, zero or a number") from None
+
+
+# ---- files and row groups ----------------------------------------------------------------------
+def resolve_files(path: str, key: str) -> list[str]:
+    """A Parquet file, a directory (every ``*.parquet`` below it, hidden and ``_`` files
+    skipped) or a glob -> sorted file list.
+
+    Raises:
+        DataError: nothing matches.
+    """
+    path = os.path.expanduser(str(path))
+    if os.path.isdir(path):
+        files = [f for f in glob.glob(os.path.join(path, "**", "*.parquet"), recursive=True)
+                 if not any(p.startswith((".", "_")) for p in os.path.relpath(f, path).split(os.sep))]
+    elif any(ch in path for ch in "*?["):
+        files = [f for f in glob.glob(path, recursive=True) if os.path.isfile(f)]
+    else:
+        files = [path] if os.path.isfile(path) else []
+    if not files:
+        raise DataError(f"dataset.{key}: no Parquet file found at {path}")
+    return sorted(os.path.abspath(f) for f in files)
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One row group: the unit of shuffling and sharding when streaming."""
+
+    file: str
+    group: int
+    rows: int
+    start: int  # row number of the group's first row in its file
+
+
+def row_groups(files: list[str], columns: list[str]) -> list[Unit]:
+    """Row groups of ``files`` (from the footers only), checking that every file has ``columns``.
+
+    Raises:
+        DataError: a file is not Parquet or lacks a column (the message names both).
+    """
+    units = []
+    for f in files:
+        try:
+            meta = pq.ParquetFile(f).metadata
+        except (pa.ArrowInvalid, OSError) as e:
+            raise DataError(f"{f}: not a readable Parquet file: {str(e).splitlines()[0]}") from None
+        have = set(meta.schema.to_arrow_schema().names)
+        missing = [c for c in columns if c not in have]
+        if missing:
+            raise DataError(f"{f}: column '{missing[0]}' not found (columns: {sorted(have)[:20]})")
+        start = 0
+        for g in range(meta.num_row_groups):
+            n = meta.row_group(g).num_rows
+            if n:
+                units.append(Unit(f, g, n, start))
+            start += n
+    return units
+
+
+def read_unit(unit: Unit, columns: list[str], handle: pq.ParquetFile | None = None):
+    """Record batches (<= READ_BATCH rows) of one row group, as pyarrow Tables."""
+    pf = handle or pq.ParquetFile(unit.file)
+    for rb in pf.iter_batches(batch_size=READ_BATCH, row_groups=[unit.group], columns=columns, use_threads=False):
+        yield pa.Table.from_batches([rb])
+
+
+class SplitAssigner:
+    """Which rows of a file belong to which split when splits are carved by hash.
+
+    Row r of file f goes to split k where u = SplitMix64(SplitMix64(crc32(basename(f)) + seed)
+    + r) / 2**64 falls in the k-th interval of the cumulative ``fractions``.
+    """
+
+    def __init__(self, fractions: list[float], seed: int, carved: list[str]):
+        self.edges = np.cumsum(fractions)[:-1]
+        self.seed, self.carved = seed, carved  # carved: split names, in fraction order
+
+    def split_of(self, unit: Unit, start: int, n: int) -> np.ndarray:
+        """int8 [n]: index into ``carved`` of rows start..start+n of ``unit``'s file."""
+        key = splitmix64(np.array([zlib.crc32(os.path.basename(unit.file).encode()) + self.seed], dtype=np.uint64))[0]
+        r = np.arange(start, start + n, dtype=np.uint64)
+        with np.errstate(over="ignore"):
+            h = splitmix64(r + key)
+        u = (h >> np.uint64(11)).astype(np.float64) / float(1 << 53)
+        return np.searchsorted(self.edges, u, side="right").astype(np.int8)
+
+
+@dataclass
+class SplitSource:
+    """Where one split's rows are: row groups plus, for carved splits, a row filter."""
+
+    name: str
+    units: list[Unit]
+    assigner: SplitAssigner | None = None
+    index: int = 0  # this split's index in assigner.carved
+
+    def rows_per_unit(self) -> list[int]:
+        if self.assigner is None:
+            return [u.rows for u in self.units]
+        return [int((self.assigner.split_of(u, u.start, u.rows) == self.index).sum()) for u in self.units]
+
+    def tables(self, unit: Unit, columns: list[str], handle=None):
+        """The split's rows of ``unit`` as Tables (record batch by record batch)."""
+        off = unit.start
+        for t in read_unit(unit, columns, handle):
+            n = t.num_rows
+            if self.assigner is not None:
+                keep = self.assigner.split_of(unit, off, n) == self.index
+                t = t.filter(pa.array(keep))
+            off += n
+            if t.num_rows:
+                yield t
+
+
+# ---- the prepare step --------------------------------------------------------------------------
+class _Counter:
+    """Value counts of one column accumulated over record batches (merged every few batches)."""
+
+    def __init__(self):
+        self.parts: list[pa.Table] = []
+        self.size = 0
+
+    def add(self, col) -> None:
+        vc = pc.value_counts(col)
+        if isinstance(vc, pa.ChunkedArray):
+            vc = vc.combine_chunks()
+        vals, cnts = vc.field("values"), vc.field("counts")
+        valid = pc.is_valid(vals)
+        self.parts.append(pa.table({"v": vals.filter(valid), "c": cnts.filter(valid)}))
+        self.size += len(vals)
+        if len(self.parts) >= 16:
+            self.parts = [self.merged()]
+
+    def merged(self) -> pa.Table:
+        if not self.parts:
+            return pa.table({"v": pa.array([], pa.int64()), "c": pa.array([], pa.int64())})
+        t = pa.concat_tables(self.parts) if len(self.parts) > 1 else self.parts[0]
+        if len(self.parts) > 1:
+            t = t.group_by("v").aggregate([("c", "sum")]).rename_columns(["v", "c"])
+        return t
+
+
+def _flat(col):
+    return pc.list_flatten(col)
+
+
+def _label_array(col: pa.ChunkedArray | pa.Array, task: dict, where: str) -> np.ndarray:
+    try:
+        y = np.asarray(pc.cast(col, pa.float32()).to_numpy(zero_copy_only=False), dtype=np.float32)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        raise DataError(f"{where}: label column '{task['label']}' of task '{task['name']}' is not numeric ({col.type})") from None
+    if task["type"] == "binary":
+        bad = ~np.isnan(y) & (y != 0) & (y != 1)
+        if bad.any():
+            raise DataError(f"{where}: label column '{task['label']}' of binary task '{task['name']}' holds "
+                            f"{int(bad.sum())} values other than 0/1 (first: {y[bad][0]:g})")
+    return y
+
+
+def prepare(cfg, spec: dict, sources: dict[str, SplitSource], progress: bool = True) -> dict:
+    """Build (or reuse from the cache) the vocabularies, numeric statistics and the data report.
+
+    Returns a dict: ``rows`` {split: n}, ``vocab`` {column: path of its values file or None
+    when hashed}, ``sizes`` {column: embedding rows}, ``stats`` {numeric column: {mean, std,
+    min, max}}, ``report`` {split: {null_ids, oov_ids, null_labels, positives, rows}}.
+    """
+    files = sorted({u.file for s in sources.values() for u in s.units})
+    key_spec = {
+        "schema": spec, "split": list(cfg.split), "split_seed": _split_seed(cfg), "min_count": cfg.min_count,
+        "paths": {k: cfg[f"{k}_path"] for k in SPLITS}, "version": 2,
+    }
+    fp = cache.fingerprint(files, key_spec)
+    root = cache.cache_root(files, cfg.cache_dir) / f"parquet-{fp}"
+    meta_path = root / "prepare.json"
+    if meta_path.exists():
+        log.info("parquet: reusing prepared vocabularies and statistics in %s", root)
+        return json.loads(meta_path.read_text())
+    from tqdm import tqdm
+
+    id_cols = spec["categorical"] + spec["sequences"]
+    seq_names = {c["name"] for c in spec["sequences"]}
+    counters = {c["name"]: _Counter() for c in id_cols if c["hash_buckets"] is None}
+    num = {c["name"]: np.zeros(5) for c in spec["numeric"]}  # n, sum, sumsq, min, max (after log for norm=log)
+    num_nulls = {c["name"]: 0 for c in spec["numeric"]}
+    for v in num.values():
+        v[3], v[4] = np.inf, -np.inf
+    report = {s: {"rows": 0, "null_ids": {c["name"]: 0 for c in id_cols}, "oov_ids": {c["name"]: 0 for c in id_cols},
+                  "null_numeric": {c["name"]: 0 for c in spec["numeric"]},
+                  "null_labels": {t["name"]: 0 for t in spec["tasks"]},
+                  "positives": {t["name"]: 0 for t in spec["tasks"]},
+                  "funnel_violations": {t["name"]: 0 for t in spec["tasks"] if t["parent"]}} for s in sources}
+    columns = all_columns(spec)
+
+    def label_pass(split: str, t: pa.Table, rep: dict) -> None:
+        rep["rows"] += t.num_rows
+        ys = {}
+        for task in spec["tasks"]:
+            y = ys[task["name"]] = _label_array(t.column(task["label"]), task, f"{split} split")
+            rep["null_labels"][task["name"]] += int(np.isnan(y).sum())
+            if task["type"] == "binary":
+                rep["positives"][task["name"]] += int((y == 1).sum())
+        for task in spec["tasks"]:  # child positive while the parent is 0 (see funnel_violations)
+            if task["parent"]:
+                rep["funnel_violations"][task["name"]] += int(((ys[task["name"]] > 0) & (ys[task["parent"]] == 0)).sum())
+
+    train = sources["train"]
+    total = sum(u.rows for u in train.units)
+    bar = tqdm(total=total, desc="prepare: vocabularies and statistics (train)", unit="row", disable=not progress,
+               mininterval=1.0)
+    for unit in train.units:
+        for t in train.tables(unit, columns):
+            rep = report["train"]
+            label_pass("train", t, rep)
+            for c in id_cols:
+                col = t.column(c["name"])
+                if c["name"] in seq_names:
+                    _check_list(col, c["name"])
+                    rep["null_ids"][c["name"]] += int(col.null_count) + int(_flat(col).null_count)
+                    col = _flat(col)
+                else:
+                    rep["null_ids"][c["name"]] += int(col.null_count)
+                if c["name"] in counters:
+                    counters[c["name"]].add(col)
+            for c in spec["numeric"]:
+                x = _numeric(t.column(c["name"]), c["name"])
+                nan = np.isnan(x)
+                rep["null_numeric"][c["name"]] += int(nan.sum())
+                x = x[~nan]
+                if c["norm"] == "log":
+                    x = np.sign(x) * np.log1p(np.abs(x))
+                s = num[c["name"]]
+                if len(x):
+                    s[0] += len(x); s[1] += x.sum(); s[2] += (x * x).sum()
+                    s[3], s[4] = min(s[3], x.min()), max(s[4], x.max())
+        bar.update(unit.rows)
+    bar.close()
+
+    root.mkdir(parents=True, exist_ok=True)
+    vocabs, sizes, vocab_files = {}, {}, {}
+    for c in id_cols:
+        name = c["name"]
+        if c["hash_buckets"] is not None:
+            sizes[name] = int(c["hash_buckets"]) + NUM_RESERVED_IDS
+            vocab_files[name] = None
+            continue
+        counts = counters[name].merged()
+        mc = c["min_count"] or cfg.min_count
+        keep = pc.greater_equal(counts.column("c"), mc)
+        kept = counts.filter(keep)
+        order = pc.sort_indices(kept, sort_keys=[("c", "descending"), ("v", "ascending")])
+        values = kept.column("v").take(order).combine_chunks() if kept.num_rows else counts.column("v").combine_chunks()[:0]
+        report["train"]["oov_ids"][name] = int(pc.sum(counts.filter(pc.invert(keep)).column("c")).as_py() or 0)
+        fname = f"vocab-{len(vocab_files):03d}.parquet"
+        cache.cached_file(root / fname, lambda tmp, v=values: pq.write_table(pa.table({"value": v}), tmp))
+        vocabs[name] = Vocabulary(values)
+        vocab_files[name] = fname
+        sizes[name] = vocabs[name].size
+    stats = {}
+    for c in spec["numeric"]:
+        n, s1, s2, lo, hi = num[c["name"]]
+        mean = s1 / n if n else 0.0
+        var = max(s2 / n - mean * mean, 0.0) if n else 1.0
+        stats[c["name"]] = {"mean": mean, "std": math.sqrt(var) if var > 0 else 1.0,
+                            "min": float(lo) if n else 0.0, "max": float(hi) if n else 1.0}
+
+    # val/test: nulls, out-of-vocabulary ids and labels (one pass, by record batch)
+    for split in [s for s in sources if s != "train"]:
+        src = sources[split]
+        bar = tqdm(total=sum(u.rows for u in src.units), desc=f"prepare: checking {split}", unit="row",
+                   disable=not progress, mininterval=1.0)
+        rep = report[split]
+        for unit in src.units:
+            for t in src.tables(unit, columns):
+                label_pass(split, t, rep)
+                for c in id_cols:
+                    col = t.column(c["name"])
+                    if c["name"] in seq_names:
+                        _check_list(col, c["name"])
+                        rep["null_ids"][c["name"]] += int(col.null_count)
+                        col = _flat(col)
+                    if c["name"] in vocabs:
+                        _, nulls, oov = vocabs[c["name"]].encode(col)
+                        rep["null_ids"][c["name"]] += nulls
+                        rep["oov_ids"][c["name"]] += oov
+                    else:
+                        rep["null_ids"][c["name"]] += int(col.null_count)
+                for c in spec["numeric"]:
+                    rep["null_numeric"][c["name"]] += int(np.isnan(_numeric(t.column(c["name"]), c["name"])).sum())
+            bar.update(unit.rows)
+        bar.close()
+    meta = {"rows": {s: report[s]["rows"] for s in sources}, "vocab": vocab_files, "sizes": sizes, "stats": stats,
+            "report": report, "fingerprint": fp}
+    cache.cached_file(meta_path, lambda tmp: open(tmp, "w").write(json.dumps(meta, indent=1)))
+    return meta
+
+
+def _check_list(col, name: str) -> None:
+    if not (pa.types.is_list(col.type) or pa.types.is_large_list(col.type)):
+        raise DataError(f"dataset: sequence column '{name}' is not a list column ({col.type})")
+
+
+def _numeric(col, name: str) -> np.ndarray:
+    try:
+        return np.asarray(pc.cast(col, pa.float64()).to_numpy(zero_copy_only=False), dtype=np.float64)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        raise DataError(f"dataset: numeric column '{name}' is not numeric ({col.type})") from None
+
+
+def all_columns(spec: dict) -> list[str]:
+    cols = [c["name"] for k in ("categorical", "sequences", "numeric") for c in spec[k]]
+    return cols + [t["label"] for t in spec["tasks"] if t["label"] not in cols]
+
+
+# ---- encoding ----------------------------------------------------------------------------------
+class Encoder:
+    """Turns record batches of the raw columns into the blocks of a batch, with the prepared
+    vocabularies and statistics. Columnar throughout (pyarrow/numpy), no per-row Python.
+
+    ``encode(table)`` returns numpy arrays: ``sparse`` int64 [n, F_cat], ``seq`` int64
+    [n, sum(max_len)], ``dense`` float32 [n, F_num], ``labels`` float32 [n, T] (NaN = null).
+    """
+
+    def __init__(self, spec: dict, prep: dict, root):
+        self.spec = spec
+        self.columns = all_columns(spec)
+        self.vocabs = {}
+        for name, f in prep["vocab"].items():
+            if f is not None:
+                self.vocabs[name] = Vocabulary(pq.read_table(os.path.join(root, f)).column("value").combine_chunks())
+        self.stats = prep["stats"]
+        self.salts = {c["name"]: zlib.crc32(c["name"].encode()) for c in spec["categorical"] + spec["sequences"]}
+
+    def _ids(self, col, c: dict) -> np.ndarray:
+        if c["hash_buckets"] is not None:
+            return hash_ids(col, int(c["hash_buckets"]), self.salts[c["name"]])[0]
+        return self.vocabs[c["name"]].encode(col)[0]
+
+    def encode(self, t: pa.Table) -> dict[str, np.ndarray]:
+        n, spec = t.num_rows, self.spec
+        sparse = np.empty((n, len(spec["categorical"])), dtype=np.int64)
+        for j, c in enumerate(spec["categorical"]):
+            sparse[:, j] = self._ids(t.column(c["name"]), c)
+        width = sum(c["max_len"] for c in spec["sequences"])
+        seq = np.zeros((n, width), dtype=np.int64)
+        at = 0
+        for c in spec["sequences"]:
+            col = t.column(c["name"])
+            if isinstance(col, pa.ChunkedArray):
+                col = col.combine_chunks()
+            _check_list(col, c["name"])
+            lengths = pc.fill_null(pc.list_value_length(col), 0).to_numpy(zero_copy_only=False).astype(np.int64)
+            ids = self._ids(_flat(col), c)  # list_flatten skips null lists, keeps null elements
+            row = np.repeat(np.arange(n), lengths)
+            starts = np.cumsum(lengths) - lengths
+            pos = np.arange(len(ids)) - np.repeat(starts, lengths)
+            keep = pos < c["max_len"]  # the first max_len ids of each list
+            seq[row[keep], at + pos[keep]] = ids[keep]
+            at += c["max_len"]
+        dense = np.empty((n, len(spec["numeric"])), dtype=np.float32)
+        for j, c in enumerate(spec["numeric"]):
+            x = _numeric(t.column(c["name"]), c["name"])
+            st = self.stats[c["name"]]
+            fill = fill_value(c)
+            nan = np.isnan(x)
+            if c["norm"] == "log":
+                x = np.sign(x) * np.log1p(np.abs(x))
+            if fill == "zero":
+                x[nan] = 0.0
+            elif fill != "mean":
+                x[nan] = np.sign(fill) * np.log1p(abs(fill)) if c["norm"] == "log" else fill
+            if c["norm"] in ("standard", "log"):
+                x = (x - st["mean"]) / st["std"]
+            elif c["norm"] == "minmax":
+                x = (x - st["min"]) / ((st["max"] - st["min"]) or 1.0)
+            if fill == "mean":  # the training mean: 0 after standardising
+                x[nan] = 0.0 if c["norm"] in ("standard", "log") else (
+                    (st["mean"] - st["min"]) / ((st["max"] - st["min"]) or 1.0) if c["norm"] == "minmax" else st["mean"])
+            dense[:, j] = x
+        labels = np.empty((n, len(spec["tasks"])), dtype=np.float32)
+        for j, task in enumerate(spec["tasks"]):
+            labels[:, j] = _label_array(t.column(task["label"]), task, "dataset")
+        return {"sparse": sparse, "seq": seq, "dense": dense, "labels": labels}
+
+
+# ---- the dataset loader ------------------------------------------------------------------------
+def _split_seed(cfg) -> int:
+    return 0 if cfg.split_seed is None else int(cfg.split_seed)
+
+
+def make_sources(cfg, spec: dict) -> dict[str, SplitSource]:
+    """Row groups of each split; splits without a path carved from the train files by hash.
+
+    Raises:
+        ConfigError: no train_path, or bad split fractions.
+        DataError: missing files or columns.
+    """
+    if not cfg.train_path:
+        raise ConfigError("dataset.train_path: required for dataset=parquet (a Parquet file, directory or glob)")
+    columns = all_columns(spec)
+    train_units = row_groups(resolve_files(cfg.train_path, "train_path"), columns)
+    carved = [s for s in ("val", "test") if not cfg[f"{s}_path"]]
+    sources = {}
+    if carved:
+        fr = [float(x) for x in cfg.split]
+        if len(fr) != 3 or abs(sum(fr) - 1) > 1e-6 or min(fr) < 0 or fr[0] <= 0:
+            raise ConfigError(f"dataset.split: need three fractions (train, val, test) summing to 1, got {fr}")
+        names = ["train", "val", "test"]
+        assigner = SplitAssigner(fr, _split_seed(cfg), names)
+        sources["train"] = SplitSource("train", train_units, assigner, 0)
+        for s in carved:
+            if fr[names.index(s)] <= 0:
+                raise ConfigError(f"dataset.split: the {s} fraction is 0 and dataset.{s}_path is not set")
+            sources[s] = SplitSource(s, train_units, assigner, names.index(s))
+    else:
+        sources["train"] = SplitSource("train", train_units)
+    for s in ("val", "test"):
+        if cfg[f"{s}_path"]:
+            sources[s] = SplitSource(s, row_groups(resolve_files(cfg[f"{s}_path"], f"{s}_path"), columns))
+    return sources
+
+
+def memory_budget(cfg) -> int:
+    """Bytes the in-memory splits may take: ``memory_budget_mb``, or a quarter of the
+    machine's physical memory."""
+    if cfg.memory_budget_mb is not None:
+        return int(cfg.memory_budget_mb) << 20
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 4
+    except (ValueError, OSError, AttributeError):  # pragma: no cover
+        return 4 << 30
+
+
+def load(cfg, seed: int) -> DatasetBundle:
+    """Build the parquet dataset (see the module docstring).
+
+    Raises:
+        ConfigError: a bad schema or option. DataError: missing files/columns, bad labels.
+    """
+    from mtl_train.data.stream import StreamSplit, read_table
+
+    if cfg.mode not in ("auto", "memory", "stream"):
+        raise ConfigError(f"dataset.mode: '{cfg.mode}' is not one of auto, memory, stream")
+    spec = load_schema(cfg)
+    sources = make_sources(cfg, spec)
+    prep = prepare(cfg, spec, sources, progress=cfg.progress)
+    root = cache.cache_root(sorted({u.file for s in sources.values() for u in s.units}), cfg.cache_dir) / \
+        f"parquet-{prep['fingerprint']}"
+    enc = Encoder(spec, prep, root)
+    sizes = prep["sizes"]
+    schema = FeatureSchema(
+        sparse=[SparseFeature(c["name"], sizes[c["name"]]) for c in spec["categorical"]],
+        dense=[DenseFeature(c["name"]) for c in spec["numeric"]],
+        tasks=[Task(t["name"], t["label"], t["type"], t["parent"]) for t in spec["tasks"]],
+        sequence=[SequenceFeature(c["name"], sizes[c["name"]], int(c["max_len"]), c["pooling"]) for c in spec["sequences"]],
+    )
+    row_bytes = 8 * (len(schema.sparse) + schema.seq_width) + 4 * (len(schema.dense) + len(schema.tasks))
+    budget, used, splits, modes = memory_budget(cfg), 0, {}, {}
+    for name in sorted(sources, key=lambda s: prep["rows"][s]):  # smallest split first
+        need = prep["rows"][name] * row_bytes
+        in_memory = cfg.mode == "memory" or (cfg.mode == "auto" and used + need <= budget)
+        if in_memory:
+            used += need
+            splits[name] = read_table(sources[name], enc, prep["rows"][name], spec)
+        else:
+            splits[name] = StreamSplit(sources[name], enc, prep["rows"][name], cfg)
+        modes[name] = "memory" if in_memory else "stream"
+    if "test" not in splits:  # pragma: no cover - make_sources always defines all three
+        raise ConfigError("dataset: no test split")
+    rep = prep["report"]
+    for split, r in rep.items():
+        parts = [f"{k}={v}" for kind in ("null_ids", "oov_ids", "null_numeric", "null_labels") for k, v in r[kind].items() if v]
+        log.info("parquet %s: %d rows (%s); nulls/oov: %s", split, r["rows"], modes[split],
+                 ", ".join(parts) if parts else "none")
+    protocol = (f"parquet train={cfg.train_path} val={cfg.val_path or 'carved'} test={cfg.test_path or 'carved'} "
+                f"(modes {modes})")
+    return DatasetBundle(schema, splits["train"], splits["val"], splits["test"],
+                         {"protocol": protocol, "report": rep, "modes": modes, "row_bytes": row_bytes})

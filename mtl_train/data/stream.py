@@ -1,0 +1,290 @@
+"""Streaming splits: Parquet read row group by row group, for data larger than memory.
+
+A :class:`StreamSplit` is what a dataset returns for a split it does not hold in memory;
+``StreamSplit.loader(...)`` gives the training loader (:class:`StreamingLoader`), and
+``StreamSplit.batches(n)`` reads every row once, in file order, for evaluation.
+
+Every training loader (this one and :class:`mtl_train.data.loader.InMemoryLoader`) offers:
+``set_epoch(epoch)``, ``__iter__`` yielding batch dicts, ``__len__`` (batches per epoch),
+``state_dict() -> {"epoch", "batch"}`` and ``load_state_dict(state)`` (the next ``__iter__``
+resumes after that many batches of that epoch, with the same order as an uninterrupted run).
+"""
+from __future__ import annotations
+
+import queue
+import threading
+from typing import Iterator
+
+import numpy as np
+import pyarrow.parquet as pq
+import torch
+
+from mtl_train.data.schema import Table
+
+BLOCKS = ("sparse", "seq", "dense", "labels")
+
+
+def _to_batch(arrays: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+    b = {k: torch.from_numpy(np.ascontiguousarray(arrays[k])) for k in ("sparse", "dense", "labels")}
+    if arrays["seq"].shape[1]:
+        b["seq"] = torch.from_numpy(np.ascontiguousarray(arrays["seq"]))
+    return b
+
+
+def _concat(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    if len(parts) == 1:
+        return parts[0]
+    return {k: np.concatenate([p[k] for p in parts]) for k in BLOCKS}
+
+
+def read_table(source, encoder, rows: int, spec: dict) -> Table:
+    """Read a whole split into an in-memory :class:`Table`, record batch by record batch into
+    preallocated columnar arrays (peak memory: the table plus one record batch)."""
+    from tqdm import tqdm
+
+    width = sum(c["max_len"] for c in spec["sequences"])
+    out = {
+        "sparse": np.empty((rows, len(spec["categorical"])), dtype=np.int64),
+        "seq": np.zeros((rows, width), dtype=np.int64),
+        "dense": np.empty((rows, len(spec["numeric"])), dtype=np.float32),
+        "labels": np.empty((rows, len(spec["tasks"])), dtype=np.float32),
+    }
+    at = 0
+    bar = tqdm(total=rows, desc=f"reading {source.name} into memory", unit="row", mininterval=1.0, leave=False,
+               disable=rows < 1_000_000)
+    for unit in source.units:
+        pf = pq.ParquetFile(unit.file)
+        for t in source.tables(unit, encoder.columns, pf):
+            enc = encoder.encode(t)
+            n = t.num_rows
+            for k in BLOCKS:
+                out[k][at:at + n] = enc[k]
+            at += n
+            bar.update(n)
+    bar.close()
+    assert at == rows, f"{source.name}: read {at} rows, expected {rows}"
+    return Table(torch.from_numpy(out["sparse"]), torch.from_numpy(out["dense"]), torch.from_numpy(out["labels"]),
+                 {}, torch.from_numpy(out["seq"]))
+
+
+class StreamSplit:
+    """A split read from Parquet on demand.
+
+    Args:
+        source: the split's row groups (:class:`mtl_train.data.parquet.SplitSource`).
+        encoder: :class:`mtl_train.data.parquet.Encoder`.
+        rows: the split's row count (from the prepare step).
+        cfg: the dataset config (``shuffle_buffer``, ``num_workers``).
+    """
+
+    def __init__(self, source, encoder, rows: int, cfg):
+        self.source, self.encoder, self.rows = source, encoder, rows
+        self.shuffle_buffer = int(cfg.shuffle_buffer)
+        self.num_workers = int(cfg.num_workers)
+        self._unit_rows = None
+
+    def __len__(self) -> int:
+        return self.rows
+
+    def unit_rows(self) -> list[int]:
+        """This split's rows in each row group (computed once)."""
+        if self._unit_rows is None:
+            self._unit_rows = self.source.rows_per_unit()
+        return self._unit_rows
+
+    def encoded_units(self, order: list[int]) -> Iterator[dict[str, np.ndarray]]:
+        """Encoded record batches of the row groups ``order`` (indices into source.units), in
+        that order; the reader opens its own file handles."""
+        handles: dict[str, pq.ParquetFile] = {}
+        for i in order:
+            unit = self.source.units[i]
+            pf = handles.get(unit.file)
+            if pf is None:
+                handles.clear()  # one open file at a time
+                pf = handles[unit.file] = pq.ParquetFile(unit.file)
+            for t in self.source.tables(unit, self.encoder.columns, pf):
+                yield self.encoder.encode(t)
+
+    def batches(self, batch_size: int) -> Iterator[dict[str, torch.Tensor]]:
+        """Every row once, in file order, in batches of ``batch_size`` (the last may be shorter)."""
+        pending: list[dict[str, np.ndarray]] = []
+        have = 0
+        for enc in self.encoded_units(list(range(len(self.source.units)))):
+            pending.append(enc)
+            have += len(enc["labels"])
+            if have >= batch_size:
+                pool = _concat(pending)
+                n_full = have - have % batch_size
+                for s in range(0, n_full, batch_size):
+                    yield _to_batch({k: pool[k][s:s + batch_size] for k in BLOCKS})
+                pending = [{k: pool[k][n_full:] for k in BLOCKS}] if have > n_full else []
+                have -= n_full
+        if have:
+            yield _to_batch(_concat(pending))
+
+    def loader(self, batch_size: int, shuffle: bool = True, seed: int = 0, rank: int = 0, world_size: int = 1,
+               drop_last: bool = False) -> "StreamingLoader":
+        return StreamingLoader(self, batch_size, shuffle, seed, rank, world_size, self.shuffle_buffer,
+                               self.num_workers, drop_last)
+
+
+class StreamingLoader:
+    """Training batches of a :class:`StreamSplit`: shuffled row-group order plus a shuffle buffer.
+
+    Epoch e: the row groups are permuted with ``numpy.random.default_rng([seed, e])``; with
+    ``world_size`` > 1 rank r takes every world_size-th row group of that order (each rank
+    reads only its own files), and every rank stops after the smallest rank's batch count, so
+    that all ranks run the same number of steps. Rows then pass through a shuffle buffer of
+    ``shuffle_buffer`` rows: once the buffer is full it is permuted
+    (``default_rng([seed, e, rank])``), the rows beyond half of its size (whole batches only)
+    are emitted and the other half is kept to mix with the next row groups; at the end of the
+    epoch the remainder is permuted and emitted. A row thus lands within about
+    ``shuffle_buffer`` rows of a uniformly random position among its neighbouring row groups.
+
+    With ``num_workers`` > 0, that many background threads read and encode row groups ahead
+    (row group k by worker k mod num_workers, each with its own file handles; pyarrow and
+    numpy release the GIL), and their output is consumed in the epoch's order, so batches
+    are the same for any ``num_workers``.
+
+    ``len()`` is exact: per-row-group row counts are known from the Parquet footers (and the
+    split hash for carved splits).
+    """
+
+    def __init__(self, split: StreamSplit, batch_size: int, shuffle: bool = True, seed: int = 0, rank: int = 0,
+                 world_size: int = 1, shuffle_buffer: int = 262144, num_workers: int = 0, drop_last: bool = False):
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} outside world size {world_size}")
+        self.split, self.batch_size, self.shuffle, self.seed = split, batch_size, shuffle, seed
+        self.rank, self.world_size, self.drop_last = rank, world_size, drop_last
+        self.shuffle_buffer = max(int(shuffle_buffer), batch_size)
+        self.num_workers = num_workers
+        self.epoch = 0
+        self._skip = 0
+        self._done = 0
+
+    # ---- the loader interface ------------------------------------------------------------
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "batch": self._done}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch, self._skip = int(state["epoch"]), int(state["batch"])
+
+    def _orders(self) -> list[list[int]]:
+        n = len(self.split.source.units)
+        order = np.random.default_rng([self.seed, self.epoch]).permutation(n) if self.shuffle else np.arange(n)
+        return [order[r::self.world_size].tolist() for r in range(self.world_size)]
+
+    def _batches_of(self, rows: int) -> int:
+        return rows // self.batch_size if self.drop_last else -(-rows // self.batch_size)
+
+    def __len__(self) -> int:
+        counts = self.split.unit_rows()
+        per_rank = [self._batches_of(sum(counts[i] for i in o)) for o in self._orders()]
+        return min(per_rank) if self.world_size > 1 else per_rank[0]
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        limit = len(self)
+        skip, self._skip = self._skip, 0
+        self._done = 0
+        for i, batch in enumerate(self._generate()):
+            if i >= limit:
+                break
+            if i < skip:
+                self._done = i + 1
+                continue
+            self._done = i + 1
+            yield batch
+
+    # ---- reading ---------------------------------------------------------------------------
+    def _units(self, order: list[int]) -> Iterator[dict[str, np.ndarray]]:
+        if self.num_workers <= 0:
+            yield from self.split.encoded_units(order)
+            return
+        w = self.num_workers
+        queues = [queue.Queue(maxsize=4) for _ in range(w)]
+        stop = threading.Event()
+        end = object()
+
+        def work(k: int) -> None:
+            try:
+                for i in order[k::w]:
+                    for enc in self.split.encoded_units([i]):
+                        while not stop.is_set():
+                            try:
+                                queues[k].put(enc, timeout=0.1)
+                                break
+                            except queue.Full:
+                                continue
+                    while not stop.is_set():  # one marker per row group keeps the order
+                        try:
+                            queues[k].put(None, timeout=0.1)
+                            break
+                        except queue.Full:
+                            continue
+                    if stop.is_set():
+                        return
+            except BaseException as e:  # surfaced in the consumer
+                queues[k].put(e)
+            queues[k].put(end)
+
+        threads = [threading.Thread(target=work, args=(k,), daemon=True) for k in range(w)]
+        for t in threads:
+            t.start()
+        try:
+            for j in range(len(order)):
+                q = queues[j % w]
+                while True:
+                    item = q.get()
+                    if item is None:
+                        break
+                    if isinstance(item, BaseException):
+                        raise item
+                    if item is end:  # pragma: no cover - a worker ended early
+                        raise RuntimeError("loader worker ended early")
+                    yield item
+        finally:
+            stop.set()
+            for q in queues:  # unblock workers waiting on a full queue
+                while not q.empty():
+                    q.get_nowait()
+
+    def _generate(self) -> Iterator[dict[str, torch.Tensor]]:
+        rng = np.random.default_rng([self.seed, self.epoch, self.rank])
+        bs, cap = self.batch_size, self.shuffle_buffer
+        pending: list[dict[str, np.ndarray]] = []
+        have = 0
+        for enc in self._units(self._orders()[self.rank]):
+            pending.append(enc)
+            have += len(enc["labels"])
+            if have < cap:
+                continue
+            pool = _concat(pending)
+            if self.shuffle:
+                perm = rng.permutation(have)
+                pool = {k: v[perm] for k, v in pool.items()}
+            n_out = (have - cap // 2) // bs * bs
+            for s in range(0, n_out, bs):
+                yield _to_batch({k: pool[k][s:s + bs] for k in BLOCKS})
+            pending = [{k: pool[k][n_out:] for k in BLOCKS}]
+            have -= n_out
+        if have:
+            pool = _concat(pending)
+            if self.shuffle:
+                perm = rng.permutation(have)
+                pool = {k: v[perm] for k, v in pool.items()}
+            stop = have - have % bs if self.drop_last else have
+            for s in range(0, stop, bs):
+                yield _to_batch({k: pool[k][s:s + bs] for k in BLOCKS})
+
+
+def train_loader(split, batch_size: int, seed: int, shuffle: bool = True, rank: int = 0, world_size: int = 1):
+    """The training loader of a split: :class:`~mtl_train.data.loader.InMemoryLoader` for a
+    :class:`Table`, :class:`StreamingLoader` for a :class:`StreamSplit`."""
+    if isinstance(split, Table):
+        from mtl_train.data.loader import InMemoryLoader
+
+        return InMemoryLoader(split, batch_size, shuffle=shuffle, seed=seed, rank=rank, world_size=world_size)
+    return split.loader(batch_size, shuffle=shuffle, seed=seed, rank=rank, world_size=world_size)
