@@ -531,11 +531,14 @@ def make_sources(cfg, spec: dict) -> dict[str, SplitSource]:
         if len(fr) != 3 or abs(sum(fr) - 1) > 1e-6 or min(fr) < 0 or fr[0] <= 0:
             raise ConfigError(f"dataset.split: need three fractions (train, val, test) summing to 1, got {fr}")
         names = ["train", "val", "test"]
-        assigner = SplitAssigner(fr, _split_seed(cfg), names)
-        sources["train"] = SplitSource("train", train_units, assigner, 0)
         for s in carved:
             if fr[names.index(s)] <= 0:
                 raise ConfigError(f"dataset.split: the {s} fraction is 0 and dataset.{s}_path is not set")
+        # splits with their own files take no rows of the train files
+        eff = [f if n == "train" or n in carved else 0.0 for n, f in zip(names, fr)]
+        assigner = SplitAssigner([f / sum(eff) for f in eff], _split_seed(cfg), names)
+        sources["train"] = SplitSource("train", train_units, assigner, 0)
+        for s in carved:
             sources[s] = SplitSource(s, train_units, assigner, names.index(s))
     else:
         sources["train"] = SplitSource("train", train_units)

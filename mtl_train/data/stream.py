@@ -159,18 +159,29 @@ class StreamingLoader:
         self.shuffle_buffer = max(int(shuffle_buffer), batch_size)
         self.num_workers = num_workers
         self.epoch = 0
-        self._skip = 0
-        self._done = 0
+        self.batch = 0  # batches of self.epoch handed out so far
 
-    # ---- the loader interface ------------------------------------------------------------
+    # ---- the loader interface (same data-position semantics as InMemoryLoader) -----------
     def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+        """Start epoch ``epoch`` at its first batch."""
+        self.epoch, self.batch = int(epoch), 0
 
     def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "batch": self._done}
+        """``{"epoch": e, "batch": b}``: ``b`` batches of epoch ``e`` handed out so far."""
+        return {"epoch": self.epoch, "batch": self.batch}
 
     def load_state_dict(self, state: dict) -> None:
-        self.epoch, self._skip = int(state["epoch"]), int(state["batch"])
+        """Resume at batch ``state["batch"]`` of epoch ``state["epoch"]``: the next
+        ``__iter__`` regenerates the epoch's batches (same order) and hands out those from
+        that index on; the skipped ones are read and encoded but not returned.
+
+        Raises:
+            ValueError: the batch index is outside [0, len(self)]."""
+        epoch, batch = int(state["epoch"]), int(state["batch"])
+        self.epoch = epoch
+        if not 0 <= batch <= len(self):
+            raise ValueError(f"loader state: batch {batch} outside [0, {len(self)}] (did the data change?)")
+        self.batch = batch
 
     def _orders(self) -> list[list[int]]:
         n = len(self.split.source.units)
@@ -186,16 +197,15 @@ class StreamingLoader:
         return min(per_rank) if self.world_size > 1 else per_rank[0]
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
-        limit = len(self)
-        skip, self._skip = self._skip, 0
-        self._done = 0
+        limit, start = len(self), self.batch
+        if start >= limit:  # this epoch is exhausted until the next set_epoch
+            return
         for i, batch in enumerate(self._generate()):
             if i >= limit:
                 break
-            if i < skip:
-                self._done = i + 1
+            if i < start:
                 continue
-            self._done = i + 1
+            self.batch = i + 1  # counted when handed out, as InMemoryLoader
             yield batch
 
     # ---- reading ---------------------------------------------------------------------------

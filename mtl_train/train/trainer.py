@@ -206,6 +206,8 @@ class Trainer:
         self.last_saved_step: int | None = None
         self._data_state: dict | None = None
         self._signal: int | None = None
+        self.excluded_seconds = 0.0  # validation and checkpoint time (not in the training rate)
+        self.samples = 0
         self.sign = 1.0 if tcfg.monitor_mode == "max" else -1.0
         if tcfg.monitor_mode not in ("max", "min"):
             raise ConfigError(f"trainer.monitor_mode: '{tcfg.monitor_mode}' is not one of max, min")
@@ -270,6 +272,7 @@ class Trainer:
 
         Raises:
             TrainingError: the model's parameters are not finite (the old file is kept)."""
+        t0 = time.perf_counter()
         if not ckpt.all_finite(self.model.state_dict()):
             raise TrainingError(f"model parameters became non-finite by step {self.step}; {name} not written, "
                                 f"{self._last_good()}")
@@ -277,6 +280,7 @@ class Trainer:
         ckpt.save_atomic(self.state(), os.path.join(self.ckpt_dir, name))
         if name == "last.pt":
             self.last_saved_step = self.step
+        self.excluded_seconds += time.perf_counter() - t0
 
     def _last_good(self) -> str:
         if self.last_saved_step is None:
@@ -360,7 +364,9 @@ class Trainer:
     def validate(self) -> bool:
         """Evaluate on val, keep best.pt, return True when early stopping says stop."""
         tcfg = self.cfg.trainer
+        t0 = time.perf_counter()
         metrics = self.evaluate("val")
+        self.excluded_seconds += time.perf_counter() - t0  # best.pt saves count in save()
         self.last_eval_step = self.step
         self.logger.eval_metrics("val", metrics, self.step)
         value = monitor_value(metrics, tcfg.monitor)
@@ -404,6 +410,7 @@ class Trainer:
                         losses, logs = result
                         self.step += 1
                         n = batch["labels"].shape[0]
+                        self.samples += n
                         self.logger.train_step(self.step, n, losses, self.balancer.weights(), logs, bar)
                         if tcfg.eval_every_steps and self.step % tcfg.eval_every_steps == 0:
                             stop = self.validate()
@@ -451,6 +458,9 @@ class Trainer:
             "steps": self.step, "epochs": self.epoch, "best_step": self.best_step, "best": self.best,
             "monitor": self.cfg.trainer.monitor, "train_seconds": round(train_s, 3),
             "train_samples_per_s": round(self.step * self.cfg.trainer.batch_size / max(train_s, 1e-9), 1),
+            # the training loop alone: batches read, steps taken; validation and checkpoints excluded
+            "train_loop_seconds": round(train_s - self.excluded_seconds, 3), "train_samples": self.samples,
+            "train_loop_samples_per_s": round(self.samples / max(train_s - self.excluded_seconds, 1e-9), 1),
             "device": str(self.device), "data": self.data.info.get("protocol"),
             "nonfinite_skipped": self.nonfinite_skipped, "resumed_at": self.resumes,
             "funnel_violations": self.data.info.get("funnel_violations"),

@@ -1,0 +1,167 @@
+"""Throughput benchmark of mtl-train on the bench workload (../shared/bench/README.md).
+
+In one invocation: generate the workload if needed (make_workload.py: 400,000 train rows,
+100,000 valid rows), then, ``--repeat`` times in turn, run
+
+  1. ``roofline.py``   GEMM throughput / FLOPs per sample (the ceiling, ratio 1.00);
+  2. ``raw_limit.py``  the same MMoE in plain PyTorch on tensors already in memory;
+  3. ``mtl-train``     the real CLI code path: dataset=parquet with the bench schema (26
+     categorical columns, tasks click and purchase), MMoE 8 experts [256, 128], embedding 16,
+     towers [64], batch 2048, Adam lr 1e-3, one epoch, in-memory mode;
+  4. with ``--stream``: the same run with ``dataset.mode=stream``;
+
+and print samples/s, the ratios to the roofline and to raw_limit measured in the same
+round, the peak RSS of every process (``os.wait4``) and the val AUCs of both tasks.
+
+mtl-train's samples/s is ``run.json: train_loop_samples_per_s``: the training loop with
+batch loading, excluding validation, checkpoints and the (cached) prepare step, as
+raw_limit.py excludes its loading and evaluation.
+
+``--big-rows N`` also writes an N-row log of the bench schema (a directory of 1M-row files,
+make_workload.py with seeds 100, 101, ...; the hidden label model is the same in every file)
+and trains on it streamed for ``--big-steps`` steps, reporting samples/s and peak RSS next to
+an in-memory run of the same number of steps on the 400k workload.
+
+Usage: python scripts/bench.py [--workdir DIR] [--repeat N] [--stream] [--big-rows N --big-steps S]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+BENCH = REPO.parent / "shared" / "bench"
+CHUNK = 1_000_000
+
+
+def run(cmd: list[str], cwd: Path, env: dict | None = None) -> tuple[str, float, float]:
+    """Run ``cmd``; returns (stdout+stderr, wall seconds, peak RSS in MB of that process)."""
+    t0 = time.perf_counter()
+    with tempfile.TemporaryFile("w+") as out:
+        p = subprocess.Popen(cmd, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, text=True,
+                             env=dict(os.environ, **(env or {})))
+        _, status, usage = os.wait4(p.pid, 0)
+        p.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        text = out.read()
+    if p.returncode != 0:
+        raise SystemExit(f"bench: command failed ({p.returncode}): {' '.join(cmd)}\n{text[-3000:]}")
+    return text, time.perf_counter() - t0, usage.ru_maxrss / 1024
+
+
+def ensure_workload(work: Path) -> tuple[Path, Path]:
+    train, valid = work / "train.parquet", work / "valid.parquet"
+    for path, rows, seed in ((train, 400_000, 0), (valid, 100_000, 1)):
+        if not path.exists():
+            run([sys.executable, str(BENCH / "make_workload.py"), str(path), str(rows), str(seed)], work)
+    schema = work / "schema.yaml"
+    schema.write_text("categorical: [" + ", ".join(f"c{i}" for i in range(26)) + "]\n"
+                      "tasks: [click, {name: purchase, parent: click}]\n")
+    return train, valid
+
+
+def ensure_big(work: Path, rows: int) -> Path:
+    big = work / f"big-{rows}"
+    big.mkdir(exist_ok=True)
+    for k in range(-(-rows // CHUNK)):
+        f = big / f"part-{k:04d}.parquet"
+        n = min(CHUNK, rows - k * CHUNK)
+        if not f.exists():
+            tmp = big / f".tmp-part-{k:04d}.parquet"  # hidden: not read as data until renamed
+            run([sys.executable, str(BENCH / "make_workload.py"), str(tmp), str(n), str(100 + k)], work)
+            tmp.rename(f)
+    return big
+
+
+def mtl_train(work: Path, name: str, train: Path, val: Path, extra: list[str]) -> dict:
+    run_dir = work / "runs" / f"{name}-{time.strftime('%H%M%S')}-{os.getpid()}"
+    args = [sys.executable, "-m", "mtl_train", "dataset=parquet", f"dataset.train_path={train}",
+            f"dataset.val_path={val}", f"dataset.test_path={val}", f"dataset.schema_file={work / 'schema.yaml'}",
+            f"dataset.cache_dir={work / 'cache'}", "dataset.progress=false",
+            "model=mmoe", "model.embedding_dim=16", "model.num_experts=8", "model.expert_hidden=[256,128]",
+            "graph.tower_hidden=[64]", "trainer.batch_size=2048", "trainer.lr=0.001", "trainer.optimizer=adam",
+            "trainer.epochs=1", "trainer.progress=false", "trainer.device=cpu", f"hydra.run.dir={run_dir}", *extra]
+    text, wall, rss = run(args, REPO)
+    info = json.loads((run_dir / "run.json").read_text())
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    return {"samples_per_s": info["train_loop_samples_per_s"], "samples": info["train_samples"],
+            "loop_s": info["train_loop_seconds"], "wall_s": round(wall, 1), "peak_rss_mb": round(rss),
+            "auc_click": metrics["val"]["click"]["auc"], "auc_purchase": metrics["val"]["purchase"]["auc"]}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "mtl-bench"))
+    ap.add_argument("--repeat", type=int, default=1)
+    ap.add_argument("--stream", action="store_true", help="also train the 400k workload with dataset.mode=stream")
+    ap.add_argument("--big-rows", type=int, default=0, help="also stream an N-row log (e.g. 20000000)")
+    ap.add_argument("--big-steps", type=int, default=300)
+    ap.add_argument("--skip-raw", action="store_true", help="skip raw_limit.py (roofline only)")
+    ap.add_argument("--extra", nargs="*", default=[], help="extra mtl-train overrides")
+    a = ap.parse_args()
+    work = Path(a.workdir)
+    work.mkdir(parents=True, exist_ok=True)
+    train, valid = ensure_workload(work)
+    rounds = []
+    print(f"bench: workdir {work}; load average at start {os.getloadavg()}", flush=True)
+    for r in range(a.repeat):
+        res = {"load_before": [round(x, 2) for x in os.getloadavg()]}
+        text, _, _ = run([sys.executable, str(BENCH / "roofline.py")], work)
+        res["roofline"] = float(re.search(r"roofline_samples_per_s=(\d+)", text).group(1))
+        if not a.skip_raw:
+            text, _, rss = run([sys.executable, str(BENCH / "raw_limit.py"), str(train), str(valid)], work)
+            m = re.search(r"samples_per_s=(\d+) auc_click=([\d.]+) auc_purchase=([\d.]+)", text)
+            res["raw_limit"] = {"samples_per_s": float(m.group(1)), "auc_click": float(m.group(2)),
+                                "auc_purchase": float(m.group(3)), "peak_rss_mb": round(rss)}
+        res["mtl_memory"] = mtl_train(work, "memory", train, valid, ["dataset.mode=memory", *a.extra])
+        if a.stream:
+            res["mtl_stream"] = mtl_train(work, "stream", train, valid, ["dataset.mode=stream", *a.extra])
+        res["load_after"] = [round(x, 2) for x in os.getloadavg()]
+        rounds.append(res)
+        report_round(r, res)
+    if a.big_rows:
+        big = ensure_big(work, a.big_rows)
+        res = {"load_before": [round(x, 2) for x in os.getloadavg()]}
+        steps = [f"trainer.max_steps={a.big_steps}"]
+        # the in-memory reference: same steps on the 400k workload, then the streamed big log
+        res["memory_same_steps"] = mtl_train(work, "memory-steps", train, valid, ["dataset.mode=memory", *steps])
+        res["big_stream"] = mtl_train(work, "big-stream", big, valid, ["dataset.mode=stream", *steps])
+        res["load_after"] = [round(x, 2) for x in os.getloadavg()]
+        rounds.append({"big_rows": a.big_rows, **res})
+        b, m = res["big_stream"], res["memory_same_steps"]
+        print(f"big log {a.big_rows} rows streamed, {b['samples']} samples ({a.big_steps} steps): "
+              f"{b['samples_per_s']:.0f} samples/s, peak RSS {b['peak_rss_mb']} MB; in-memory 400k same steps: "
+              f"{m['samples_per_s']:.0f} samples/s, peak RSS {m['peak_rss_mb']} MB; "
+              f"stream/memory = {b['samples_per_s'] / m['samples_per_s']:.3f}", flush=True)
+    out = work / "bench.json"
+    out.write_text(json.dumps(rounds, indent=1))
+    print(f"bench: results in {out}")
+
+
+def report_round(r: int, res: dict) -> None:
+    roof = res["roofline"]
+    raw = res.get("raw_limit")
+    print(f"round {r + 1}: load {res['load_before']} -> {res['load_after']}; roofline {roof:.0f} samples/s")
+    if raw:
+        print(f"  raw_limit.py   {raw['samples_per_s']:8.0f} samples/s  x{raw['samples_per_s'] / roof:.3f} roofline  "
+              f"peak RSS {raw['peak_rss_mb']} MB  val auc click {raw['auc_click']:.4f} purchase {raw['auc_purchase']:.4f}")
+    for key in ("mtl_memory", "mtl_stream"):
+        m = res.get(key)
+        if not m:
+            continue
+        vs_raw = f"x{m['samples_per_s'] / raw['samples_per_s']:.3f} raw_limit  " if raw else ""
+        print(f"  {key:13s} {m['samples_per_s']:8.0f} samples/s  x{m['samples_per_s'] / roof:.3f} roofline  {vs_raw}"
+              f"peak RSS {m['peak_rss_mb']} MB  val auc click {m['auc_click']:.4f} purchase {m['auc_purchase']:.4f}"
+              + (f"  (auc - raw: {m['auc_click'] - raw['auc_click']:+.4f}, {m['auc_purchase'] - raw['auc_purchase']:+.4f})"
+                 if raw else ""), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,236 @@
+"""dataset=parquet: schema, prepare cache, encoding, in-memory and streamed reading."""
+import json
+import os
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from conftest import find_run_dir, run_cli
+from mtl_train.config import validate_group
+from mtl_train.data import parquet as pqd
+from mtl_train.data.encode import Vocabulary, hash_ids
+from mtl_train.data.schema import Table
+from mtl_train.data.stream import StreamSplit, StreamingLoader
+from mtl_train.errors import ConfigError, DataError
+
+BIG = 2**60 + 1  # an id that a float64 cannot hold exactly
+
+
+def write_log(path, n, seed, row_group_size=64):
+    rng = np.random.default_rng(seed)
+    user = rng.integers(0, 20, n).astype(np.int64)
+    user[::10] = BIG
+    city = np.array(["paris", "rome", "oslo", "lima"])[rng.integers(0, 4, n)].tolist()
+    price = rng.normal(10, 2, n)
+    hist = [list(rng.integers(0, 30, rng.integers(0, 6)).tolist()) for _ in range(n)]
+    click = (rng.random(n) < 0.3).astype(float)
+    buy = np.where(click == 1, (rng.random(n) < 0.5).astype(float), 0.0)
+    t = pa.table({
+        "user": pa.array(user, mask=np.arange(n) % 17 == 3),
+        "city": pa.array(city, mask=np.arange(n) % 13 == 5),
+        "price": pa.array(price, mask=np.arange(n) % 11 == 7),
+        "hist": pa.array(hist, type=pa.list_(pa.int64()), mask=np.arange(n) % 19 == 2),
+        "click": pa.array(click),
+        "buy": pa.array(buy, mask=np.arange(n) % 23 == 1),
+    })
+    pq.write_table(t, path, row_group_size=row_group_size)
+    return t
+
+
+SCHEMA = {
+    "categorical": ["user", {"name": "city", "hash_buckets": 8}],
+    "numeric": [{"name": "price", "norm": "standard", "fill": "mean"}],
+    "sequences": [{"name": "hist", "max_len": 4, "pooling": "mean"}],
+    "tasks": ["click", {"name": "purchase", "label": "buy", "parent": "click"}],
+}
+
+
+def cfg(tmp_path, **over):
+    d = {"name": "parquet", "train_path": str(tmp_path / "train.parquet"), "val_path": str(tmp_path / "val.parquet"),
+         "test_path": str(tmp_path / "val.parquet"), "cache_dir": str(tmp_path / "cache"), "progress": False,
+         "num_workers": 0, "shuffle_buffer": 100, **SCHEMA}
+    d.update(over)
+    return validate_group("dataset", OmegaConf.create(d))
+
+
+@pytest.fixture
+def data(tmp_path):
+    train = write_log(tmp_path / "train.parquet", 500, 0)
+    val = write_log(tmp_path / "val.parquet", 200, 1)
+    return tmp_path, train, val
+
+
+def test_vocabulary_keeps_integer_ids_exact_and_counts_nulls_and_oov():
+    v = Vocabulary.fit(pa.array([BIG, BIG, 3, None, BIG + 2]))
+    ids, nulls, oov = v.encode(pa.array([BIG + 2, BIG, 3, None, BIG + 1], pa.int64()))
+    assert ids.dtype == np.int64
+    assert ids.tolist() == [4, 2, 3, 0, 1]  # BIG (2 times) first, then 3 < BIG+2 by value; BIG+1 unseen
+    assert (nulls, oov) == (1, 1)
+    s = Vocabulary.fit(pa.array(["b", "a", "b"]))
+    assert s.encode(pa.chunked_array([["a", None], ["zz", "b"]]))[0].tolist() == [3, 0, 1, 2]
+
+
+def test_hash_ids_are_deterministic_in_range_and_null_aware():
+    ids, nulls = hash_ids(pa.array(["abc", "abd", None, "", "abc"]), 100)
+    assert ids[0] == ids[4] and ids[2] == 0 and nulls == 1
+    assert ((ids[[0, 1, 3, 4]] >= 2) & (ids[[0, 1, 3, 4]] < 102)).all()
+    # the same strings in a sliced array hash alike (offsets handled)
+    sliced, _ = hash_ids(pa.array(["x", "abc", "abd"]).slice(1), 100)
+    assert sliced.tolist() == ids[:2].tolist()
+    ints, _ = hash_ids(pa.array([BIG, BIG, 7]), 1000)
+    assert ints[0] == ints[1] and 2 <= ints.min() and ints.max() < 1002
+
+
+def test_prepare_vocab_stats_report_and_encoding(data):
+    tmp, train, val = data
+    bundle = pqd.load(cfg(tmp), seed=0)
+    s = bundle.schema
+    users = train.column("user").drop_null().to_numpy()
+    assert s.sparse[0].vocab_size == len(np.unique(users)) + 2
+    assert s.sparse[1].vocab_size == 8 + 2 and s.sequence[0].vocab_size == 30 + 2
+    assert [t.parent for t in s.tasks] == [None, "click"]
+    rep = bundle.info["report"]
+    assert rep["train"]["null_ids"]["user"] == train.column("user").null_count
+    assert rep["train"]["null_labels"]["purchase"] == train.column("buy").null_count
+    assert rep["train"]["oov_ids"]["user"] == 0
+    val_users = val.column("user").to_numpy(zero_copy_only=False)
+    unseen = [u for u in val.column("user").drop_null().to_pylist() if u not in set(users.tolist())]
+    assert rep["val"]["oov_ids"]["user"] == len(unseen)
+    t = bundle.train
+    assert isinstance(t, Table) and len(t) == 500
+    # nulls -> 0, the frequent BIG id exact, unseen -> 1 in val
+    assert (t.sparse[train.column("user").is_null().to_numpy(zero_copy_only=False), 0] == 0).all()
+    assert len(np.unique(t.sparse[np.asarray(train.column("user").to_pylist(), dtype=object) == BIG, 0])) == 1
+    assert int((bundle.val.sparse[:, 0] == 1).sum()) == len(unseen)
+    del val_users
+    # numeric: standardised with train statistics, null -> 0 (the mean)
+    price = train.column("price").to_numpy(zero_copy_only=False)
+    ok = ~np.isnan(price)
+    np.testing.assert_allclose(t.dense[ok, 0].numpy(), (price[ok] - price[ok].mean()) / price[ok].std(), rtol=1e-4, atol=1e-5)
+    assert (t.dense[~ok, 0] == 0).all()
+    # labels: null -> NaN, never 0
+    buy = train.column("buy")
+    assert torch.isnan(t.labels[torch.from_numpy(buy.is_null().to_numpy(zero_copy_only=False)), 1]).all()
+    # sequences: the first max_len ids, padded with 0; null lists all padding
+    hist = train.column("hist").to_pylist()
+    prep_dir = next((tmp / "cache").glob("parquet-*"))
+    vfile = json.loads((prep_dir / "prepare.json").read_text())["vocab"]["hist"]
+    vocab = Vocabulary(pq.read_table(prep_dir / vfile).column("value").combine_chunks())
+    for i in (0, 1, 2, 3, 4, 40):
+        expect = [] if hist[i] is None else vocab.encode(pa.array(hist[i][:4], pa.int64()))[0].tolist()
+        assert t.seq[i].tolist() == expect + [0] * (4 - len(expect))
+
+
+def test_prepare_is_cached_and_rebuilt_when_data_or_schema_change(data, monkeypatch):
+    tmp, _, _ = data
+    pqd.load(cfg(tmp), seed=0)
+    dirs = sorted((tmp / "cache").glob("parquet-*"))
+    assert len(dirs) == 1
+    calls = []
+    real = pqd._Counter.add
+    monkeypatch.setattr(pqd._Counter, "add", lambda self, col: (calls.append(1), real(self, col)))
+    pqd.load(cfg(tmp), seed=0)
+    assert calls == []  # reused
+    pqd.load(cfg(tmp, min_count=2), seed=0)
+    assert calls and len(sorted((tmp / "cache").glob("parquet-*"))) == 2
+    write_log(tmp / "train.parquet", 300, 5)
+    os.utime(tmp / "train.parquet", ns=(1, 1))
+    b = pqd.load(cfg(tmp), seed=0)
+    assert len(b.train) == 300 and len(sorted((tmp / "cache").glob("parquet-*"))) == 3
+
+
+def test_streamed_epoch_covers_every_row_once_matches_memory_and_resumes(data):
+    tmp, _, _ = data
+    mem = pqd.load(cfg(tmp, mode="memory"), seed=0)
+    st = pqd.load(cfg(tmp, mode="stream"), seed=0)
+    assert isinstance(st.train, StreamSplit) and len(st.train) == 500
+
+    def rows(batches):
+        b = list(batches)
+        return torch.cat([x["sparse"] for x in b]), torch.cat([x["seq"] for x in b]), torch.cat([x["dense"] for x in b])
+
+    # every row exactly once, in shuffled order, and the same rows as the in-memory table
+    loader = st.train.loader(64, seed=3)
+    loader.set_epoch(1)
+    assert len(loader) == 8
+    sp, sq, dn = rows(loader)
+    key = lambda s, q, d: sorted(map(tuple, torch.cat([s.double(), q.double(), d.double()], 1).tolist()))
+    assert key(sp, sq, dn) == key(mem.train.sparse, mem.train.seq, mem.train.dense)
+    assert not torch.equal(sp, mem.train.sparse)  # shuffled
+    # deterministic, independent of reader threads
+    threaded = StreamingLoader(st.train, 64, seed=3, shuffle_buffer=100, num_workers=2)
+    threaded.set_epoch(1)
+    assert torch.equal(rows(threaded)[0], sp)
+    # exact resume after 3 batches of epoch 1
+    first = StreamingLoader(st.train, 64, seed=3, shuffle_buffer=100)
+    first.set_epoch(1)
+    it = iter(first)
+    for _ in range(3):
+        next(it)
+    state = first.state_dict()
+    assert state == {"epoch": 1, "batch": 3}
+    again = StreamingLoader(st.train, 64, seed=3, shuffle_buffer=100)
+    again.load_state_dict(state)
+    assert again.state_dict() == state
+    assert torch.equal(rows(again)[0], sp[3 * 64:])
+    # shards: disjoint row groups, together the whole split, the same number of batches
+    shards = [StreamingLoader(st.train, 32, seed=3, rank=r, world_size=2, shuffle_buffer=100) for r in range(2)]
+    assert len(shards[0]) == len(shards[1])
+    n = sum(len(rows(s)[0]) for s in shards)
+    assert n <= 500 and n > 500 - 2 * 32
+    # ordered reading for evaluation
+    ev = torch.cat([b["sparse"] for b in st.val.batches(64)])
+    assert torch.equal(ev, mem.val.sparse)
+
+
+def test_carved_splits_partition_the_train_files(data):
+    tmp, _, _ = data
+    b = pqd.load(cfg(tmp, val_path=None, test_path=None, split=[0.6, 0.2, 0.2], split_seed=1), seed=0)
+    n = [len(b.train), len(b.val), len(b.test)]
+    assert sum(n) == 500 and all(abs(x - f * 500) < 50 for x, f in zip(n, (0.6, 0.2, 0.2)))
+    again = pqd.load(cfg(tmp, val_path=None, test_path=None, split=[0.6, 0.2, 0.2], split_seed=1, mode="stream"), seed=0)
+    assert len(again.val) == n[1] and sum(len(x["labels"]) for x in again.test.batches(50)) == n[2]
+
+
+@pytest.mark.parametrize("over, needle", [
+    ({"categorical": ["nope"]}, "column 'nope' not found"),
+    ({"tasks": [{"name": "click", "type": "ranking"}]}, "ranking"),
+    ({"numeric": [{"name": "price", "norm": "zscore"}]}, "zscore"),
+    ({"categorical": [{"name": "user", "colour": 1}]}, "colour"),
+    ({"train_path": "/nonexistent/*.parquet"}, "/nonexistent/*.parquet"),
+    ({"sequences": [{"name": "user", "max_len": 3}], "categorical": []}, "not a list column"),
+])
+def test_bad_schema_or_data_is_one_clear_error(data, over, needle):
+    tmp, _, _ = data
+    with pytest.raises((ConfigError, DataError)) as e:
+        pqd.load(cfg(tmp, **over), seed=0)
+    assert needle in str(e.value) and "\n" not in str(e.value)
+
+
+def test_non_binary_label_is_rejected(tmp_path):
+    pq.write_table(pa.table({"a": [1, 2, 3], "y": [0.0, 2.0, 1.0]}), tmp_path / "train.parquet")
+    c = cfg(tmp_path, val_path=str(tmp_path / "train.parquet"), test_path=str(tmp_path / "train.parquet"),
+            categorical=["a"], numeric=[], sequences=[], tasks=["y"])
+    with pytest.raises(DataError, match="label column 'y'.*2"):
+        pqd.load(c, seed=0)
+
+
+def test_cli_trains_streamed_parquet_with_schema_file(data):
+    tmp, _, _ = data
+    schema = tmp / "schema.yaml"
+    schema.write_text(OmegaConf.to_yaml(OmegaConf.create(SCHEMA)))
+    run_cli(["dataset=parquet", f"dataset.train_path={tmp / 'train.parquet'}", f"dataset.val_path={tmp / 'val.parquet'}",
+             f"dataset.schema_file={schema}", "dataset.mode=stream", "dataset.shuffle_buffer=128",
+             "trainer.progress=false", "trainer.batch_size=64", "trainer.epochs=2", "model.expert_hidden=[8]",
+             "model.num_experts=2"], cwd=tmp)
+    run = find_run_dir(tmp)
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["val"]["click"]["rows"] == 200
+    assert metrics["val"]["purchase"]["rows"] == 200 - 9  # 9 null labels masked (rows 1, 24, ... of 200)
+    info = json.loads((run / "run.json").read_text())
+    # test carved from the train file (10% of its rows by hash), val from its own file
+    assert 2 * 400 < info["train_samples"] < 2 * 500 and info["steps"] == 2 * -(-info["train_samples"] // 128)
