@@ -4,18 +4,75 @@ from __future__ import annotations
 import logging
 
 import numpy as np
-from sklearn.metrics import roc_auc_score
 
 log = logging.getLogger(__name__)
 
 EPS = 1e-7
 
 
+def exact_auc(score: np.ndarray, label: np.ndarray) -> float | None:
+    """Exact ROC AUC: the Mann-Whitney U statistic over every (positive, negative) pair,
+    ties counted one half (Hanley & McNeil, Radiology 1982); the value of
+    ``sklearn.metrics.roc_auc_score`` (the reference in the tests).
+
+    Tied scores form groups that share their average 1-based rank; with P positives,
+    N negatives and p_g positives in the group g spanning sorted positions [a_g, b_g):
+
+        AUC = (sum_g p_g (a_g + 1 + b_g) / 2 - P (P + 1) / 2) / (P N)
+
+    computed in exact int64 arithmetic. One sort, of keys rather than an argsort: each
+    float32 score is mapped to an order-preserving uint32 (sign flip), shifted left one bit
+    and or-ed with its label, and the uint64 keys are sorted with ``numpy.sort`` (a SIMD sort
+    where the CPU has one); ties are equal ``key >> 1``. Scores that are not exactly float32
+    (float64 with more precision) take an ``argsort`` path with the same formula.
+    About 5x faster than sklearn on 10M rows (scripts/bench_auc.py).
+
+    Args:
+        score: float [N] scores (probabilities or logits: any monotone scale); no NaN.
+        label: [N] 0/1 labels.
+
+    Returns:
+        The AUC, or None when only one class is present (undefined).
+
+    Raises:
+        ValueError: NaN scores.
+    """
+    score = np.asarray(score)
+    y = np.asarray(label).astype(bool).ravel()
+    n = y.size
+    pos = int(y.sum())
+    neg = n - pos
+    if pos == 0 or neg == 0:
+        return None
+    s32 = score.astype(np.float32).ravel()
+    if np.isnan(s32).any():
+        raise ValueError("exact_auc: NaN scores")
+    if score.dtype == np.float32 or np.array_equal(s32, score.ravel()):
+        bits = (s32 + np.float32(0.0)).view(np.uint32)  # + 0.0 turns -0.0 into +0.0
+        neg_sign = bits >> np.uint32(31) == 1
+        bits = np.where(neg_sign, ~bits, bits | np.uint32(0x80000000))  # order-preserving
+        keys = np.sort((bits.astype(np.uint64) << np.uint64(1)) | y.astype(np.uint64))
+        ks, lab = keys >> np.uint64(1), (keys & np.uint64(1)).astype(np.int64)
+    else:
+        order = np.argsort(score.ravel(), kind="stable")
+        ks, lab = score.ravel()[order], y[order].astype(np.int64)
+    new = np.empty(n, dtype=bool)
+    new[0] = True
+    np.not_equal(ks[1:], ks[:-1], out=new[1:])
+    starts = np.flatnonzero(new)
+    ends = np.empty_like(starts)
+    ends[:-1], ends[-1] = starts[1:], n
+    pos_in_group = np.add.reduceat(lab, starts)
+    twice_rank_sum = int((pos_in_group * (starts + 1 + ends)).sum())  # exact: <= 2 P n
+    u2 = twice_rank_sum - pos * (pos + 1)  # 2 U
+    return u2 / (2 * pos * neg)
+
+
 def binary_metrics(score: np.ndarray, label: np.ndarray, name: str = "", split: str = "") -> dict:
     """Exact ROC AUC, logloss and calibration of probabilities ``score`` against 0/1 ``label``.
 
     AUC is the Mann-Whitney statistic over every (positive, negative) pair of the split, ties
-    counted one half (``sklearn.metrics.roc_auc_score``). Where the split holds one class only,
+    counted one half (:func:`exact_auc`, equal to ``sklearn.metrics.roc_auc_score``). Where the split holds one class only,
     AUC is undefined: it is reported as None (null in JSON) with a warning, never 0 or 0.5.
 
     Args:
@@ -26,6 +83,7 @@ def binary_metrics(score: np.ndarray, label: np.ndarray, name: str = "", split: 
         {"auc": float | None, "logloss": float (natural log, mean over rows), "rows": int,
          "positives": int, "calibration": mean(score) / mean(label) or None}
     """
+    raw_score = np.asarray(score)
     score = np.asarray(score, dtype=np.float64)
     label = np.asarray(label, dtype=np.float64)
     rows, pos = int(label.size), int(label.sum())
@@ -33,7 +91,7 @@ def binary_metrics(score: np.ndarray, label: np.ndarray, name: str = "", split: 
         log.warning("%s %s: no rows to evaluate", split, name)
         return {"auc": None, "logloss": None, "rows": 0, "positives": 0, "calibration": None}
     if 0 < pos < rows:
-        auc = float(roc_auc_score(label, score))
+        auc = exact_auc(raw_score, label)
     else:
         auc = None
         log.warning("%s %s: only one class in %d rows, AUC is undefined (null)", split, name, rows)

@@ -54,8 +54,12 @@ class RowSparseAdam(torch.optim.Optimizer):
                 t = float(state["step"])
                 grad = p.grad
                 if grad.is_sparse:
-                    grad = grad.coalesce()
-                    rows, g = grad.indices()[0], grad.values()
+                    rows, g = grad._indices()[0], grad._values()
+                    # autograd's accumulation drops the coalesced flag; strictly increasing
+                    # rows (what FeatureEmbedding's lookup produces) are coalesced already
+                    if not grad.is_coalesced() and not bool((rows[1:] > rows[:-1]).all()):
+                        grad = grad.coalesce()
+                        rows, g = grad.indices()[0], grad.values()
                 else:
                     rows, g = None, grad
                 m_all, v_all = state["exp_avg"], state["exp_avg_sq"]
