@@ -129,7 +129,8 @@ def main() -> None:
     if a.big_rows:
         big = ensure_big(work, a.big_rows)
         res = {"load_before": [round(x, 2) for x in os.getloadavg()]}
-        steps = [f"trainer.max_steps={a.big_steps}"]
+        # max_steps ends both runs (the 400k workload repeats epochs to reach it)
+        steps = [f"trainer.max_steps={a.big_steps}", "trainer.epochs=1000"]
         # the in-memory reference: same steps on the 400k workload, then the streamed big log
         res["memory_same_steps"] = mtl_train(work, "memory-steps", train, valid, ["dataset.mode=memory", *steps])
         res["big_stream"] = mtl_train(work, "big-stream", big, valid, ["dataset.mode=stream", *steps])
