@@ -234,3 +234,10 @@ def test_cli_trains_streamed_parquet_with_schema_file(data):
     info = json.loads((run / "run.json").read_text())
     # test carved from the train file (10% of its rows by hash), val from its own file
     assert 2 * 400 < info["train_samples"] < 2 * 500 and info["steps"] == 2 * -(-info["train_samples"] // 128)
+    # the checkpoint carries the encoder: mode=eval on the val file reproduces the val metrics
+    run_cli(["mode=eval", f"checkpoint={run}", f"infer.input={tmp / 'val.parquet'}",
+             f"infer.output={tmp / 'eval.json'}", "trainer.device=cpu"], cwd=tmp)
+    ev = json.loads((tmp / "eval.json").read_text())["input"]
+    for task in ("click", "purchase"):
+        assert ev[task]["rows"] == metrics["val"][task]["rows"]
+        assert ev[task]["auc"] == pytest.approx(metrics["val"][task]["auc"], abs=1e-9)

@@ -456,6 +456,33 @@ class Encoder:
         self.stats = prep["stats"]
         self.salts = {c["name"]: zlib.crc32(c["name"].encode()) for c in spec["categorical"] + spec["sequences"]}
 
+    def transform(self, tbl: pa.Table, name: str = "data", labels_required: bool = True):
+        """Encode a whole raw table (``mode=eval``/``predict`` on a file, see
+        :mod:`mtl_train.train.infer`) into a :class:`Table`.
+
+        Returns:
+            (Table, {}). Label columns absent from ``tbl`` give NaN labels unless
+            ``labels_required``.
+
+        Raises:
+            DataError: a feature column (or, when required, a label column) is missing.
+        """
+        import torch
+
+        have = set(tbl.column_names)
+        features = [c["name"] for k in ("categorical", "sequences", "numeric") for c in self.spec[k]]
+        labels = [t["label"] for t in self.spec["tasks"]]
+        for c in features + (labels if labels_required else []):
+            if c not in have:
+                raise DataError(f"{name}: column '{c}' not found")
+        n = tbl.num_rows
+        for c in labels:
+            if c not in have:
+                tbl = tbl.append_column(c, pa.array(np.full(n, np.nan)))
+        enc = self.encode(tbl)
+        return Table(torch.from_numpy(enc["sparse"]), torch.from_numpy(enc["dense"]), torch.from_numpy(enc["labels"]),
+                     {}, torch.from_numpy(enc["seq"])), {}
+
     def _ids(self, col, c: dict) -> np.ndarray:
         if c["hash_buckets"] is not None:
             return hash_ids(col, int(c["hash_buckets"]), self.salts[c["name"]])[0]
@@ -581,6 +608,7 @@ def load(cfg, seed: int) -> DatasetBundle:
         dense=[DenseFeature(c["name"]) for c in spec["numeric"]],
         tasks=[Task(t["name"], t["label"], t["type"], t["parent"]) for t in spec["tasks"]],
         sequence=[SequenceFeature(c["name"], sizes[c["name"]], int(c["max_len"]), c["pooling"]) for c in spec["sequences"]],
+        encoders=enc,
     )
     row_bytes = 8 * (len(schema.sparse) + schema.seq_width) + 4 * (len(schema.dense) + len(schema.tasks))
     budget, used, splits, modes = memory_budget(cfg), 0, {}, {}
