@@ -82,6 +82,7 @@ class StreamSplit:
         self.shuffle_buffer = int(cfg.shuffle_buffer)
         self.num_workers = int(cfg.num_workers)
         self._unit_rows = None
+        self._local = threading.local()
 
     def __len__(self) -> int:
         return self.rows
@@ -95,12 +96,16 @@ class StreamSplit:
     def encoded_units(self, order: list[int]) -> Iterator[dict[str, np.ndarray]]:
         """Encoded record batches of the row groups ``order`` (indices into source.units), in
         that order; the reader opens its own file handles."""
-        handles: dict[str, pq.ParquetFile] = {}
+        # file handles (footers read once) kept per thread: each reader thread opens its own
+        handles = getattr(self._local, "handles", None)
+        if handles is None:
+            handles = self._local.handles = {}
         for i in order:
             unit = self.source.units[i]
             pf = handles.get(unit.file)
             if pf is None:
-                handles.clear()  # one open file at a time
+                if len(handles) >= 64:  # bound the open files
+                    handles.pop(next(iter(handles)))
                 pf = handles[unit.file] = pq.ParquetFile(unit.file)
             for t in self.source.tables(unit, self.encoder.columns, pf):
                 yield self.encoder.encode(t)
