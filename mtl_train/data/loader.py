@@ -8,7 +8,40 @@ import torch
 from mtl_train.data.schema import Table
 
 
-class InMemoryLoader:
+class LoaderPosition:
+    """The data-position interface every train loader implements (exact resume).
+
+    ``epoch`` is the current epoch and ``batch`` the number of its batches handed out so
+    far (so a state taken while a batch is in use points past it). ``__iter__`` of a
+    subclass starts at ``self.batch`` and advances it; an exhausted epoch yields nothing
+    until :meth:`set_epoch` is called again.
+    """
+
+    epoch: int = 0
+    batch: int = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Start epoch ``epoch`` at its first batch."""
+        self.epoch, self.batch = int(epoch), 0
+
+    def state_dict(self) -> dict:
+        """``{"epoch": e, "batch": b}``: ``b`` batches of epoch ``e`` handed out so far."""
+        return {"epoch": self.epoch, "batch": self.batch}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Resume at batch ``state["batch"]`` of epoch ``state["epoch"]``: the next ``__iter__``
+        regenerates that epoch's order and hands out its batches from that index on.
+
+        Raises:
+            ValueError: the batch index is outside [0, len(self)] (the data changed)."""
+        epoch, batch = int(state["epoch"]), int(state["batch"])
+        self.epoch = epoch  # len() may depend on the epoch (streamed shards)
+        if not 0 <= batch <= len(self):
+            raise ValueError(f"loader state: batch {batch} outside [0, {len(self)}] (did the data change?)")
+        self.batch = batch
+
+
+class InMemoryLoader(LoaderPosition):
     """Batches of a :class:`Table` held in memory; no per-row Python work.
 
     Each epoch draws ``torch.randperm`` from a generator seeded with (seed, epoch), so the
@@ -32,22 +65,6 @@ class InMemoryLoader:
         self.drop_last, self.rank, self.world_size = drop_last, rank, world_size
         self.epoch = 0
         self.batch = 0  # batches of self.epoch handed out so far
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch, self.batch = int(epoch), 0
-
-    def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "batch": self.batch}
-
-    def load_state_dict(self, state: dict) -> None:
-        """Resume at batch ``state["batch"]`` of epoch ``state["epoch"]``.
-
-        Raises:
-            ValueError: the batch index is outside [0, len(self)]."""
-        epoch, batch = int(state["epoch"]), int(state["batch"])
-        if not 0 <= batch <= len(self):
-            raise ValueError(f"loader state: batch {batch} outside [0, {len(self)}] (did the data change?)")
-        self.epoch, self.batch = epoch, batch
 
     def _order(self) -> torch.Tensor | None:
         n = len(self.table)

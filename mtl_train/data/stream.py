@@ -19,6 +19,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import torch
 
+from mtl_train.data.loader import LoaderPosition
 from mtl_train.data.schema import Table
 
 BLOCKS = ("sparse", "seq", "dense", "labels")
@@ -133,7 +134,7 @@ class StreamSplit:
                                self.num_workers, drop_last)
 
 
-class StreamingLoader:
+class StreamingLoader(LoaderPosition):
     """Training batches of a :class:`StreamSplit`: shuffled row-group order plus a shuffle buffer.
 
     Epoch e: the row groups are permuted with ``numpy.random.default_rng([seed, e])``; with
@@ -165,28 +166,6 @@ class StreamingLoader:
         self.num_workers = num_workers
         self.epoch = 0
         self.batch = 0  # batches of self.epoch handed out so far
-
-    # ---- the loader interface (same data-position semantics as InMemoryLoader) -----------
-    def set_epoch(self, epoch: int) -> None:
-        """Start epoch ``epoch`` at its first batch."""
-        self.epoch, self.batch = int(epoch), 0
-
-    def state_dict(self) -> dict:
-        """``{"epoch": e, "batch": b}``: ``b`` batches of epoch ``e`` handed out so far."""
-        return {"epoch": self.epoch, "batch": self.batch}
-
-    def load_state_dict(self, state: dict) -> None:
-        """Resume at batch ``state["batch"]`` of epoch ``state["epoch"]``: the next
-        ``__iter__`` regenerates the epoch's batches (same order) and hands out those from
-        that index on; the skipped ones are read and encoded but not returned.
-
-        Raises:
-            ValueError: the batch index is outside [0, len(self)]."""
-        epoch, batch = int(state["epoch"]), int(state["batch"])
-        self.epoch = epoch
-        if not 0 <= batch <= len(self):
-            raise ValueError(f"loader state: batch {batch} outside [0, {len(self)}] (did the data change?)")
-        self.batch = batch
 
     def _orders(self) -> list[list[int]]:
         n = len(self.split.source.units)
