@@ -43,3 +43,15 @@ def test_cached_file_builds_once_and_atomically(tmp_path):
         cached_file(root / "bad.parquet", failing)
     assert not (root / "bad.parquet").exists()
     assert not [q for q in root.iterdir() if q.name.startswith(".tmp-")]
+
+
+def test_read_only_data_folder_is_never_written(tmp_path, monkeypatch):
+    data = tmp_path / "shared"
+    data.mkdir()
+    (data / "d.csv").write_text("x\n1\n")
+    data.chmod(0o555)  # no write bit: read-only even for root
+    monkeypatch.setenv("MTL_TRAIN_CACHE", str(tmp_path / "usercache"))
+    try:
+        assert cache_root([str(data / "d.csv")]) == tmp_path / "usercache"
+    finally:
+        data.chmod(0o755)

@@ -7,7 +7,7 @@ schema/config that shaped the output + a format version. Files are written atomi
 later run would trust.
 
 Location: ``dataset.cache_dir`` when set; otherwise a ``.mtl_cache`` folder next to the data
-when that folder is writable; otherwise ``$MTL_TRAIN_CACHE`` or ``~/.cache/mtl-train``.
+when that folder is writable (has a write bit); otherwise ``$MTL_TRAIN_CACHE`` or ``~/.cache/mtl-train``.
 """
 from __future__ import annotations
 
@@ -40,6 +40,17 @@ def fingerprint(paths: list[str], spec: dict | None = None) -> str:
     return h.hexdigest()[:16]
 
 
+def _writable(folder: Path) -> bool:
+    """True when ``folder`` may be written: it grants some write bit and this process may
+    write it. (A folder with no write bit at all, like a read-only shared data folder, counts
+    as read-only even for root, whom os.access alone would let through.)"""
+    try:
+        mode = os.stat(folder).st_mode
+    except OSError:
+        return False
+    return bool(mode & 0o222) and os.access(folder, os.W_OK)
+
+
 def cache_root(data_paths: list[str], cache_dir: str | None = None) -> Path:
     """The folder that holds cached prepare outputs for ``data_paths`` (created if needed)."""
     if cache_dir:
@@ -47,7 +58,7 @@ def cache_root(data_paths: list[str], cache_dir: str | None = None) -> Path:
     else:
         first = Path(os.path.abspath(data_paths[0])) if data_paths else Path.cwd()
         parent = first if first.is_dir() else first.parent
-        if os.access(parent, os.W_OK):
+        if _writable(parent):
             root = parent / ".mtl_cache"
         else:
             root = Path(os.environ.get("MTL_TRAIN_CACHE", Path.home() / ".cache" / "mtl-train"))

@@ -117,7 +117,9 @@ class RunLogger:
         self._t, self._samples, self._loss_n = now, 0, 0
         self._loss_sum.zero_()
 
-    def eval_metrics(self, split: str, metrics: dict, step: int) -> None:
+    def eval_metrics(self, split: str, metrics: dict, step: int, note: str | None = None) -> None:
+        """Write ``<split>/<metric>/<output>`` scalars at ``step`` and log one line; ``note``
+        says which weights were scored when they are not the current ones (e.g. best.pt)."""
         for name, m in metrics.items():
             for metric, v in m.items():
                 if metric in ("rows", "positives") or v is None or isinstance(v, bool):
@@ -127,7 +129,7 @@ class RunLogger:
             f"{name}: " + " ".join(f"{k}={v:.4f}" for k, v in m.items() if k in ("auc", "logloss", "mse", "r2") and v is not None)
             for name, m in metrics.items()
         )
-        log.info("%s @ step %d: %s", split, step, text)
+        log.info("%s @ step %d%s: %s", split, step, f" ({note})" if note else "", text)
 
     def flush(self) -> None:
         """Write pending events to disk (before a checkpoint, so a kill loses none of them)."""

@@ -448,7 +448,7 @@ class Trainer:
         if os.path.exists(best_path):
             self.model.load_state_dict(ckpt.load(best_path, self.device)["model"])
         results = {"val": self.evaluate("val"), "test": self.evaluate("test")}
-        self.logger.eval_metrics("test", results["test"], self.step)
+        self.logger.eval_metrics("test", results["test"], self.step, note=f"best.pt of step {self.best_step}")
         self.logger.final(results)
         with open(os.path.join(self.run_dir, "metrics.json"), "w") as f:
             json.dump(results, f, indent=2)
