@@ -488,3 +488,32 @@ def test_cli_static_weights(tmp_path):
     acc.Reload()
     assert {e.value for e in acc.Scalars("train/weight/purchase")} == {5.0}
     assert {e.value for e in acc.Scalars("train/weight/click")} == {1.0}
+
+
+@pytest.mark.parametrize("tasks,weights", [(2, [0.3, 1.7]), (2, [1.99, 0.01]), (3, [0.02, 0.03, 2.95]),
+                                           (3, [0.01, 0.02, 0.03])])
+def test_gradnorm_fast_path_norms_and_cosines_equal_plain_autograd(tasks, weights):
+    # MMoE: W is the experts' last layer, so GradNorm takes the fast path (per-task gradients at the
+    # layer's pre-activation, the derived task's gradient from the full backward)
+    model = small_model(tasks)
+    names = ["a", "b", "r"][:tasks]
+    bal = build_balancer(loss_cfg("gradnorm"), names, model)
+    assert bal.experts is not None and bal.experts.record_last
+    w = torch.tensor(weights)
+    with torch.no_grad():
+        bal.w.copy_(w)
+    b = batches(tasks, 1)[0]
+    out = model(b)
+    losses, counts = model.graph.losses(out, b["labels"])
+    W = model.last_shared_layer()[0]
+    g = [torch.autograd.grad(losses[i], [W], retain_graph=True)[0] for i in range(tasks)]
+    ref = torch.autograd.grad((losses * w).sum(), list(model.parameters()), retain_graph=True)
+    bal.log_due = True
+    logs = bal.backward(losses, counts, model, out)
+    for i, n in enumerate(names):
+        assert logs[f"grad_norm/{n}"] == pytest.approx(float(w[i] * g[i].norm()), rel=1e-4, abs=1e-9)
+    cos = float(torch.dot(g[0].flatten(), g[1].flatten()) / (g[0].norm() * g[1].norm()))
+    assert logs[f"grad_cos/{names[0]}/{names[1]}"] == pytest.approx(cos, abs=1e-4)
+    for p, r in zip(model.parameters(), ref):
+        assert torch.allclose(p.grad, r, atol=1e-6), p.shape
+    assert bal.experts.last_input is None and bal.experts.last_pre is None

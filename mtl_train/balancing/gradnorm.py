@@ -10,6 +10,9 @@ import torch
 from mtl_train.balancing.base import Balancer, task_kinds
 from mtl_train.balancing.gradients import combine, cosine_logs, gram, masked_step, set_grad, valid_tasks
 from mtl_train.errors import ConfigError
+from mtl_train.models.layers import BatchedExperts
+
+DERIVE_MIN_WEIGHT = 0.05  # below this largest weight, the derived task gets its own backward
 
 
 class GradNorm(Balancer):
@@ -26,12 +29,28 @@ class GradNorm(Balancer):
       least ``loss.min_weight`` (kept positive) and renormalised so that sum_i w_i = T;
     - the model's gradient is that of sum_i w_i L_i with the weights of this step (detached).
 
-    Cost (``target: last_shared_layer``): one partial backward per task that stops at W gives
-    grad_W L_i (the norms); then one backward of sum_i w_i L_i that skips W's own weight
-    gradient (``torch.autograd.backward(inputs=...)`` leaves W out), and W's gradient is
-    assembled as sum_i w_i grad_W L_i from the per-task ones. So the only extra work over
-    ``loss=equal`` is T-1 weight-gradient products of W plus T passes through the
-    (small) layers above W.
+    Cost (``target: last_shared_layer``). Fast path, when W is the last layer of a
+    ``BatchedExperts`` with at least two layers (MMoE/OMoE; the module keeps that layer's input
+    X [E, B, in] and pre-activation Z = X W + b [E, B, H], see ``record_last``):
+
+    - the valid task d with the largest weight is the "derived" task; for every other valid
+      task i, one partial backward gives D_i = dL_i/dZ (a pass through the layers above W only,
+      no weight-gradient product);
+    - one backward of sum_i w_i L_i that skips W's weight gradient
+      (``torch.autograd.backward(inputs=...)`` leaves W out), a hook on Z keeping
+      D = d(sum_i w_i L_i)/dZ;
+    - batched products give grad_W = X^T D (W's gradient, as plain autograd) and every
+      other task's grad_W L_i = X^T D_i; the derived task's gradient is
+      grad_W L_d = (grad_W - sum_{i != d} w_i grad_W L_i) / w_d. Float cancellation: its
+      absolute error is ~eps * sum_{i != d} w_i ||grad_W L_i|| / w_d, and w_d is the largest
+      weight; if w_d < 0.05 (only tiny-weight tasks valid) d gets its own partial backward.
+    So the extra work over ``loss=equal`` is T-1 passes through the layers above W plus T-1
+    weight-gradient products of W (bmm of the kept X with each D_i).
+
+    Other models (PLE/CGC, shared_bottom, one-layer experts, mixed dtypes): one partial
+    backward per task that stops at W gives grad_W L_i; then the backward of sum_i w_i L_i
+    that skips W, and W's gradient is assembled as sum_i w_i grad_W L_i (extra: T-1
+    weight-gradient products of W plus T passes above W).
 
     Choices the paper leaves open, and the ones made here:
 
@@ -71,6 +90,15 @@ class GradNorm(Balancer):
             kinds = task_kinds(model, loss_names)
             self.initial = torch.tensor([math.log(2) if k == "binary" else float("nan") for k in kinds])
         self.opt = torch.optim.Adam([self.w], lr=float(cfg.lr))
+        self.experts = None  # the BatchedExperts whose last layer is W (fast path), if any
+        if model is not None and self.target == "last_shared_layer":
+            W = list(model.last_shared_layer())
+            for m in model.modules():
+                if (isinstance(m, BatchedExperts) and len(W) == 1 and len(m.weights) >= 2
+                        and m.weights[-1] is W[0]):
+                    m.record_last = True
+                    self.experts = m
+                    break
 
     def to(self, device):
         state = self.opt.state_dict()
@@ -106,6 +134,7 @@ class GradNorm(Balancer):
             logs (``gradnorm/loss`` and ``grad_norm/<task>`` on logged steps).
         """
         with torch.no_grad():
+            w = w.detach().clone()  # the caller's w may share storage with self.w, updated below
             norms = norms.to(self.w.device, self.w.dtype)
             G = w[valid] * norms[valid]
             ratio = losses.detach().to(self.w.dtype)[valid] / self.initial[valid]
@@ -137,6 +166,9 @@ class GradNorm(Balancer):
             return self.no_task_backward(losses)
         self._record_initial(losses, valid)
         W = self._target_tensors(model, out)
+        fast = self._fast_inputs(W)
+        if fast is not None:
+            return self._backward_fast(losses, valid, idx, model, W[0], *fast)
         grads = [list(torch.autograd.grad(losses[i], W, retain_graph=True, allow_unused=True)) for i in idx]
         K = gram(grads, list(range(len(W))))
         norms = torch.zeros(self.num_tasks)
@@ -153,6 +185,62 @@ class GradNorm(Balancer):
                 set_grad(p, combine(grads, k, coef))
         else:
             total.backward()
+        logs = self.update_weights(norms, losses, valid, w)
+        if self.log_due:
+            logs.update(cosine_logs(K, [self.loss_names[i] for i in idx]))
+        return logs
+
+    def _fast_inputs(self, W):
+        """(X, Z) kept by the experts' forward for this step, or None (generic path)."""
+        m = self.experts
+        if m is None:
+            return None
+        X, Z = m.last_input, m.last_pre
+        m.last_input = m.last_pre = None  # used once: never a stale tensor of an earlier forward
+        if X is None or Z is None or Z.grad_fn is None or not (X.dtype == Z.dtype == W[0].dtype):
+            return None
+        return X.detach(), Z
+
+    def _backward_fast(self, losses, valid, idx, model, W, X, Z):
+        w = self.w.detach()
+        wl = w.tolist()  # one host copy of T numbers
+        d = max(idx, key=lambda i: wl[i])
+        if wl[d] < DERIVE_MIN_WEIGHT:
+            d = None
+        others = [i for i in idx if i != d]
+        deltas = []
+        for i in others:
+            (g,) = torch.autograd.grad(losses[i], [Z], retain_graph=True, allow_unused=True)
+            deltas.append(torch.zeros_like(Z) if g is None else g)
+        total = torch.where(valid, w.to(losses.dtype) * losses, torch.zeros_like(losses)).sum()
+        seen = {}
+        hook = Z.register_hook(lambda g: seen.__setitem__("D", g))
+        rest = [p for p in model.parameters() if p.requires_grad and p is not W]
+        try:
+            torch.autograd.backward(total, inputs=rest)
+        finally:
+            hook.remove()
+        D = seen.get("D")
+        if D is None:
+            D = torch.zeros_like(Z)
+        # W's gradient and each other task's: [E, in, B] @ [E, B, H] (two bmm calls cost the same
+        # as one on the concatenated deltas, without copying them)
+        Xt = X.transpose(1, 2)
+        G_total = torch.bmm(Xt, D)
+        per = {}
+        for i, Di in zip(others, deltas):
+            per[i] = torch.bmm(Xt, Di)
+        del deltas
+        if d is not None:
+            g_d = G_total
+            for i in others:
+                g_d = torch.sub(g_d, per[i], alpha=wl[i])  # a new tensor: G_total is W's gradient
+            per[d] = g_d.div_(wl[d]) if others else g_d / wl[d]
+        grads = [[per[i]] for i in idx]
+        set_grad(W, G_total)
+        K = gram(grads, [0])
+        norms = torch.zeros(self.num_tasks)
+        norms[idx] = torch.tensor(np.sqrt(np.maximum(np.diag(K), 0.0)), dtype=norms.dtype)
         logs = self.update_weights(norms, losses, valid, w)
         if self.log_due:
             logs.update(cosine_logs(K, [self.loss_names[i] for i in idx]))

@@ -59,6 +59,12 @@ class BatchedExperts(nn.Module):
     Shapes:
         input: [B, in_dim] (the same input for every expert) or [E, B, in_dim] (one per expert).
         output: [E, B, hidden[-1]].
+
+    ``record_last`` (default False; GradNorm sets it): with at least two layers, a forward with
+    gradients enabled keeps the last layer's input X [E, B, in] as ``last_input`` and its
+    pre-activation output Z = X W[-1] + b[-1] [E, B, hidden[-1]] as ``last_pre`` (activation
+    applied out of place, so Z stays a valid target of ``torch.autograd.grad``). Whoever reads
+    them sets them back to None. Otherwise both stay None.
     """
 
     def __init__(self, num_experts: int, in_dim: int, hidden: Sequence[int], act: str = "relu", dropout: float = 0.0):
@@ -79,6 +85,9 @@ class BatchedExperts(nn.Module):
         self.act = activation(act)
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.out_dim = d
+        self.record_last = False
+        self.last_input: torch.Tensor | None = None
+        self.last_pre: torch.Tensor | None = None
 
     def _act(self, y: torch.Tensor) -> torch.Tensor:
         # in place where safe: the GEMM outputs are fresh tensors their backward does not need
@@ -94,8 +103,16 @@ class BatchedExperts(nn.Module):
             y = self._act(y).view(-1, e, h).transpose(0, 1)  # [E, B, H], a strided view (no copy)
         else:
             y = self._act(torch.baddbmm(b0.unsqueeze(1), x, w0))
-        for w, b in zip(self.weights[1:], self.biases[1:]):
+        rest = list(zip(self.weights[1:], self.biases[1:]))
+        record = self.record_last and rest and torch.is_grad_enabled()
+        if record:
+            rest, (w_last, b_last) = rest[:-1], rest[-1]
+        for w, b in rest:
             y = self._act(torch.baddbmm(b.unsqueeze(1), y, w))
+        if record:
+            z = torch.baddbmm(b_last.unsqueeze(1), y, w_last)
+            self.last_input, self.last_pre = y, z
+            y = self.dropout(self.act(z))  # out of place: z must stay the pre-activation
         return y
 
 
