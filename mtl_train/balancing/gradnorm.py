@@ -224,8 +224,10 @@ class GradNorm(Balancer):
         if D is None:
             D = torch.zeros_like(Z)
         # W's gradient and each other task's: [E, in, B] @ [E, B, H] (two bmm calls cost the same
-        # as one on the concatenated deltas, without copying them)
-        Xt = X.transpose(1, 2)
+        # as one on the concatenated deltas, without copying them). X is often a strided view
+        # (BatchedExperts' first layer returns [B, E, H] transposed): one contiguous copy makes
+        # every product faster than on the view
+        Xt = X.contiguous().transpose(1, 2)
         G_total = torch.bmm(Xt, D)
         per = {}
         for i, Di in zip(others, deltas):
