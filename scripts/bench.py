@@ -22,7 +22,12 @@ make_workload.py with seeds 100, 101, ...; the hidden label model is the same in
 and trains on it streamed for ``--big-steps`` steps, reporting samples/s and peak RSS next to
 an in-memory run of the same number of steps on the 400k workload.
 
+``python scripts/bench.py balancers [ARGS]`` runs the loss-balancing benchmark instead
+(scripts/bench_balancers.py: time per training step of every ``loss=`` method on the bench
+MMoE, as a ratio to ``loss=equal`` measured in the same run; ARGS are its options).
+
 Usage: python scripts/bench.py [--workdir DIR] [--repeat N] [--stream] [--big-rows N --big-steps S]
+       python scripts/bench.py balancers [--methods ...] [--rounds N] [--clock cpu] [--threads 1]
 """
 from __future__ import annotations
 
@@ -165,4 +170,10 @@ def report_round(r: int, res: dict) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:2] == ["balancers"]:
+        import runpy
+
+        sys.argv = [os.path.join(os.path.dirname(os.path.abspath(__file__)), "bench_balancers.py"), *sys.argv[2:]]
+        runpy.run_path(sys.argv[0], run_name="__main__")
+    else:
+        main()
