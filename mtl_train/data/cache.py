@@ -72,15 +72,21 @@ def cached_file(path: Path, build: Callable[[str], None]) -> Path:
     ``build`` writes to the temporary path it is given; the file is then renamed into place,
     so a concurrent or interrupted build never exposes a partial file.
     """
-    if path.exists():
-        return path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=path.suffix, dir=path.parent)
+    if not path.exists():
+        write_atomic(build, str(path))
+    return path
+
+
+def write_atomic(write: Callable[[str], None], path: str) -> None:
+    """Call ``write(tmp_path)`` on a temporary file beside ``path``, then rename it over
+    ``path``; on any error the temporary file is removed and ``path`` is left as it was."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.splitext(path)[1], dir=folder)
     os.close(fd)
     try:
-        build(tmp)
+        write(tmp)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
-    return path

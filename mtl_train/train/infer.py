@@ -18,13 +18,13 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 
 import numpy as np
 import pyarrow as pa
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from mtl_train.data.cache import write_atomic
 from mtl_train.data.datasets import load_dataset, read_file
 from mtl_train.data.files import require_columns
 from mtl_train.data.schema import Table
@@ -87,19 +87,6 @@ def load_input(cfg: DictConfig, trained: DictConfig, schema, labels_required: bo
     return getattr(data, cfg.infer.split), cfg.infer.split, None
 
 
-def _write_atomic(write, path: str) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.splitext(path)[1], dir=folder)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def run_eval(cfg: DictConfig, run_dir: str) -> dict:
     """``mode=eval``: exact metrics of the checkpoint on a split or a file.
 
@@ -115,7 +102,7 @@ def run_eval(cfg: DictConfig, run_dir: str) -> dict:
         with open(p, "w") as f:
             json.dump(results, f, indent=2)
 
-    _write_atomic(write, out)
+    write_atomic(write, out)
     log.info("eval metrics written to %s", out)
     return results
 
@@ -182,6 +169,6 @@ def run_predict(cfg: DictConfig, run_dir: str) -> str:
 
         pq.write_table(tbl, p)
 
-    _write_atomic(write, out)
+    write_atomic(write, out)
     log.info("%d predictions written to %s", len(table), out)
     return out
