@@ -339,6 +339,8 @@ class TrainerConfig:
     log_every_steps: int = 50
     progress: bool = True
     num_threads: Optional[int] = None
+    # keep step-sized buffers in the heap instead of mmap/munmap per step (train/allocator.py)
+    tune_malloc: bool = True
     # learning-rate schedule, stepped once per optimizer step (see trainer.lr_factor)
     scheduler: str = "none"
     warmup_steps: int = 0

@@ -37,6 +37,7 @@ from mtl_train.errors import ConfigError, DataError, RunInterrupted, TrainingErr
 from mtl_train.metrics import binary_metrics, regression_metrics
 from mtl_train.models.builder import MultiTaskModel, build_model
 from mtl_train.train import checkpoint as ckpt
+from mtl_train.train.allocator import tune_malloc
 from mtl_train.train.logger import RunLogger
 
 log = logging.getLogger(__name__)
@@ -480,7 +481,7 @@ def _same_schema(a, b) -> bool:
 
 # keys a resumed run may change (they do not alter the trajectory, or extend it on purpose)
 RESUMABLE_KEYS = ("trainer.resume", "trainer.progress", "trainer.device", "trainer.num_threads",
-                  "trainer.log_every_steps", "trainer.checkpoint_every_steps", "trainer.epochs", "trainer.max_steps",
+                  "trainer.tune_malloc", "trainer.log_every_steps", "trainer.checkpoint_every_steps", "trainer.epochs", "trainer.max_steps",
                   "trainer.patience", "mode", "checkpoint", "infer")
 
 
@@ -565,6 +566,8 @@ def run(cfg: DictConfig, run_dir: str, overridden: list[str] = ()) -> dict:
     np.random.seed(cfg.seed)
     if cfg.trainer.num_threads:
         torch.set_num_threads(cfg.trainer.num_threads)
+    if cfg.trainer.tune_malloc:
+        tune_malloc()
     data = load_dataset(cfg.dataset, cfg.seed)
     _check_labels(data)
     trainer = Trainer(cfg, data, run_dir, resume_state=state)
