@@ -8,7 +8,7 @@ from sklearn.metrics import roc_auc_score
 from mtl_train.data.schema import DenseFeature, FeatureSchema, SequenceFeature, SparseFeature, Task
 from mtl_train.metrics import binary_metrics, exact_auc
 from mtl_train.models.embedding import FeatureEmbedding, lookup
-from mtl_train.models.layers import BatchedExperts, Gate
+from mtl_train.models.layers import BatchedExperts, Gate, mix_experts
 from mtl_train.train.optim import RowSparseAdam
 
 
@@ -90,3 +90,47 @@ def test_batched_experts_and_gate_mix_equal_a_loop_over_experts():
     gate = Gate(5, 3)
     g = torch.softmax(gate.linear(x), -1)
     torch.testing.assert_close(gate.mix(x, y), sum(g[:, e:e + 1] * y[e] for e in range(3)))
+
+
+def _loop_experts(ex: BatchedExperts, x: torch.Tensor) -> torch.Tensor:
+    """Expert e as its own MLP, layer by layer (the definition the fused path must match)."""
+    outs = []
+    for e in range(ex.num_experts):
+        h = x
+        for w, b in zip(ex.weights, ex.biases):
+            h = torch.relu(h @ w[e] + b[e])
+        outs.append(h)
+    return torch.stack(outs)
+
+
+@pytest.mark.parametrize("hidden", [[6], [6, 4], [6, 5, 3]])
+def test_fused_relu_experts_and_mix_match_autograd_of_the_loop(hidden):
+    torch.manual_seed(1)
+    ex = BatchedExperts(3, 5, hidden)
+    gates = [Gate(5, 3) for _ in range(2)]
+    x = torch.randn(9, 5, dtype=torch.float64, requires_grad=True)
+    ex.double(), [g.double() for g in gates]
+    params = [x, *ex.parameters(), *[p for g in gates for p in g.parameters()]]
+    d_out = [torch.randn(9, hidden[-1], dtype=torch.float64) for _ in gates]
+
+    y = ex(x)
+    assert type(y.grad_fn).__name__ == "_ReluExpertsBackward"
+    fused = mix_experts(torch.stack([g(x) for g in gates]), y)
+    grads = torch.autograd.grad(fused, params, d_out)
+
+    ref_y = _loop_experts(ex, x)
+    ref = [sum(torch.softmax(g.linear(x), -1)[:, e:e + 1] * ref_y[e] for e in range(3)) for g in gates]
+    ref_grads = torch.autograd.grad(ref, params, d_out)
+    for a, b in zip(fused, ref):
+        torch.testing.assert_close(a, b)
+    for a, b in zip(grads, ref_grads):
+        torch.testing.assert_close(a, b)
+
+
+def test_fused_experts_gradcheck():
+    torch.manual_seed(2)
+    ex = BatchedExperts(2, 3, [4, 3]).double()
+    x = torch.randn(5, 3, dtype=torch.float64, requires_grad=True)
+    from mtl_train.models.layers import _ReluExperts
+    params = [p for pair in zip(ex.weights, ex.biases) for p in pair]  # W1, b1, W2, b2
+    assert torch.autograd.gradcheck(lambda x, *p: _ReluExperts.apply(x, *p), (x, *params))

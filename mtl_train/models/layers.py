@@ -48,6 +48,122 @@ class MLP(nn.Sequential):
         return linears[-1] if linears else None
 
 
+class _ReluExperts(torch.autograd.Function):
+    """Forward and backward of :class:`BatchedExperts` with ReLU, no dropout and one shared
+    [B, D] input, written out by hand so that a training step makes none of the copies and
+    extra passes autograd would make.
+
+    Forward: layer 1 is one GEMM for all experts with the bias folded in,
+    Y1 = relu([x, 1] [[W1cat], [b1]]) [B, E*H1] (W1cat = W1 as [D, E*H1]), so neither a bias
+    broadcast nor a separate bias-gradient sum over [B, E*H1] is needed. Expert e reads the
+    column block Y1[:, e*H1:(e+1)*H1] as a strided [E, B, H1] view (a valid BLAS leading
+    dimension, no copy); later layers are ``baddbmm``. ReLU runs in place on the GEMM outputs.
+
+    Backward, layer l >= 2: dZ = dY * (Y > 0); dW = Y_prev^T dZ, dX = dZ W^T, db = sum over the
+    batch. Where Y_prev is layer 1's strided view, both products are E GEMMs on column blocks
+    of [B, E*H1] (a ``bmm`` on that layout runs at half speed, and autograd would return dY1
+    as [E, B, H1] and copy it through the forward's transpose: 16 MB per step on the bench
+    MMoE). Layer 1: ReLU mask in place, then [x, 1]^T dPre gives dW1 and db1 in one GEMM.
+
+    Inputs: x [B, D], then W1 [E, D, H1], b1 [E, H1], W2 [E, H1, H2], b2 [E, H2], ...
+    Output: [E, B, H_last].
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, *params: torch.Tensor) -> torch.Tensor:
+        ws, bs = params[0::2], params[1::2]
+        e, d_in, h = ws[0].shape
+        x1 = torch.empty(x.shape[0], d_in + 1, dtype=x.dtype, device=x.device)
+        x1[:, :d_in] = x
+        x1[:, d_in] = 1
+        w1 = torch.empty(d_in + 1, e * h, dtype=x.dtype, device=x.device)
+        w1[:d_in].view(d_in, e, h).copy_(ws[0].permute(1, 0, 2))
+        w1[d_in] = bs[0].reshape(e * h)
+        y1 = torch.mm(x1, w1).relu_()  # [B, E*H1]
+        ys = [y1.view(-1, e, h).transpose(0, 1)]  # [E, B, H1], strided
+        for w, b in zip(ws[1:], bs[1:]):
+            ys.append(torch.baddbmm(b.unsqueeze(1), ys[-1], w).relu_())
+        ctx.num_layers, ctx.num_experts, ctx.width = len(ws), e, h
+        ctx.save_for_backward(x1, w1, y1, *ys[1:], *ws[1:])
+        return ys[-1] if len(ws) > 1 else ys[-1].clone()
+
+    @staticmethod
+    def backward(ctx, dout: torch.Tensor):
+        n, e, h = ctx.num_layers, ctx.num_experts, ctx.width
+        x1, w1, y1, *rest = ctx.saved_tensors
+        ys, ws = [None, *rest[:n - 1]], rest[n - 1:]
+        batch = y1.shape[0]
+        blocks = [slice(k * h, (k + 1) * h) for k in range(e)]
+        d_w: list[torch.Tensor | None] = [None] * n
+        d_b: list[torch.Tensor | None] = [None] * n
+        if n == 1:
+            d_pre = dout.transpose(0, 1).reshape(batch, e * h).clone()
+        else:
+            dy = dout
+            for l in range(n - 1, 0, -1):
+                dz = torch.ops.aten.threshold_backward(dy, ys[l], 0)  # [E, B, H_l]
+                d_b[l] = dz.sum(1)
+                if l > 1:
+                    d_w[l] = torch.bmm(ys[l - 1].transpose(1, 2), dz)
+                    dy = torch.bmm(dz, ws[l - 1].transpose(1, 2))
+                    continue
+                d_w[1] = torch.empty_like(ws[0])
+                d_pre = torch.empty_like(y1)
+                for k, blk in enumerate(blocks):
+                    torch.mm(y1[:, blk].t(), dz[k], out=d_w[1][k])
+                    torch.mm(dz[k], ws[0][k].t(), out=d_pre[:, blk])
+        # layer 1's ReLU mask, in place on the [B, E*H1] gradient
+        torch.ops.aten.threshold_backward.grad_input(d_pre, y1, 0, grad_input=d_pre)
+        d_w1 = x1.t() @ d_pre  # [D + 1, E*H1]: weight rows, then the bias row
+        d_in = x1.shape[1] - 1
+        d_w[0] = d_w1[:d_in].view(d_in, e, h).permute(1, 0, 2).contiguous()
+        d_b[0] = d_w1[d_in].view(e, h)
+        dx = d_pre @ w1[:d_in].t() if ctx.needs_input_grad[0] else None
+        return (dx, *[g for pair in zip(d_w, d_b) for g in pair])
+
+
+class _MixExperts(torch.autograd.Function):
+    """out[t] = sum_e G[t, :, e] * experts[e] for all T gates at once, as batched products over
+    the batch rows: out[b] (T x H) = G[b] (T x E) @ experts[:, b] (E x H); backward
+    dG[b] = d_out[b] @ experts[:, b]^T the same way, and d_experts[e] = sum_t G[t, :, e] d_out[t]
+    by E*T fused multiply-adds into the [E, B, H] layout. Replaces T broadcast multiplies and
+    sums over [E, B, H] (and their backward) with one pass over the experts per direction.
+
+    Inputs: G [T, B, E] (gate probabilities), experts [E, B, H]. Output: [B, T, H].
+    """
+
+    @staticmethod
+    def forward(ctx, g: torch.Tensor, experts: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(g, experts)
+        return torch.bmm(g.transpose(0, 1), experts.transpose(0, 1))
+
+    @staticmethod
+    def backward(ctx, dout: torch.Tensor):
+        g, experts = ctx.saved_tensors
+        d_g = d_ex = None
+        if ctx.needs_input_grad[1]:
+            # d_experts[e] = sum_t G[t, :, e] * d_out[:, t]: T passes per expert, contiguous
+            # output (a bmm writing into the [E, B, H] layout falls back to B separate GEMMs)
+            d_ex = torch.empty(experts.shape, dtype=dout.dtype, device=dout.device)
+            ge = g.permute(2, 0, 1).unsqueeze(-1)  # [E, T, B, 1]
+            for e in range(d_ex.shape[0]):
+                torch.mul(dout[:, 0], ge[e, 0], out=d_ex[e])
+                for t in range(1, dout.shape[1]):
+                    d_ex[e].addcmul_(dout[:, t], ge[e, t])
+        if ctx.needs_input_grad[0]:
+            d_g = torch.bmm(dout, experts.permute(1, 2, 0)).transpose(0, 1)
+        return d_g, d_ex
+
+
+def mix_experts(gates: torch.Tensor, experts: torch.Tensor) -> list[torch.Tensor]:
+    """Mixtures of the same experts under T gates (MMoE, Ma et al. KDD 2018).
+
+    Shapes: gates [T, B, E] softmax probabilities, experts [E, B, H] -> T tensors [B, H]
+    (strided views of one [B, T, H] result).
+    """
+    return list(_MixExperts.apply(gates, experts).unbind(1))
+
+
 class BatchedExperts(nn.Module):
     """``num_experts`` MLPs of identical shape, evaluated together as batched matrix products.
 
@@ -94,7 +210,15 @@ class BatchedExperts(nn.Module):
         y = y.relu_() if isinstance(self.act, nn.ReLU) else self.act(y)
         return self.dropout(y)
 
+    def _fused(self, x: torch.Tensor) -> bool:
+        """Whether :class:`_ReluExperts` computes this forward: ReLU, no dropout, a shared 2-D
+        input, autograd on and no ``record_last``."""
+        return (x.dim() == 2 and isinstance(self.act, nn.ReLU) and isinstance(self.dropout, nn.Identity)
+                and not self.record_last and torch.is_grad_enabled())
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._fused(x):
+            return _ReluExperts.apply(x, *[p for pair in zip(self.weights, self.biases) for p in pair])
         w0, b0 = self.weights[0], self.biases[0]
         e, d_in, h = w0.shape
         if x.dim() == 2:
