@@ -341,6 +341,8 @@ class TrainerConfig:
     num_threads: Optional[int] = None
     # keep step-sized buffers in the heap instead of mmap/munmap per step (train/allocator.py)
     tune_malloc: bool = True
+    # fp32, or bf16: embedding + backbone under torch.autocast (see Trainer.autocast)
+    precision: str = "fp32"
     # learning-rate schedule, stepped once per optimizer step (see trainer.lr_factor)
     scheduler: str = "none"
     warmup_steps: int = 0

@@ -52,6 +52,10 @@ class MultiTaskModel(nn.Module):
 
     Shapes: batch {"sparse": [B, F_s], "dense": [B, F_d], ...} -> dict with "logits" [B, T],
     "shared" (the backbone's shared representation, or None) and any graph outputs.
+
+    Called inside ``torch.autocast`` (``trainer.precision=bf16``), the embedding and the
+    backbone run in the autocast dtype and the task graph (towers, logits) in float32, on the
+    task representations cast back to float32; "shared" stays in the autocast dtype.
     """
 
     def __init__(self, schema: FeatureSchema, embeddings: nn.ModuleList, backbone: Backbone, graph: TaskGraph):
@@ -67,7 +71,13 @@ class MultiTaskModel(nn.Module):
         else:
             x = self.embeddings[0](batch)
         bo = self.backbone(x)
-        out = self.graph(bo.tasks)
+        dev = bo.tasks[0].device.type
+        if torch.is_autocast_enabled(dev):
+            # mixed precision covers embedding and backbone; towers and losses stay float32
+            with torch.autocast(dev, enabled=False):
+                out = self.graph([t.float() for t in bo.tasks])
+        else:
+            out = self.graph(bo.tasks)
         out["shared"] = bo.shared
         return out
 

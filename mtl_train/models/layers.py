@@ -48,6 +48,13 @@ class MLP(nn.Sequential):
         return linears[-1] if linears else None
 
 
+def compute_dtype(t: torch.Tensor) -> torch.dtype:
+    """The dtype an autocast region would compute a GEMM of ``t`` in: the autocast dtype when
+    autocast is on for ``t``'s device (``trainer.precision=bf16``), else ``t.dtype``."""
+    dev = t.device.type
+    return torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else t.dtype
+
+
 class _ReluExperts(torch.autograd.Function):
     """Forward and backward of :class:`BatchedExperts` with ReLU, no dropout and one shared
     [B, D] input, written out by hand so that a training step makes none of the copies and
@@ -56,8 +63,8 @@ class _ReluExperts(torch.autograd.Function):
     Forward: layer 1 is one GEMM for all experts with the bias folded in,
     Y1 = relu([x, 1] [[W1cat], [b1]]) [B, E*H1] (W1cat = W1 as [D, E*H1]), so neither a bias
     broadcast nor a separate bias-gradient sum over [B, E*H1] is needed. Expert e reads the
-    column block Y1[:, e*H1:(e+1)*H1] as a strided [E, B, H1] view (a valid BLAS leading
-    dimension, no copy); later layers are ``baddbmm``. ReLU runs in place on the GEMM outputs.
+    column block Y1[:, e*H1:(e+1)*H1] (a valid BLAS leading dimension, no copy): layer 2 is E
+    GEMMs on those blocks, later layers ``baddbmm``. ReLU runs in place on the GEMM outputs.
 
     Backward, layer l >= 2: dZ = dY * (Y > 0); dW = Y_prev^T dZ, dX = dZ W^T, db = sum over the
     batch. Where Y_prev is layer 1's strided view, both products are E GEMMs on column blocks
@@ -65,32 +72,54 @@ class _ReluExperts(torch.autograd.Function):
     as [E, B, H1] and copy it through the forward's transpose: 16 MB per step on the bench
     MMoE). Layer 1: ReLU mask in place, then [x, 1]^T dPre gives dW1 and db1 in one GEMM.
 
+    Under autocast (``trainer.precision=bf16``) everything runs in the autocast dtype, as
+    autocast would run these GEMMs: the [x, 1] and [W1cat; b1] copies are made in it directly,
+    later weights are cast once per step, and the gradients are returned in the dtypes of x
+    and the parameters (float32 master weights).
+
     Inputs: x [B, D], then W1 [E, D, H1], b1 [E, H1], W2 [E, H1, H2], b2 [E, H2], ...
-    Output: [E, B, H_last].
+    Output: [E, B, H_last], in the compute dtype.
     """
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, *params: torch.Tensor) -> torch.Tensor:
-        ws, bs = params[0::2], params[1::2]
-        e, d_in, h = ws[0].shape
-        x1 = torch.empty(x.shape[0], d_in + 1, dtype=x.dtype, device=x.device)
-        x1[:, :d_in] = x
-        x1[:, d_in] = 1
-        w1 = torch.empty(d_in + 1, e * h, dtype=x.dtype, device=x.device)
-        w1[:d_in].view(d_in, e, h).copy_(ws[0].permute(1, 0, 2))
-        w1[d_in] = bs[0].reshape(e * h)
-        y1 = torch.mm(x1, w1).relu_()  # [B, E*H1]
-        ys = [y1.view(-1, e, h).transpose(0, 1)]  # [E, B, H1], strided
-        for w, b in zip(ws[1:], bs[1:]):
-            ys.append(torch.baddbmm(b.unsqueeze(1), ys[-1], w).relu_())
-        ctx.num_layers, ctx.num_experts, ctx.width = len(ws), e, h
-        ctx.save_for_backward(x1, w1, y1, *ys[1:], *ws[1:])
-        return ys[-1] if len(ws) > 1 else ys[-1].clone()
+        dt = compute_dtype(x)
+        ctx.dtypes = [x.dtype] + [p.dtype for p in params]
+        with torch.autocast(x.device.type, enabled=False):
+            ws = [w.to(dt) for w in params[2::2]]
+            bs = [b.to(dt) for b in params[3::2]]
+            e, d_in, h = params[0].shape
+            x1 = torch.empty(x.shape[0], d_in + 1, dtype=dt, device=x.device)
+            x1[:, :d_in] = x
+            x1[:, d_in] = 1
+            w1 = torch.empty(d_in + 1, e * h, dtype=dt, device=x.device)
+            w1[:d_in].view(d_in, e, h).copy_(params[0].permute(1, 0, 2))
+            w1[d_in] = params[1].reshape(e * h)
+            y1 = torch.mm(x1, w1).relu_()  # [B, E*H1]
+            ys = [y1.view(-1, e, h).transpose(0, 1)]  # [E, B, H1], strided
+            for w, b in zip(ws, bs):
+                if len(ys) == 1:  # E GEMMs on Y1's column blocks (bf16 bmm would copy them)
+                    z = torch.empty(e, x.shape[0], w.shape[2], dtype=dt, device=x.device)
+                    for k in range(e):
+                        torch.addmm(b[k], y1[:, k * h:(k + 1) * h], w[k], out=z[k])
+                else:
+                    z = torch.baddbmm(b.unsqueeze(1), ys[-1], w)
+                ys.append(z.relu_())
+        ctx.num_layers, ctx.num_experts, ctx.width = len(ws) + 1, e, h
+        ctx.save_for_backward(x1, w1, y1, *ys[1:], *ws)
+        return ys[-1] if ws else ys[-1].clone()
 
     @staticmethod
     def backward(ctx, dout: torch.Tensor):
+        with torch.autocast(dout.device.type, enabled=False):
+            grads = _ReluExperts._backward(ctx, dout)
+        return tuple(g if g is None else g.to(dt) for g, dt in zip(grads, ctx.dtypes))
+
+    @staticmethod
+    def _backward(ctx, dout: torch.Tensor) -> tuple:
         n, e, h = ctx.num_layers, ctx.num_experts, ctx.width
         x1, w1, y1, *rest = ctx.saved_tensors
+        dout = dout.to(y1.dtype)
         ys, ws = [None, *rest[:n - 1]], rest[n - 1:]
         batch = y1.shape[0]
         blocks = [slice(k * h, (k + 1) * h) for k in range(e)]
@@ -129,17 +158,29 @@ class _MixExperts(torch.autograd.Function):
     by E*T fused multiply-adds into the [E, B, H] layout. Replaces T broadcast multiplies and
     sums over [E, B, H] (and their backward) with one pass over the experts per direction.
 
-    Inputs: G [T, B, E] (gate probabilities), experts [E, B, H]. Output: [B, T, H].
+    Inputs: G [T, B, E] (gate probabilities), experts [E, B, H]. Output: [B, T, H], in the
+    compute dtype (see :func:`compute_dtype`; gradients come back in the inputs' dtypes).
     """
 
     @staticmethod
     def forward(ctx, g: torch.Tensor, experts: torch.Tensor) -> torch.Tensor:
+        dt = compute_dtype(experts)
+        ctx.dtypes = (g.dtype, experts.dtype)
+        g, experts = g.to(dt), experts.to(dt)
         ctx.save_for_backward(g, experts)
-        return torch.bmm(g.transpose(0, 1), experts.transpose(0, 1))
+        with torch.autocast(experts.device.type, enabled=False):
+            return torch.bmm(g.transpose(0, 1), experts.transpose(0, 1))
 
     @staticmethod
     def backward(ctx, dout: torch.Tensor):
+        with torch.autocast(dout.device.type, enabled=False):
+            d_g, d_ex = _MixExperts._backward(ctx, dout)
+        return (None if d_g is None else d_g.to(ctx.dtypes[0]), None if d_ex is None else d_ex.to(ctx.dtypes[1]))
+
+    @staticmethod
+    def _backward(ctx, dout: torch.Tensor):
         g, experts = ctx.saved_tensors
+        dout = dout.to(experts.dtype)
         d_g = d_ex = None
         if ctx.needs_input_grad[1]:
             # d_experts[e] = sum_t G[t, :, e] * d_out[:, t]: T passes per expert, contiguous

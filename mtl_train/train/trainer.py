@@ -135,6 +135,39 @@ def lr_factor(step: int, tcfg, total_steps: int) -> float:
     return 1.0
 
 
+PRECISIONS = ("fp32", "bf16")
+
+
+def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
+    """``trainer.precision`` -> the autocast dtype of the training forward (None for fp32).
+
+    bf16 is mixed precision in the sense of Micikevicius et al., "Mixed Precision Training"
+    (ICLR 2018) with bfloat16 (Kalamkar et al., "A Study of BFLOAT16 for Deep Learning
+    Training", 2019): float32 master weights, optimizer state, towers, losses and balancers;
+    the embedding and the backbone's GEMMs in bfloat16 under ``torch.autocast``. bfloat16 keeps
+    float32's exponent range, so no loss scaling is needed (fp16 would need it and is not
+    offered). Fast where the hardware has bf16 matrix units (Intel AMX / AVX512-BF16 CPUs,
+    NVIDIA Ampere and newer); elsewhere it runs, slower than fp32, with a warning.
+    Evaluation and prediction always run in float32.
+
+    Raises:
+        ConfigError: a value other than fp32 or bf16.
+    """
+    if name not in PRECISIONS:
+        hint = " (fp16 needs loss scaling; use bf16)" if name == "fp16" else ""
+        raise ConfigError(f"trainer.precision: '{name}' is not one of {', '.join(PRECISIONS)}{hint}")
+    if name == "fp32":
+        return None
+    if device.type == "cpu":
+        native = torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported()
+    else:
+        native = device.type == "cuda" and torch.cuda.is_bf16_supported()
+    if not native:
+        log.warning("trainer.precision=bf16: this %s has no native bfloat16 matrix unit; expect it slower than fp32",
+                    device.type.upper())
+    return torch.bfloat16
+
+
 def build_optimizer(model: torch.nn.Module, cfg) -> list[torch.optim.Optimizer]:
     """Adam/AdamW/SGD for dense parameters; a sparse embedding table (``model.sparse_embedding``)
     gets :class:`~mtl_train.train.optim.RowSparseAdam` (lazy Adam over the rows of the batch)
@@ -213,6 +246,7 @@ class Trainer:
         self.excluded_seconds = 0.0  # validation and checkpoint time (not in the training rate)
         self.samples = 0
         self.sign = 1.0 if tcfg.monitor_mode == "max" else -1.0
+        self.autocast_dtype = resolve_precision(tcfg.precision, self.device)
         if tcfg.monitor_mode not in ("max", "min"):
             raise ConfigError(f"trainer.monitor_mode: '{tcfg.monitor_mode}' is not one of max, min")
         if resume_state is not None:
@@ -328,13 +362,21 @@ class Trainer:
         raise RunInterrupted(self._signal, self.step, os.path.join(self.ckpt_dir, "last.pt"), self.run_dir)
 
     # ---- loop -------------------------------------------------------------------------
+    def autocast(self):
+        """The training forward's precision context: ``torch.autocast`` in bfloat16 with
+        ``trainer.precision=bf16`` (see :func:`resolve_precision`), else a no-op."""
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
     def train_step(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict] | None:
         """One optimizer step; returns (losses [T], logs), or None when the batch was skipped
         for a non-finite loss (``trainer.nonfinite=skip``).
 
         Raises:
             TrainingError: a non-finite loss with ``trainer.nonfinite=stop``."""
-        out = self.model(batch)
+        with self.autocast():
+            out = self.model(batch)
         losses, counts = self.model.graph.losses(out, batch["labels"])
         if not bool(torch.isfinite(losses).all()):
             vals = losses.tolist()
