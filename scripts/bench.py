@@ -9,6 +9,8 @@ In one invocation: generate the workload if needed (make_workload.py: 400,000 tr
      categorical columns, tasks click and purchase), MMoE 8 experts [256, 128], embedding 16,
      towers [64], batch 2048, Adam lr 1e-3, one epoch, in-memory mode;
   4. with ``--stream``: the same run with ``dataset.mode=stream``;
+  5. with ``--bf16``: the in-memory run with ``trainer.precision=bf16`` (bfloat16 autocast of
+     embedding and backbone; the roofline stays roofline.py's float32 figure);
 
 and print samples/s, the ratios to the roofline and to raw_limit measured in the same
 round, the peak RSS of every process (``os.wait4``) and the val AUCs of both tasks.
@@ -26,7 +28,7 @@ an in-memory run of the same number of steps on the 400k workload.
 (scripts/bench_balancers.py: time per training step of every ``loss=`` method on the bench
 MMoE, as a ratio to ``loss=equal`` measured in the same run; ARGS are its options).
 
-Usage: python scripts/bench.py [--workdir DIR] [--repeat N] [--stream] [--big-rows N --big-steps S]
+Usage: python scripts/bench.py [--workdir DIR] [--repeat N] [--stream] [--bf16] [--big-rows N --big-steps S]
        python scripts/bench.py balancers [--methods ...] [--rounds N] [--clock cpu] [--threads 1]
 """
 from __future__ import annotations
@@ -106,6 +108,8 @@ def main() -> None:
     ap.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "mtl-bench"))
     ap.add_argument("--repeat", type=int, default=1)
     ap.add_argument("--stream", action="store_true", help="also train the 400k workload with dataset.mode=stream")
+    ap.add_argument("--bf16", action="store_true",
+                    help="also train the 400k workload in memory with trainer.precision=bf16 (mixed precision)")
     ap.add_argument("--big-rows", type=int, default=0, help="also stream an N-row log (e.g. 20000000)")
     ap.add_argument("--big-steps", type=int, default=300)
     ap.add_argument("--skip-raw", action="store_true", help="skip raw_limit.py (roofline only)")
@@ -128,6 +132,9 @@ def main() -> None:
         res["mtl_memory"] = mtl_train(work, "memory", train, valid, ["dataset.mode=memory", *a.extra])
         if a.stream:
             res["mtl_stream"] = mtl_train(work, "stream", train, valid, ["dataset.mode=stream", *a.extra])
+        if a.bf16:
+            res["mtl_memory_bf16"] = mtl_train(work, "memory-bf16", train, valid,
+                                               ["dataset.mode=memory", "trainer.precision=bf16", *a.extra])
         res["load_after"] = [round(x, 2) for x in os.getloadavg()]
         rounds.append(res)
         report_round(r, res)
@@ -156,14 +163,14 @@ def report_round(r: int, res: dict) -> None:
     raw = res.get("raw_limit")
     print(f"round {r + 1}: load {res['load_before']} -> {res['load_after']}; roofline {roof:.0f} samples/s")
     if raw:
-        print(f"  raw_limit.py   {raw['samples_per_s']:8.0f} samples/s  x{raw['samples_per_s'] / roof:.3f} roofline  "
+        print(f"  raw_limit.py     {raw['samples_per_s']:8.0f} samples/s  x{raw['samples_per_s'] / roof:.3f} roofline  "
               f"peak RSS {raw['peak_rss_mb']} MB  val auc click {raw['auc_click']:.4f} purchase {raw['auc_purchase']:.4f}")
-    for key in ("mtl_memory", "mtl_stream"):
+    for key in ("mtl_memory", "mtl_stream", "mtl_memory_bf16"):
         m = res.get(key)
         if not m:
             continue
         vs_raw = f"x{m['samples_per_s'] / raw['samples_per_s']:.3f} raw_limit  " if raw else ""
-        print(f"  {key:13s} {m['samples_per_s']:8.0f} samples/s  x{m['samples_per_s'] / roof:.3f} roofline  {vs_raw}"
+        print(f"  {key:15s} {m['samples_per_s']:8.0f} samples/s  x{m['samples_per_s'] / roof:.3f} roofline  {vs_raw}"
               f"peak RSS {m['peak_rss_mb']} MB  val auc click {m['auc_click']:.4f} purchase {m['auc_purchase']:.4f}"
               + (f"  (auc - raw: {m['auc_click'] - raw['auc_click']:+.4f}, {m['auc_purchase'] - raw['auc_purchase']:+.4f})"
                  if raw else ""), flush=True)

@@ -74,6 +74,24 @@ def test_vocabulary_keeps_integer_ids_exact_and_counts_nulls_and_oov():
     assert s.encode(pa.chunked_array([["a", None], ["zz", "b"]]))[0].tolist() == [3, 0, 1, 2]
 
 
+def test_vocabulary_lookup_table_path_misses_values_outside_its_range_and_is_not_pickled():
+    import pickle
+
+    # a narrow id range (-3..7) takes the lookup-table path; extreme int64 values must miss,
+    # not wrap into the table
+    v = Vocabulary.fit(pa.array([5, 5, 7, -3, None, 7, 7], pa.int64()))
+    probe = pa.array([7, 5, -3, 2**62, 8, None, -2**63, 2**63 - 1, 4, 6], pa.int64())
+    ids, nulls, oov = v.encode(probe)
+    assert v._index[0] == "lut"
+    assert ids.tolist() == [2, 3, 4, 1, 1, 0, 1, 1, 1, 1]  # 7 (3 times), 5 (2), -3 (1)
+    assert (nulls, oov) == (1, 6)
+    # a wide range takes binary search; both give the same ids for the same known values
+    w = Vocabulary.fit(pa.array([5, 5, 7, -3, 2**62, 2**62, 2**62, 2**62, None, 7, 7, 7], pa.int64()))
+    assert w.encode(probe)[0].tolist() == [3, 4, 5, 2, 1, 0, 1, 1, 1, 1]
+    assert w._index[0] == "sorted"
+    assert set(pickle.loads(pickle.dumps(v)).__dict__) == {"values"}
+
+
 def test_hash_ids_are_deterministic_in_range_and_null_aware():
     ids, nulls = hash_ids(pa.array(["abc", "abd", None, "", "abc"]), 100)
     assert ids[0] == ids[4] and ids[2] == 0 and nulls == 1

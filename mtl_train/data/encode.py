@@ -75,18 +75,43 @@ class Vocabulary:
         return out, int(null.sum()), int((miss & ~null).sum())
 
     def _int_positions(self, x: np.ndarray) -> np.ndarray:
-        """Vocabulary positions of int64 values (-1 where unknown), by binary search over the
-        sorted values (built once per vocabulary)."""
-        if not hasattr(self, "_sorted"):
-            vals = self.values.to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
-            order = np.argsort(vals, kind="stable")
-            self._sorted, self._order = vals[order], order.astype(np.int64)
-        if len(self._sorted) == 0:
+        """Vocabulary positions of int64 values (-1 where unknown).
+
+        When the known values span a range of at most max(2**22, 8 * vocabulary size), a
+        lookup table over that range maps a value with one gather (x - min, wrapped to uint64,
+        so that any value outside the range, overflow included, misses); otherwise a binary
+        search over the sorted values. Both are built once per vocabulary and not pickled.
+        """
+        if not hasattr(self, "_index"):
+            self._index = self._build_index()
+        kind, a, b = self._index
+        if kind == "empty":
             return np.full(len(x), -1, dtype=np.int64)
-        i = np.searchsorted(self._sorted, x)
-        i[i == len(self._sorted)] = 0
-        hit = self._sorted[i] == x
-        return np.where(hit, self._order[i], -1)
+        if kind == "lut":
+            off = (x - a).view(np.uint64)  # a = min value; wraps for x < a
+            inside = off < np.uint64(len(b))
+            pos = np.full(len(x), -1, dtype=np.int64)
+            pos[inside] = b[off[inside]]
+            return pos
+        i = np.searchsorted(a, x)
+        i[i == len(a)] = 0
+        hit = a[i] == x
+        return np.where(hit, b[i], -1)
+
+    def _build_index(self) -> tuple:
+        vals = self.values.to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
+        if len(vals) == 0:
+            return ("empty", None, None)
+        lo, hi = int(vals.min()), int(vals.max())
+        if hi - lo < max(1 << 22, 8 * len(vals)):
+            lut = np.full(hi - lo + 1, -1, dtype=np.int32)
+            lut[vals - lo] = np.arange(len(vals), dtype=np.int32)
+            return ("lut", np.int64(lo), lut)
+        order = np.argsort(vals, kind="stable")
+        return ("sorted", vals[order], order.astype(np.int64))
+
+    def __getstate__(self) -> dict:
+        return {"values": self.values}  # the lookup index is rebuilt on first use
 
 
 def hash_ids(column: pa.Array | pa.ChunkedArray, buckets: int, salt: int = 0) -> tuple[np.ndarray, int]:
