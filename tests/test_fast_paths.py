@@ -8,7 +8,7 @@ from sklearn.metrics import roc_auc_score
 from mtl_train.data.schema import DenseFeature, FeatureSchema, SequenceFeature, SparseFeature, Task
 from mtl_train.metrics import binary_metrics, exact_auc
 from mtl_train.models.embedding import FeatureEmbedding, lookup
-from mtl_train.models.layers import BatchedExperts, Gate, mix_experts
+from mtl_train.models.layers import BatchedExperts, Gate, gate_probabilities, mix_experts
 from mtl_train.train.optim import RowSparseAdam
 
 
@@ -115,7 +115,7 @@ def test_fused_relu_experts_and_mix_match_autograd_of_the_loop(hidden):
 
     y = ex(x)
     assert type(y.grad_fn).__name__ == "_ReluExpertsBackward"
-    fused = mix_experts(torch.stack([g(x) for g in gates]), y)
+    fused = mix_experts(gate_probabilities(gates, x), y)
     grads = torch.autograd.grad(fused, params, d_out)
 
     ref_y = _loop_experts(ex, x)

@@ -152,13 +152,13 @@ class _ReluExperts(torch.autograd.Function):
 
 
 class _MixExperts(torch.autograd.Function):
-    """out[t] = sum_e G[t, :, e] * experts[e] for all T gates at once, as batched products over
+    """out[:, t] = sum_e G[:, t, e] * experts[e] for all T gates at once, as batched products over
     the batch rows: out[b] (T x H) = G[b] (T x E) @ experts[:, b] (E x H); backward
-    dG[b] = d_out[b] @ experts[:, b]^T the same way, and d_experts[e] = sum_t G[t, :, e] d_out[t]
+    dG[b] = d_out[b] @ experts[:, b]^T the same way, and d_experts[e] = sum_t G[:, t, e] d_out[:, t]
     by E*T fused multiply-adds into the [E, B, H] layout. Replaces T broadcast multiplies and
     sums over [E, B, H] (and their backward) with one pass over the experts per direction.
 
-    Inputs: G [T, B, E] (gate probabilities), experts [E, B, H]. Output: [B, T, H], in the
+    Inputs: G [B, T, E] (gate probabilities), experts [E, B, H]. Output: [B, T, H], in the
     compute dtype (see :func:`compute_dtype`; gradients come back in the inputs' dtypes).
     """
 
@@ -169,7 +169,7 @@ class _MixExperts(torch.autograd.Function):
         g, experts = g.to(dt), experts.to(dt)
         ctx.save_for_backward(g, experts)
         with torch.autocast(experts.device.type, enabled=False):
-            return torch.bmm(g.transpose(0, 1), experts.transpose(0, 1))
+            return torch.bmm(g, experts.transpose(0, 1))
 
     @staticmethod
     def backward(ctx, dout: torch.Tensor):
@@ -183,26 +183,35 @@ class _MixExperts(torch.autograd.Function):
         dout = dout.to(experts.dtype)
         d_g = d_ex = None
         if ctx.needs_input_grad[1]:
-            # d_experts[e] = sum_t G[t, :, e] * d_out[:, t]: T passes per expert, contiguous
+            # d_experts[e] = sum_t G[:, t, e] * d_out[:, t]: T passes per expert, contiguous
             # output (a bmm writing into the [E, B, H] layout falls back to B separate GEMMs)
             d_ex = torch.empty(experts.shape, dtype=dout.dtype, device=dout.device)
-            ge = g.permute(2, 0, 1).unsqueeze(-1)  # [E, T, B, 1]
+            ge = g.permute(2, 1, 0).unsqueeze(-1)  # [E, T, B, 1]
             for e in range(d_ex.shape[0]):
                 torch.mul(dout[:, 0], ge[e, 0], out=d_ex[e])
                 for t in range(1, dout.shape[1]):
                     d_ex[e].addcmul_(dout[:, t], ge[e, t])
         if ctx.needs_input_grad[0]:
-            d_g = torch.bmm(dout, experts.permute(1, 2, 0)).transpose(0, 1)
+            d_g = torch.bmm(dout, experts.permute(1, 2, 0))
         return d_g, d_ex
 
 
 def mix_experts(gates: torch.Tensor, experts: torch.Tensor) -> list[torch.Tensor]:
     """Mixtures of the same experts under T gates (MMoE, Ma et al. KDD 2018).
 
-    Shapes: gates [T, B, E] softmax probabilities, experts [E, B, H] -> T tensors [B, H]
+    Shapes: gates [B, T, E] softmax probabilities, experts [E, B, H] -> T tensors [B, H]
     (strided views of one [B, T, H] result).
     """
     return list(_MixExperts.apply(gates, experts).unbind(1))
+
+
+def gate_probabilities(gates: Sequence["Gate"], x: torch.Tensor) -> torch.Tensor:
+    """All gates of the same input at once: one GEMM on their stacked weights, then a softmax
+    per gate. Shapes: x [B, D] -> [B, T, E] for T gates over E experts."""
+    w = torch.cat([g.linear.weight for g in gates])  # [T*E, D]
+    b = torch.cat([g.linear.bias for g in gates])
+    logits = torch.addmm(b, x, w.t())  # [B, T*E]
+    return torch.softmax(logits.view(x.shape[0], len(gates), -1), dim=-1)
 
 
 class BatchedExperts(nn.Module):

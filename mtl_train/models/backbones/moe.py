@@ -6,7 +6,7 @@ import torch.nn as nn
 
 from mtl_train.errors import ConfigError
 from mtl_train.models.backbones.base import Backbone, BackboneOutput
-from mtl_train.models.layers import BatchedExperts, Gate, check_dims, mix_experts
+from mtl_train.models.layers import BatchedExperts, Gate, check_dims, gate_probabilities, mix_experts
 
 
 class MMoE(Backbone):
@@ -35,7 +35,7 @@ class MMoE(Backbone):
 
     def forward(self, x: torch.Tensor) -> BackboneOutput:
         ex = self.experts(x)  # [E, B, H]
-        reps = mix_experts(torch.stack([g(x) for g in self.gates]), ex)  # T x [B, H]
+        reps = mix_experts(gate_probabilities(self.gates, x), ex)  # T x [B, H]
         if len(reps) == 1:
             reps = reps * self.num_tasks
         return BackboneOutput(reps, ex)
