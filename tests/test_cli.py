@@ -59,6 +59,7 @@ def test_default_synthetic_run_with_gradnorm_logs_weights(tmp_path):
         (["dataset=census", f"dataset.path={CENSUS}", "dataset.tasks=[income,age]"], "'age'"),
         (["trainer.batch_size=0"], "trainer.batch_size"),
         (["trainer.epochs=abc"], "trainer.epochs"),
+        (["trainer.precision=fp16"], "trainer.precision: 'fp16'"),
     ],
 )
 def test_bad_input_is_one_line_and_nonzero(tmp_path, args, needle):
