@@ -201,13 +201,13 @@ def test_objective_is_a_weighted_sum_of_tasks():
 
 
 @pytest.mark.skipif(not CENSUS.exists(), reason="shared census data not present")
-def test_optuna_example_searches_and_returns_the_objective(tmp_path):
+def test_optuna_example_searches_returns_the_objective_and_persists_in_sqlite(tmp_path):
     pytest.importorskip("hydra_plugins.hydra_optuna_sweeper", reason="the optuna extra is not installed")
     import yaml
 
     run_cli(["-m", "experiment=census_optuna", f"dataset.path={CENSUS}", "dataset.max_rows=600",
              "hydra.sweeper.n_trials=2", "trainer.batch_size=64", "trainer.epochs=1", "model.expert_hidden=[8]",
-             "hydra.sweep.dir=sw"], cwd=tmp_path)
+             "hydra.sweep.dir=sw", f"hydra.sweeper.storage=sqlite:///{tmp_path / 'study.db'}"], cwd=tmp_path)
     sw = tmp_path / "sw"
     best = yaml.safe_load((sw / "optimization_results.yaml").read_text())
     assert set(best["best_params"]) == {"trainer.lr", "model.num_experts", "loss.alpha"}
@@ -220,6 +220,11 @@ def test_optuna_example_searches_and_returns_the_objective(tmp_path):
         assert 2 <= int(next(o for o in overrides if o.startswith("model.num_experts=")).split("=")[1]) <= 8
     assert len(values) == 2
     assert best["best_value"] == pytest.approx(max(values.values()), abs=1e-9)
+    # the study persisted in its SQL storage (a later sweep with the same storage continues it)
+    import optuna
+
+    study = optuna.load_study(study_name="census_mmoe_gradnorm", storage=f"sqlite:///{tmp_path / 'study.db'}")
+    assert sorted(t.value for t in study.trials) == pytest.approx(sorted(values.values()), abs=1e-9)
 
 
 @pytest.mark.parametrize("name", sorted(p.stem for p in (REPO / "conf" / "experiment").glob("*.yaml")))
