@@ -138,6 +138,13 @@ def lr_factor(step: int, tcfg, total_steps: int) -> float:
 PRECISIONS = ("fp32", "bf16")
 
 
+def check_precision(name: str) -> None:
+    """Raises ConfigError unless ``trainer.precision`` is one of :data:`PRECISIONS`."""
+    if name not in PRECISIONS:
+        hint = " (fp16 needs loss scaling; use bf16)" if name == "fp16" else ""
+        raise ConfigError(f"trainer.precision: '{name}' is not one of {', '.join(PRECISIONS)}{hint}")
+
+
 def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
     """``trainer.precision`` -> the autocast dtype of the training forward (None for fp32).
 
@@ -153,9 +160,7 @@ def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
     Raises:
         ConfigError: a value other than fp32 or bf16.
     """
-    if name not in PRECISIONS:
-        hint = " (fp16 needs loss scaling; use bf16)" if name == "fp16" else ""
-        raise ConfigError(f"trainer.precision: '{name}' is not one of {', '.join(PRECISIONS)}{hint}")
+    check_precision(name)
     if name == "fp32":
         return None
     if device.type == "cpu":
@@ -526,8 +531,8 @@ def _same_schema(a, b) -> bool:
 
 # keys a resumed run may change (they do not alter the trajectory, or extend it on purpose)
 RESUMABLE_KEYS = ("trainer.resume", "trainer.progress", "trainer.device", "trainer.num_threads",
-                  "trainer.tune_malloc", "trainer.log_every_steps", "trainer.checkpoint_every_steps", "trainer.epochs", "trainer.max_steps",
-                  "trainer.patience", "mode", "checkpoint", "infer")
+                  "trainer.tune_malloc", "trainer.log_every_steps", "trainer.checkpoint_every_steps",
+                  "trainer.epochs", "trainer.max_steps", "trainer.patience", "mode", "checkpoint", "infer")
 
 
 def resume_config(stored: dict, current: DictConfig, overridden: list[str]) -> DictConfig:
@@ -613,6 +618,7 @@ def run(cfg: DictConfig, run_dir: str, overridden: list[str] = ()) -> dict:
         torch.set_num_threads(cfg.trainer.num_threads)
     if cfg.trainer.tune_malloc:
         tune_malloc()
+    check_precision(cfg.trainer.precision)  # before the data is read
     data = load_dataset(cfg.dataset, cfg.seed)
     _check_labels(data)
     trainer = Trainer(cfg, data, run_dir, resume_state=state)
