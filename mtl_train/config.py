@@ -410,6 +410,7 @@ CHOICES = {
     ("trainer", "nonfinite"): ("stop", "skip"),
     ("trainer", "monitor_mode"): ("max", "min"),
     ("trainer", "optimizer"): ("adam", "adamw", "sgd"),
+    ("trainer", "precision"): ("fp32", "bf16"),
     ("infer", "split"): ("train", "val", "test"),
     ("objective", "metric"): ("auc", "logloss", "mse", "r2"),
 }

@@ -107,16 +107,22 @@ def mtl_train(work: Path, name: str, train: Path, val: Path, extra: list[str]) -
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "mtl-bench"))
-    ap.add_argument("--repeat", type=int, default=1)
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0].replace("\n", " "),
+        epilog="'python scripts/bench.py balancers [ARGS]' runs the loss-balancing benchmark instead "
+               "(scripts/bench_balancers.py; 'balancers --help' lists its options).")
+    ap.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "mtl-bench"),
+                    help="where the workload, the prepare cache and the runs go (default: %(default)s)")
+    ap.add_argument("--repeat", type=int, default=1, help="rounds to run (default: %(default)s)")
     ap.add_argument("--stream", action="store_true", help="also train the 400k workload with dataset.mode=stream")
     ap.add_argument("--bf16", action="store_true",
                     help="also train the 400k workload in memory with trainer.precision=bf16 (mixed precision)")
     ap.add_argument("--big-rows", type=int, default=0, help="also stream an N-row log (e.g. 20000000)")
-    ap.add_argument("--big-steps", type=int, default=300)
+    ap.add_argument("--big-steps", type=int, default=300,
+                    help="training steps of the big-log run and of its in-memory reference (default: %(default)s)")
     ap.add_argument("--skip-raw", action="store_true", help="skip raw_limit.py (roofline only)")
-    ap.add_argument("--extra", nargs="*", default=[], help="extra mtl-train overrides")
+    ap.add_argument("--extra", nargs="*", default=[],
+                    help="extra mtl-train overrides for every mtl-train run, e.g. --extra trainer.num_threads=1")
     a = ap.parse_args()
     work = Path(a.workdir)
     work.mkdir(parents=True, exist_ok=True)

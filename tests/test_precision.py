@@ -80,3 +80,24 @@ def test_bf16_training_lowers_the_loss_like_fp32():
         final[precision] = float(losses.detach().sum())
         assert final[precision] < 0.25 * first, precision
     assert final["bf16"] < 2 * final["fp32"] + 0.02
+
+
+def test_bf16_cli_run_records_precision_and_evaluates_in_float32(tmp_path):
+    import json
+
+    from conftest import CENSUS, find_run_dir, run_cli
+
+    if not CENSUS.exists():
+        pytest.skip("shared census data not present")
+    args = ["dataset=census", f"dataset.path={CENSUS}", "dataset.max_rows=600", "trainer.progress=false",
+            "trainer.batch_size=64", "trainer.epochs=2", "model.expert_hidden=[16,8]", "model.num_experts=2"]
+    proc = run_cli([*args, "trainer.precision=bf16"], cwd=tmp_path)
+    run = find_run_dir(tmp_path)
+    info = json.loads((run / "run.json").read_text())
+    assert (info["precision"], info["sparse_embedding"]) == ("bf16", True)
+    assert "precision bf16, sparse embedding on" in proc.stderr + proc.stdout
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["test"]["marital"]["auc"] > 0.8
+    # eval of best.pt (float32) reproduces the run's own test metrics exactly
+    run_cli(["mode=eval", f"checkpoint={run}", "hydra.run.dir=ev"], cwd=tmp_path)
+    assert json.loads((tmp_path / "ev" / "eval.json").read_text())["test"] == metrics["test"]

@@ -194,6 +194,10 @@ def build_optimizer(model: torch.nn.Module, cfg) -> list[torch.optim.Optimizer]:
     if sparse:
         from mtl_train.train.optim import RowSparseAdam
 
+        if cfg.optimizer != "adam" or cfg.weight_decay:
+            log.warning("model.sparse_embedding: the embedding table is trained by a row-sparse Adam (lr %g, no weight "
+                        "decay), not by trainer.optimizer=%s with weight_decay=%g", cfg.lr, cfg.optimizer,
+                        cfg.weight_decay)
         opts.append(RowSparseAdam(sparse, lr=cfg.lr))
     return opts
 
@@ -252,6 +256,10 @@ class Trainer:
         self.samples = 0
         self.sign = 1.0 if tcfg.monitor_mode == "max" else -1.0
         self.autocast_dtype = resolve_precision(tcfg.precision, self.device)
+        if self.autocast_dtype is not None and not any(True for _ in self.model.backbone.parameters()):
+            log.warning("trainer.precision=%s changes nothing here: model.backbone=%s has no layers of its own, and "
+                        "the embedding lookup and the task graph run in float32", tcfg.precision, cfg.model.backbone)
+        self.sparse_embedding = any(isinstance(m, torch.nn.Embedding) and m.sparse for m in self.model.modules())
         if tcfg.monitor_mode not in ("max", "min"):
             raise ConfigError(f"trainer.monitor_mode: '{tcfg.monitor_mode}' is not one of max, min")
         if resume_state is not None:
@@ -444,6 +452,10 @@ class Trainer:
         # a resumed run stops where the run would have: epochs, max_steps, early stopping (so a
         # finished run resumed with more trainer.epochs trains on; unchanged, it only re-tests)
         stop = self._max_reached() or (tcfg.patience is not None and self.bad_evals >= tcfg.patience)
+        log.info("training %s + %s, loss=%s: %d steps/epoch of %d, device %s, %d threads, precision %s, "
+                 "sparse embedding %s", self.cfg.model.backbone, self.cfg.graph.name, self.cfg.loss.name,
+                 len(self.loader), tcfg.batch_size, self.device, torch.get_num_threads(), tcfg.precision,
+                 "on" if self.sparse_embedding else "off")
         t_start = time.perf_counter()
         with self._signal_handlers():
             while self.epoch < tcfg.epochs and not stop:
@@ -512,7 +524,9 @@ class Trainer:
             # the training loop alone: batches read, steps taken; validation and checkpoints excluded
             "train_loop_seconds": round(train_s - self.excluded_seconds, 3), "train_samples": self.samples,
             "train_loop_samples_per_s": round(self.samples / max(train_s - self.excluded_seconds, 1e-9), 1),
-            "device": str(self.device), "data": self.data.info.get("protocol"),
+            "device": str(self.device), "precision": self.cfg.trainer.precision,
+            "sparse_embedding": self.sparse_embedding, "threads": torch.get_num_threads(),
+            "data": self.data.info.get("protocol"),
             "nonfinite_skipped": self.nonfinite_skipped, "resumed_at": self.resumes,
             "funnel_violations": self.data.info.get("funnel_violations"),
         }
@@ -618,7 +632,6 @@ def run(cfg: DictConfig, run_dir: str, overridden: list[str] = ()) -> dict:
         torch.set_num_threads(cfg.trainer.num_threads)
     if cfg.trainer.tune_malloc:
         tune_malloc()
-    check_precision(cfg.trainer.precision)  # before the data is read
     data = load_dataset(cfg.dataset, cfg.seed)
     _check_labels(data)
     trainer = Trainer(cfg, data, run_dir, resume_state=state)
