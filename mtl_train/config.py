@@ -138,7 +138,7 @@ class ParquetData(ParquetSchema):
     mode: str = "auto"                    # auto, memory, stream
     memory_budget_mb: Optional[int] = None
     shuffle_buffer: int = 262144
-    num_workers: int = 1
+    num_workers: Optional[int] = None  # null: auto (see data.stream.reader_threads)
     cache_dir: Optional[str] = None
     progress: bool = True
 

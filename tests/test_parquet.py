@@ -259,3 +259,18 @@ def test_cli_trains_streamed_parquet_with_schema_file(data):
     for task in ("click", "purchase"):
         assert ev[task]["rows"] == metrics["val"][task]["rows"]
         assert ev[task]["auc"] == pytest.approx(metrics["val"][task]["auc"], abs=1e-9)
+
+
+def test_reader_threads_auto_reads_inline_when_torch_uses_every_core(monkeypatch):
+    import os
+
+    import torch
+
+    from mtl_train.data import stream
+
+    assert stream.reader_threads(0) == 0 and stream.reader_threads(3) == 3  # explicit settings kept
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    assert stream.reader_threads(None) == 0
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
+    assert stream.reader_threads(None) == 1

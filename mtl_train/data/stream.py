@@ -11,6 +11,7 @@ resumes after that many batches of that epoch, with the same order as an uninter
 """
 from __future__ import annotations
 
+import os
 import queue
 import threading
 from typing import Iterator
@@ -23,6 +24,21 @@ from mtl_train.data.loader import LoaderPosition
 from mtl_train.data.schema import Table
 
 BLOCKS = ("sparse", "seq", "dense", "labels")
+
+
+def reader_threads(setting: int | None) -> int:
+    """``dataset.num_workers`` -> background reader threads of a streamed split.
+
+    ``null`` (auto) gives 1 when the machine has a core beyond torch's intra-op threads and 0
+    (read inline, between steps) otherwise: on 2 cores with 2 torch threads a reader thread
+    preempts one GEMM thread, and the other waits for it at every parallel region. On the
+    bench's 20M-row log that made streaming 0.86-0.96x the in-memory speed, against
+    0.97-0.99x inline (docs/RESULTS.md, issue 5).
+    """
+    if setting is not None:
+        return int(setting)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return 1 if cores > torch.get_num_threads() else 0
 
 
 def _to_batch(arrays: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
@@ -81,7 +97,7 @@ class StreamSplit:
     def __init__(self, source, encoder, rows: int, cfg):
         self.source, self.encoder, self.rows = source, encoder, rows
         self.shuffle_buffer = int(cfg.shuffle_buffer)
-        self.num_workers = int(cfg.num_workers)
+        self.num_workers = reader_threads(cfg.num_workers)
         self._unit_rows = None
         self._local = threading.local()
 
