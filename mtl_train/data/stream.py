@@ -272,13 +272,18 @@ class StreamingLoader(LoaderPosition):
             if have < cap:
                 continue
             pool = _concat(pending)
-            if self.shuffle:
-                perm = rng.permutation(have)
-                pool = {k: v[perm] for k, v in pool.items()}
             n_out = (have - cap // 2) // bs * bs
-            for s in range(0, n_out, bs):
-                yield _to_batch({k: pool[k][s:s + bs] for k in BLOCKS})
-            pending = [{k: pool[k][n_out:] for k in BLOCKS}]
+            if self.shuffle:
+                # batch i is pool[perm][i*bs:(i+1)*bs], gathered batch by batch: the permuted
+                # pool itself (the whole buffer again) is never materialised
+                perm = rng.permutation(have)
+                for s in range(0, n_out, bs):
+                    yield _to_batch({k: pool[k][perm[s:s + bs]] for k in BLOCKS})
+                pending = [{k: pool[k][perm[n_out:]] for k in BLOCKS}]
+            else:
+                for s in range(0, n_out, bs):
+                    yield _to_batch({k: pool[k][s:s + bs] for k in BLOCKS})
+                pending = [{k: pool[k][n_out:] for k in BLOCKS}]
             have -= n_out
         if have:
             pool = _concat(pending)
