@@ -82,7 +82,7 @@ def test_bf16_training_lowers_the_loss_like_fp32():
     assert final["bf16"] < 2 * final["fp32"] + 0.02
 
 
-def test_bf16_cli_run_records_precision_and_evaluates_in_float32(tmp_path):
+def test_bf16_cli_run_records_precision_logs_steps_and_evaluates_in_float32(tmp_path):
     import json
 
     from conftest import CENSUS, find_run_dir, run_cli
@@ -91,11 +91,14 @@ def test_bf16_cli_run_records_precision_and_evaluates_in_float32(tmp_path):
         pytest.skip("shared census data not present")
     args = ["dataset=census", f"dataset.path={CENSUS}", "dataset.max_rows=600", "trainer.progress=false",
             "trainer.batch_size=64", "trainer.epochs=2", "model.expert_hidden=[16,8]", "model.num_experts=2"]
-    proc = run_cli([*args, "trainer.precision=bf16"], cwd=tmp_path)
+    proc = run_cli([*args, "trainer.precision=bf16", "trainer.log_every_steps=5"], cwd=tmp_path)
     run = find_run_dir(tmp_path)
     info = json.loads((run / "run.json").read_text())
     assert (info["precision"], info["sparse_embedding"]) == ("bf16", True)
-    assert "precision bf16, sparse embedding on" in proc.stderr + proc.stdout
+    out = proc.stderr + proc.stdout
+    assert "precision bf16, sparse embedding on" in out
+    # without a progress bar the training figures are log lines every log_every_steps
+    assert "train @ step 5: loss income=" in out and "train @ step 10: loss income=" in out
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["test"]["marital"]["auc"] > 0.8
     # eval of best.pt (float32) reproduces the run's own test metrics exactly

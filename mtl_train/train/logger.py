@@ -114,6 +114,9 @@ class RunLogger:
         if bar is not None:
             bar.set_postfix({"samples/s": f"{rate:,.0f}", **{n_: f"{v:.4f}" for n_, v in zip(self.loss_names, mean)}},
                             refresh=False)
+        else:  # no progress bar (trainer.progress=false, batch jobs): the same figures as a log line
+            log.info("train @ step %d: loss %s (mean of the last %d steps), %.0f samples/s", step,
+                     " ".join(f"{n_}={v:.4f}" for n_, v in zip(self.loss_names, mean)), self._loss_n, rate)
         self._t, self._samples, self._loss_n = now, 0, 0
         self._loss_sum.zero_()
 
