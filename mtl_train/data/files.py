@@ -63,9 +63,12 @@ def read_parquet(path: str, columns: list[str] | None = None) -> pa.Table:
 
 
 def require_columns(have: list[str], needed: list[str], source: str, what: str = "column") -> None:
-    """Raise DataError naming ``source`` and the first column of ``needed`` not in ``have``."""
+    """Raise DataError naming ``source``, the first column of ``needed`` not in ``have`` and the
+    first columns that are there."""
+    have = list(have)
     have_set = set(have)
     missing = [c for c in needed if c not in have_set]
     if missing:
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
-        raise DataError(f"{source}: missing {what} '{missing[0]}'{more}")
+        there = f"{have[:8]}{'...' if len(have) > 8 else ''}"
+        raise DataError(f"{source}: missing {what} '{missing[0]}'{more}; have {there}")

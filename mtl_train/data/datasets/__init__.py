@@ -68,15 +68,18 @@ def read_file(cfg, path: str):
     (``pyarrow.Table``) ready for the checkpoint's :class:`~mtl_train.data.encode.Encoders`.
 
     A dataset module may define ``read_file(cfg, path)`` (census: the raw CSV with its
-    derived label columns); otherwise the file is read as Parquet.
+    derived label columns) or ``convert_file(path)`` (the CSV conversion its training uses,
+    called on the checked path); otherwise the file is read as Parquet.
 
     Raises:
         DataError: missing, unreadable or corrupt file (naming it).
     """
-    from mtl_train.data.files import read_parquet
+    from mtl_train.data.files import check_readable, read_parquet
 
     if cfg.name in LOADERS:
         module = importlib.import_module(LOADERS[cfg.name].split(":")[0])
         if hasattr(module, "read_file"):
             return module.read_file(cfg, path)
+        if hasattr(module, "convert_file"):
+            return module.convert_file(check_readable(path))
     return read_parquet(path)

@@ -37,7 +37,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from mtl_train.data.datasets.common import head, prepared_parquet, read_csv, require_columns, require_file
+from mtl_train.data.datasets.common import head, prepared_parquet, read_columns, require_file
 from mtl_train.data.encode import encode_splits, split_indices
 from mtl_train.data.schema import DatasetBundle, Task
 from mtl_train.errors import ConfigError, DataError
@@ -58,9 +58,7 @@ def _convert_csv(path: str) -> pa.Table:
     types = {f: pa.string() for f in FIELDS}
     types.update({c: pa.float64() for c in NUMERIC})
     types.update({c: pa.int8() for c in LABELS})
-    tbl = read_csv(path, types)
-    require_columns(tbl, LABELS + FIELDS + NUMERIC, path)
-    return tbl.select(LABELS + FIELDS + NUMERIC)
+    return read_columns(path, types, LABELS + FIELDS + NUMERIC)
 
 
 def parse_feature_lists(lists: pa.Array, path: str) -> dict[str, pa.Array]:

@@ -17,7 +17,7 @@ import logging
 
 import pyarrow as pa
 
-from mtl_train.data.datasets.common import head, prepared_parquet, read_csv, require_columns, require_file
+from mtl_train.data.datasets.common import head, prepared_parquet, read_columns, require_file
 from mtl_train.data.encode import encode_splits, split_indices
 from mtl_train.data.schema import DatasetBundle, Task
 from mtl_train.errors import ConfigError
@@ -30,23 +30,15 @@ LABELS = ["click", "conversion"]
 TASKS = [Task("click", "click", "binary"), Task("conversion", "conversion", "binary", parent="click")]
 
 
-def _convert(path: str) -> pa.Table:
+def convert_file(path: str) -> pa.Table:
+    """One AliExpress-format CSV as raw columns (training's conversion; eval/predict files too).
+
+    Raises:
+        DataError: the file is unreadable or lacks a column."""
     types = {c: pa.int64() for c in CATEGORICAL}
     types.update({c: pa.float64() for c in NUMERIC})
     types.update({c: pa.int8() for c in LABELS})
-    tbl = read_csv(path, types)
-    require_columns(tbl, CATEGORICAL + NUMERIC + LABELS, path)
-    return tbl.select(CATEGORICAL + NUMERIC + LABELS)
-
-
-def read_file(cfg, path: str) -> pa.Table:
-    """One AliExpress-format CSV as raw columns for eval/predict.
-
-    Raises:
-        DataError: the file is missing, unreadable, or lacks a column."""
-    from mtl_train.data.files import check_readable
-
-    return _convert(check_readable(path))
+    return read_columns(path, types, CATEGORICAL + NUMERIC + LABELS)
 
 
 def load(cfg, seed: int) -> DatasetBundle:
@@ -60,9 +52,9 @@ def load(cfg, seed: int) -> DatasetBundle:
     test_path = require_file(cfg.test_path, "dataset.test_path")
     if not 0 < cfg.val_fraction < 1:
         raise ConfigError(f"dataset.val_fraction: must be in (0, 1), got {cfg.val_fraction}")
-    train = head(prepared_parquet("aliexpress", [train_path], {}, cfg.cache_dir, lambda: _convert(train_path)),
+    train = head(prepared_parquet("aliexpress", [train_path], {}, cfg.cache_dir, lambda: convert_file(train_path)),
                  cfg.max_rows)
-    test = head(prepared_parquet("aliexpress", [test_path], {}, cfg.cache_dir, lambda: _convert(test_path)),
+    test = head(prepared_parquet("aliexpress", [test_path], {}, cfg.cache_dir, lambda: convert_file(test_path)),
                 cfg.max_rows)
     split_seed = seed if cfg.split_seed is None else cfg.split_seed
     tr, va = split_indices(train.num_rows, (1 - cfg.val_fraction, cfg.val_fraction), split_seed)

@@ -57,11 +57,14 @@ def read_csv(path: str, column_types: dict | None = None, **read) -> pa.Table:
         raise DataError(f"{path}: cannot read as CSV: {str(e).splitlines()[0]}") from None
 
 
-def require_columns(tbl: pa.Table, columns: list[str], path: str) -> None:
-    """DataError naming the file and the first missing column."""
-    missing = [c for c in columns if c not in tbl.column_names]
-    if missing:
-        raise DataError(f"{path}: missing column '{missing[0]}' ({len(missing)} missing; have {tbl.column_names[:8]}...)")
+def read_columns(path: str, column_types: dict, columns: list[str]) -> pa.Table:
+    """The ``columns`` of a CSV with a header row, in that order, read with ``column_types``;
+    DataError naming the file and the first missing column."""
+    from mtl_train.data.files import require_columns
+
+    tbl = read_csv(path, column_types)
+    require_columns(tbl.column_names, columns, path)
+    return tbl.select(columns)
 
 
 def head(tbl: pa.Table, max_rows: int | None) -> pa.Table:

@@ -20,7 +20,7 @@ import logging
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from mtl_train.data.datasets.common import head, prepared_parquet, read_csv, require_columns, require_file
+from mtl_train.data.datasets.common import head, prepared_parquet, read_columns, require_file
 from mtl_train.data.encode import encode_splits, split_indices
 from mtl_train.data.schema import DatasetBundle, Task
 from mtl_train.errors import ConfigError
@@ -37,26 +37,20 @@ TASKS = {
 }
 
 
-def _convert(path: str) -> pa.Table:
+def convert_file(path: str) -> pa.Table:
+    """One Hillstrom-format CSV as raw columns, with the derived ``recency_id`` and
+    ``log1p_spend`` (training's conversion; eval/predict files too).
+
+    Raises:
+        DataError: the file is unreadable or lacks a column."""
     types = {c: pa.string() for c in ("history_segment", "mens", "womens", "zip_code", "newbie", "channel", "segment")}
     types.update({"recency": pa.int64(), "history": pa.float64(), "visit": pa.int8(), "conversion": pa.int8(),
                   "spend": pa.float64()})
-    tbl = read_csv(path, types)
-    require_columns(tbl, list(dict.fromkeys(CATEGORICAL + NUMERIC + LABELS)), path)
-    cols = {c: tbl.column(c) for c in dict.fromkeys(CATEGORICAL + NUMERIC + LABELS)}
+    tbl = read_columns(path, types, list(dict.fromkeys(CATEGORICAL + NUMERIC + LABELS)))
+    cols = {c: tbl.column(c) for c in tbl.column_names}
     cols["recency_id"] = pc.cast(tbl.column("recency"), pa.string())
     cols["log1p_spend"] = pc.log1p(tbl.column("spend"))
     return pa.table(cols)
-
-
-def read_file(cfg, path: str) -> pa.Table:
-    """One Hillstrom-format CSV as raw columns for eval/predict (labels derived as in training).
-
-    Raises:
-        DataError: the file is missing, unreadable, or lacks a column."""
-    from mtl_train.data.files import check_readable
-
-    return _convert(check_readable(path))
 
 
 def load(cfg, seed: int) -> DatasetBundle:
@@ -76,7 +70,7 @@ def load(cfg, seed: int) -> DatasetBundle:
     fr = tuple(cfg.split)
     if len(fr) != 3 or abs(sum(fr) - 1) > 1e-6 or min(fr) <= 0:
         raise ConfigError(f"dataset.split: need three positive fractions summing to 1, got {list(fr)}")
-    raw = head(prepared_parquet("hillstrom", [path], {}, cfg.cache_dir, lambda: _convert(path)), cfg.max_rows)
+    raw = head(prepared_parquet("hillstrom", [path], {}, cfg.cache_dir, lambda: convert_file(path)), cfg.max_rows)
     split_seed = seed if cfg.split_seed is None else cfg.split_seed
     idx = split_indices(raw.num_rows, fr, split_seed)
     splits = {k: raw.take(pa.array(i)) for k, i in zip(("train", "val", "test"), idx)}
