@@ -118,6 +118,13 @@ class GradNorm(Balancer):
             raise ConfigError("loss.target=shared_representation: this model has no shared representation")
         return [out["shared"]]
 
+    def _norms(self, K: np.ndarray, idx: list[int]) -> torch.Tensor:
+        """Per-task gradient norms [T] from the Gram matrix K [len(idx), len(idx)] of the valid
+        tasks' gradients (sqrt of its diagonal); 0 for tasks outside ``idx``."""
+        norms = torch.zeros(self.num_tasks)
+        norms[idx] = torch.tensor(np.sqrt(np.maximum(np.diag(K), 0.0)), dtype=norms.dtype)
+        return norms
+
     def _record_initial(self, losses: torch.Tensor, valid: torch.Tensor) -> None:
         with torch.no_grad():
             fresh = valid & torch.isnan(self.initial)
@@ -171,8 +178,7 @@ class GradNorm(Balancer):
             return self._backward_fast(losses, valid, idx, model, W[0], *fast)
         grads = [list(torch.autograd.grad(losses[i], W, retain_graph=True, allow_unused=True)) for i in idx]
         K = gram(grads, list(range(len(W))))
-        norms = torch.zeros(self.num_tasks)
-        norms[idx] = torch.tensor(np.sqrt(np.maximum(np.diag(K), 0.0)), dtype=norms.dtype)
+        norms = self._norms(K, idx)
         w = self.w.detach()
         total = torch.where(valid, w.to(losses.dtype) * losses, torch.zeros_like(losses)).sum()
         if self.target == "last_shared_layer":
@@ -241,8 +247,7 @@ class GradNorm(Balancer):
         grads = [[per[i]] for i in idx]
         set_grad(W, G_total)
         K = gram(grads, [0])
-        norms = torch.zeros(self.num_tasks)
-        norms[idx] = torch.tensor(np.sqrt(np.maximum(np.diag(K), 0.0)), dtype=norms.dtype)
+        norms = self._norms(K, idx)
         logs = self.update_weights(norms, losses, valid, w)
         if self.log_due:
             logs.update(cosine_logs(K, [self.loss_names[i] for i in idx]))

@@ -66,8 +66,7 @@ class GradNormPCGrad(GradNorm):
         grads = task_gradients(losses, idx, params + extra)
         K = gram(grads, shared)
         KW = gram(grads, w_sel)
-        norms = torch.zeros(self.num_tasks)
-        norms[idx] = torch.tensor(np.sqrt(np.maximum(np.diag(KW), 0.0)), dtype=norms.dtype)
+        norms = self._norms(KW, idx)
         w = self.w.detach()
         wv = np.array([float(w[i]) for i in idx])
         C = pcgrad_coefficients(K * np.outer(wv, wv), self.generator)  # PCGrad on u_i = w_i g_i
