@@ -30,6 +30,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from mtl_train.balancing.base import build_balancer
+from mtl_train.config import CHOICES
 from mtl_train.data.datasets import load_dataset
 from mtl_train.data.stream import train_loader
 from mtl_train.data.schema import DatasetBundle, Table
@@ -135,14 +136,7 @@ def lr_factor(step: int, tcfg, total_steps: int) -> float:
     return 1.0
 
 
-PRECISIONS = ("fp32", "bf16")
-
-
-def check_precision(name: str) -> None:
-    """Raises ConfigError unless ``trainer.precision`` is one of :data:`PRECISIONS`."""
-    if name not in PRECISIONS:
-        hint = " (fp16 needs loss scaling; use bf16)" if name == "fp16" else ""
-        raise ConfigError(f"trainer.precision: '{name}' is not one of {', '.join(PRECISIONS)}{hint}")
+PRECISIONS = CHOICES[("trainer", "precision")]  # the values config validation accepts
 
 
 def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
@@ -160,7 +154,9 @@ def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
     Raises:
         ConfigError: a value other than fp32 or bf16.
     """
-    check_precision(name)
+    if name not in PRECISIONS:
+        hint = " (fp16 needs loss scaling; use bf16)" if name == "fp16" else ""
+        raise ConfigError(f"trainer.precision: '{name}' is not one of {', '.join(PRECISIONS)}{hint}")
     if name == "fp32":
         return None
     if device.type == "cpu":
