@@ -34,7 +34,10 @@ def test_exact_auc_hand_computed_ties_signs_and_one_class():
     assert m["auc"] == pytest.approx(0.875)
 
 
-def test_sparse_lookup_gradient_equals_dense_and_row_sparse_adam_equals_adam_on_touched_rows():
+@pytest.mark.parametrize("fused", [True, False], ids=["fused_kernel", "op_by_op"])
+def test_sparse_lookup_gradient_equals_dense_and_row_sparse_adam_equals_adam_on_touched_rows(fused, monkeypatch):
+    if not fused:  # the formula RowSparseAdam falls back to (CUDA, or a torch without the kernel)
+        monkeypatch.setattr(torch, "_fused_adam_", None, raising=False)
     torch.manual_seed(0)
     dense, sparse = nn.Embedding(6, 3), nn.Embedding(6, 3, sparse=True)
     sparse.weight.data.copy_(dense.weight.data)

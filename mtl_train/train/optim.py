@@ -16,9 +16,10 @@ class RowSparseAdam(torch.optim.Optimizer):
 
     Rows absent from the batch keep their weights and moments (the choice SparseAdam makes;
     dense Adam would keep moving them with their old momentum). Work per step is O(U * dim)
-    for U distinct rows, never O(table size): rows are gathered with ``index_select``,
-    updated in place and written back with ``index_copy_``, without the sparse-tensor
-    arithmetic of ``torch.optim.SparseAdam``. A dense gradient is accepted too and treated
+    for U distinct rows, never O(table size): weights and moments of those rows are gathered
+    with ``index_select``, updated by torch's fused Adam kernel (one pass; the formula above
+    op by op where that kernel is missing) and written back with ``index_copy_``, without the
+    sparse-tensor arithmetic of ``torch.optim.SparseAdam``. A dense gradient is accepted too and treated
     as touching every row.
 
     Args:
@@ -51,7 +52,6 @@ class RowSparseAdam(torch.optim.Optimizer):
                     state["exp_avg"] = torch.zeros_like(p)
                     state["exp_avg_sq"] = torch.zeros_like(p)
                 state["step"] += 1
-                t = float(state["step"])
                 grad = p.grad
                 if grad.is_sparse:
                     rows, g = grad._indices()[0], grad._values()
@@ -60,19 +60,28 @@ class RowSparseAdam(torch.optim.Optimizer):
                     if not grad.is_coalesced() and not bool((rows[1:] > rows[:-1]).all()):
                         grad = grad.coalesce()
                         rows, g = grad.indices()[0], grad.values()
+                    # gather the rows, update them as dense tensors, write them back (rows are
+                    # distinct, so index_copy_ is exact and cheaper than index_add_)
+                    w, m, v = (t.index_select(0, rows) for t in (p, state["exp_avg"], state["exp_avg_sq"]))
+                    _adam_update(w, g, m, v, state["step"], lr, b1, b2, eps)
+                    for full, part in ((p, w), (state["exp_avg"], m), (state["exp_avg_sq"], v)):
+                        full.index_copy_(0, rows, part)
                 else:
-                    rows, g = None, grad
-                m_all, v_all = state["exp_avg"], state["exp_avg_sq"]
-                m = m_all.index_select(0, rows) if rows is not None else m_all
-                v = v_all.index_select(0, rows) if rows is not None else v_all
-                m.lerp_(g, 1 - b1)
-                v.mul_(b2).addcmul_(g, g, value=1 - b2)
-                denom = (v / (1 - b2 ** t)).sqrt_().add_(eps)
-                upd = (m / denom).mul_(-lr / (1 - b1 ** t))
-                if rows is not None:
-                    m_all.index_copy_(0, rows, m)
-                    v_all.index_copy_(0, rows, v)
-                    p.index_add_(0, rows, upd)
-                else:
-                    p.add_(upd)
+                    _adam_update(p, grad, state["exp_avg"], state["exp_avg_sq"], state["step"], lr, b1, b2, eps)
         return loss
+
+
+def _adam_update(w: torch.Tensor, g: torch.Tensor, m: torch.Tensor, v: torch.Tensor, step: torch.Tensor,
+                 lr: float, b1: float, b2: float, eps: float) -> None:
+    """One Adam update of dense tensors ``w``, ``m``, ``v`` (same shape as ``g``) in place, at
+    step count ``step`` (a 0-d tensor, already incremented)."""
+    fused = getattr(torch, "_fused_adam_", None)  # torch's Adam(fused=True) kernel (CPU since 2.4)
+    if fused is not None and w.device.type == "cpu" and w.dtype in (torch.float32, torch.float64):
+        fused([w], [g.contiguous()], [m], [v], [], [step], lr=lr, beta1=b1, beta2=b2, weight_decay=0.0, eps=eps,
+              amsgrad=False, maximize=False)
+        return
+    t = float(step)
+    m.lerp_(g, 1 - b1)
+    v.mul_(b2).addcmul_(g, g, value=1 - b2)
+    denom = (v / (1 - b2 ** t)).sqrt_().add_(eps)
+    w.addcdiv_(m, denom, value=-lr / (1 - b1 ** t))
