@@ -14,6 +14,9 @@ In one invocation: generate the workload if needed (make_workload.py: 400,000 tr
   4. with ``--stream``: the same run with ``dataset.mode=stream``;
   5. with ``--bf16``: the in-memory run with ``trainer.precision=bf16`` (bfloat16 autocast of
      embedding and backbone; the roofline stays roofline.py's float32 figure);
+  6. ``scripts/bench_step.py`` (unless ``--skip-step``; with ``--bf16`` also in bf16): the
+     training step and roofline.py's GEMM interleaved in one process, so that both sides
+     see the same speed phase of the machine; steady state, batches in memory, no loading;
 
 and print samples/s, the ratios to the roofline and to raw_limit measured in the same
 round, the peak RSS of every process (``os.wait4``) and the val AUCs of both tasks.
@@ -126,6 +129,7 @@ def main() -> None:
                     help="alternating (in-memory, streamed) pairs for the big log; the median ratio is reported "
                          "(default: %(default)s)")
     ap.add_argument("--skip-raw", action="store_true", help="skip raw_limit.py (roofline only)")
+    ap.add_argument("--skip-step", action="store_true", help="skip scripts/bench_step.py (the in-process figure)")
     ap.add_argument("--extra", nargs="*", default=[],
                     help="extra mtl-train overrides for every mtl-train run, e.g. --extra trainer.num_threads=1")
     a = ap.parse_args()
@@ -158,6 +162,12 @@ def main() -> None:
             res["mtl_memory_bf16"] = mtl_train(work, "memory-bf16", train, valid,
                                                ["dataset.mode=memory", "trainer.precision=bf16", *a.extra])
             roofline()
+        if not a.skip_step:
+            for prec in ["fp32"] + (["bf16"] if a.bf16 else []):
+                out = work / f"step-{prec}.json"
+                run([sys.executable, str(REPO / "scripts" / "bench_step.py"), "--json", str(out),
+                     *(["--bf16"] if prec == "bf16" else [])], work)
+                res[f"step_{prec}"] = json.loads(out.read_text())
         # the ceiling is the best GEMM rate seen in the round: a single roofline.py sample on a
         # shared VM has read anywhere from 18.6k to 37k samples/s within minutes
         res["roofline_samples"] = roofs
@@ -212,6 +222,13 @@ def report_round(r: int, res: dict) -> None:
               f"peak RSS {m['peak_rss_mb']} MB  val auc click {m['auc_click']:.4f} purchase {m['auc_purchase']:.4f}"
               + (f"  (auc - raw: {m['auc_click'] - raw['auc_click']:+.4f}, {m['auc_purchase'] - raw['auc_purchase']:+.4f})"
                  if raw else ""), flush=True)
+    for prec in ("fp32", "bf16"):
+        st = res.get(f"step_{prec}")
+        if st:
+            print(f"  in one process ({prec}, bench_step.py): train step {st['step_ms_median']:.1f} ms vs roofline budget "
+                  f"{st['roofline_budget_ms_median']:.1f} ms, interleaved: x{st['ratio_of_medians']:.3f} roofline "
+                  f"(medians), x{st['ratio_best_best']:.3f} (best/best); GEMMs alone "
+                  f"{st['gemm_time_over_budget_profiled']:.2f} x the budget", flush=True)
 
 
 if __name__ == "__main__":
