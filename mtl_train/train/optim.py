@@ -17,10 +17,10 @@ class RowSparseAdam(torch.optim.Optimizer):
     Rows absent from the batch keep their weights and moments (the choice SparseAdam makes;
     dense Adam would keep moving them with their old momentum). Work per step is O(U * dim)
     for U distinct rows, never O(table size): weights and moments of those rows are gathered
-    with ``index_select``, updated by torch's fused Adam kernel (one pass; the formula above
-    op by op where that kernel is missing) and written back with ``index_copy_``, without the
-    sparse-tensor arithmetic of ``torch.optim.SparseAdam``. A dense gradient is accepted too and treated
-    as touching every row.
+    with ``index_select``, updated by torch's fused Adam kernel (one pass; on CUDA, or where
+    that kernel is missing, the formula above op by op) and written back with ``index_copy_``,
+    without the sparse-tensor arithmetic of ``torch.optim.SparseAdam``. A dense gradient is
+    accepted too and treated as touching every row.
 
     Args:
         params: parameters of shape [rows, dim] whose gradients are sparse COO tensors
