@@ -97,10 +97,35 @@ def _preset_choices(group: str, option: str) -> dict[str, str]:
     return out
 
 
+def _check_grammar(args: list[str]) -> None:
+    """Every ``key=value`` argument must parse in Hydra's override grammar; Hydra itself would
+    print a parser message without the key and exit 1. The commonest case is a value holding
+    ``=`` (Hive-style partitions, ``logs/day=*/...``), which needs quotes that reach Hydra.
+
+    Raises:
+        ConfigError: naming the key, the parser's message and the quoting that works.
+    """
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import OverrideParseException
+
+    parser = OverridesParser.create()
+    for arg in args:
+        if arg.startswith("-") or "=" not in arg:
+            continue
+        try:
+            parser.parse_overrides([arg])
+        except OverrideParseException as e:
+            key, value = arg.split("=", 1)
+            why = str(e).strip().splitlines()[0]
+            raise ConfigError(f"{key}: Hydra cannot parse the override {arg!r} ({why}); a value with '=', spaces, "
+                              f"commas or brackets needs quotes that reach Hydra, e.g. \"{key}='{value}'\"") from None
+
+
 def precheck_overrides(args: list[str]) -> None:
     """Catch the commonest command-line mistakes before Hydra composes the config, so that
-    each gets one clear line: an unknown option of a group (``model=mmeo``) and an unknown
-    key of a group (``model.num_expert=4``, ``trainr.lr=1``).
+    each gets one clear line: an override Hydra cannot parse (:func:`_check_grammar`), an
+    unknown option of a group (``model=mmeo``) and an unknown key of a group
+    (``model.num_expert=4``, ``trainr.lr=1``).
 
     Sweep values (``model=mmoe,ple``) are checked one by one; overrides with ``+``/``~``
     prefixes, Hydra's own (``hydra/...``, ``hydra.*``) and sweep functions are left to Hydra
@@ -109,6 +134,7 @@ def precheck_overrides(args: list[str]) -> None:
     Raises:
         ConfigError: naming the group and option, or the key.
     """
+    _check_grammar(args)
     choices = _default_choices()
     cli_groups: set[str] = set()
     dotted = []
@@ -280,8 +306,9 @@ def app(cfg: DictConfig) -> float | None:
             _fail(e)
         return _job_failed(run_dir, e)
     except RunInterrupted as e:
+        # a graceful stop, not an error: one warning line (console and log file), exit 128 + signal
         log.warning("%s", e)
-        _fail(e, 128 + e.signum)
+        sys.exit(128 + e.signum)
     log.info("run finished in %.1f s: %s", time.perf_counter() - t0, run_dir)
     _print_results(results)
     try:

@@ -45,6 +45,15 @@ def test_cached_file_builds_once_and_atomically(tmp_path):
     assert not [q for q in root.iterdir() if q.name.startswith(".tmp-")]
 
 
+def test_cache_of_partitioned_files_sits_above_the_partitions(tmp_path):
+    files = [tmp_path / "logs" / f"day={d}" / "part-0.parquet" for d in (1, 2)]
+    for f in files:
+        f.parent.mkdir(parents=True)
+        f.write_text("x")
+    assert cache_root([str(f) for f in files]) == tmp_path / "logs" / ".mtl_cache"
+    assert cache_root([str(files[1])]) == tmp_path / "logs" / "day=2" / ".mtl_cache"  # one file: its folder
+
+
 def test_read_only_data_folder_is_never_written(tmp_path, monkeypatch):
     data = tmp_path / "shared"
     data.mkdir()

@@ -55,7 +55,9 @@ def test_default_synthetic_run_with_gradnorm_logs_weights(tmp_path):
     [
         (["model=mmeo"], "unknown model 'mmeo'"),
         (["model.num_expert=3"], "model.num_expert"),
-        (["dataset=census", "dataset.path=/nonexistent/census.gz"], "/nonexistent/census.gz"),
+        (["dataset=census", "dataset.path=/nonexistent/census.gz"], "dataset.path: census file not found: /nonexistent"),
+        # Hive-style partitions: '=' in a value needs quotes that reach Hydra; the error shows them
+        (["dataset=parquet", "dataset.train_path=logs/day=*/p.parquet"], "\"dataset.train_path='logs/day=*/p.parquet'\""),
         (["dataset=census", f"dataset.path={CENSUS}", "dataset.tasks=[income,age]"], "'age'"),
         (["trainer.batch_size=0"], "trainer.batch_size"),
         (["trainer.epochs=abc"], "trainer.epochs"),

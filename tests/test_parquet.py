@@ -215,7 +215,7 @@ def test_carved_splits_partition_the_train_files(data):
 
 
 @pytest.mark.parametrize("over, needle", [
-    ({"categorical": ["nope"]}, "column 'nope' not found"),
+    ({"categorical": ["nope"]}, "column 'nope' of the schema (dataset.schema_file) not found"),
     ({"tasks": [{"name": "click", "type": "ranking"}]}, "ranking"),
     ({"numeric": [{"name": "price", "norm": "zscore"}]}, "zscore"),
     ({"categorical": [{"name": "user", "colour": 1}]}, "colour"),
@@ -252,6 +252,7 @@ def test_cli_trains_streamed_parquet_with_schema_file(data):
     info = json.loads((run / "run.json").read_text())
     # test carved from the train file (10% of its rows by hash), val from its own file
     assert 2 * 400 < info["train_samples"] < 2 * 500 and info["steps"] == 2 * -(-info["train_samples"] // 128)
+    assert info["data_report"]["val"]["null_labels"]["purchase"] == 9  # the counts reach run.json
     # the checkpoint carries the encoder: mode=eval on the val file reproduces the val metrics
     run_cli(["mode=eval", f"checkpoint={run}", f"infer.input={tmp / 'val.parquet'}",
              f"infer.output={tmp / 'eval.json'}", "trainer.device=cpu"], cwd=tmp)

@@ -6,8 +6,9 @@ schema/config that shaped the output + a format version. Files are written atomi
 (temporary name, then rename), so an interrupted prepare never leaves a half file that a
 later run would trust.
 
-Location: ``dataset.cache_dir`` when set; otherwise a ``.mtl_cache`` folder next to the data
-when that folder is writable (has a write bit); otherwise ``$MTL_TRAIN_CACHE`` or ``~/.cache/mtl-train``.
+Location: ``dataset.cache_dir`` when set; otherwise a ``.mtl_cache`` folder in the folder that
+holds all the input files (for a glob over partition folders, their parent) when that folder is
+writable (has a write bit); otherwise ``$MTL_TRAIN_CACHE`` or ``~/.cache/mtl-train``.
 """
 from __future__ import annotations
 
@@ -56,10 +57,15 @@ def cache_root(data_paths: list[str], cache_dir: str | None = None) -> Path:
     if cache_dir:
         root = Path(cache_dir)
     else:
-        first = Path(os.path.abspath(data_paths[0])) if data_paths else Path.cwd()
-        parent = first if first.is_dir() else first.parent
-        if _writable(parent):
-            root = parent / ".mtl_cache"
+        paths = [Path(os.path.abspath(p)) for p in data_paths] or [Path.cwd()]
+        dirs = [str(p if p.is_dir() else p.parent) for p in paths]
+        # the folder that holds all the files (logs/ for logs/day=*/part-*.parquet, not a
+        # partition folder), unless that is the filesystem root; then the first file's folder
+        common = Path(os.path.commonpath(dirs))
+        parents = [d for d in dict.fromkeys([common, Path(dirs[0])]) if d.parent != d]
+        writable = [d for d in parents if _writable(d)]
+        if writable:
+            root = writable[0] / ".mtl_cache"
         else:
             root = Path(os.environ.get("MTL_TRAIN_CACHE", Path.home() / ".cache" / "mtl-train"))
     root.mkdir(parents=True, exist_ok=True)

@@ -18,14 +18,15 @@ def _first_line(e: BaseException) -> str:
     return text.splitlines()[0] if text else type(e).__name__
 
 
-def check_readable(path: str) -> str:
+def check_readable(path: str, key: str | None = None) -> str:
     """Return the absolute ``path`` after checking that it is an existing, readable file.
 
     Raises:
-        DataError: missing, a directory, or not readable (naming the path)."""
+        DataError: missing, a directory, or not readable (naming the path, and the config
+            key ``key`` when given)."""
     p = os.path.abspath(os.path.expanduser(str(path)))
     if not os.path.exists(p):
-        raise DataError(f"data file not found: {p}")
+        raise DataError(f"{key + ': ' if key else ''}data file not found: {p}")
     if os.path.isdir(p):
         raise DataError(f"{p}: is a directory, expected a data file")
     if not os.access(p, os.R_OK):

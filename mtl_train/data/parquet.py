@@ -173,7 +173,8 @@ def row_groups(files: list[str], columns: list[str]) -> list[Unit]:
         have = set(meta.schema.to_arrow_schema().names)
         missing = [c for c in columns if c not in have]
         if missing:
-            raise DataError(f"{f}: column '{missing[0]}' not found (columns: {sorted(have)[:20]})")
+            raise DataError(f"{f}: column '{missing[0]}' of the schema (dataset.schema_file) not found "
+                            f"(columns: {sorted(have)[:20]})")
         start = 0
         for g in range(meta.num_row_groups):
             n = meta.row_group(g).num_rows
@@ -625,9 +626,10 @@ def load(cfg, seed: int) -> DatasetBundle:
         raise ConfigError("dataset: no test split")
     rep = prep["report"]
     for split, r in rep.items():
-        parts = [f"{k}={v}" for kind in ("null_ids", "oov_ids", "null_numeric", "null_labels") for k, v in r[kind].items() if v]
-        log.info("parquet %s: %d rows (%s); nulls/oov: %s", split, r["rows"], modes[split],
-                 ", ".join(parts) if parts else "none")
+        parts = [f"{kind.replace('_', ' ')}: " + ", ".join(f"{k}={v}" for k, v in r[kind].items() if v)
+                 for kind in ("null_ids", "oov_ids", "null_numeric", "null_labels") if any(r[kind].values())]
+        log.info("parquet %s: %d rows (%s); %s", split, r["rows"], modes[split],
+                 "; ".join(parts) if parts else "no null or out-of-vocabulary values")
     protocol = (f"parquet train={cfg.train_path} val={cfg.val_path or 'carved'} test={cfg.test_path or 'carved'} "
                 f"(modes {modes})")
     return DatasetBundle(schema, splits["train"], splits["val"], splits["test"],

@@ -26,7 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from mtl_train.data.cache import write_atomic
 from mtl_train.data.datasets import load_dataset, read_file
-from mtl_train.data.files import require_columns
+from mtl_train.data.files import check_readable, require_columns
 from mtl_train.data.schema import Table
 from mtl_train.errors import ConfigError, DataError
 from mtl_train.models.builder import build_model
@@ -74,7 +74,7 @@ def load_input(cfg: DictConfig, trained: DictConfig, schema, labels_required: bo
         if getattr(schema, "encoders", None) is None:
             raise ConfigError(f"infer.input: dataset '{trained.dataset.name}' of this checkpoint has no fitted "
                               f"encoders for files (its rows are generated); use infer.split=train|val|test")
-        path = os.path.abspath(os.path.expanduser(cfg.infer.input))
+        path = check_readable(cfg.infer.input, "infer.input")
         raw = read_file(trained.dataset, path)
         table, _ = schema.encoders.transform(raw, path, labels_required=labels_required)
         return table, "input", raw

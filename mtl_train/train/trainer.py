@@ -449,8 +449,8 @@ class Trainer:
         # finished run resumed with more trainer.epochs trains on; unchanged, it only re-tests)
         stop = self._max_reached() or (tcfg.patience is not None and self.bad_evals >= tcfg.patience)
         log.info("training %s + %s, loss=%s: %d steps/epoch of %d, device %s, %d threads, precision %s, "
-                 "sparse embedding %s", self.cfg.model.backbone, self.cfg.graph.name, self.cfg.loss.name,
-                 len(self.loader), tcfg.batch_size, self.device, torch.get_num_threads(), tcfg.precision,
+                 "sparse embedding %s", self.cfg.model.name or self.cfg.model.backbone, self.cfg.graph.name,
+                 self.cfg.loss.name, len(self.loader), tcfg.batch_size, self.device, torch.get_num_threads(), tcfg.precision,
                  "on" if self.sparse_embedding else "off")
         t_start = time.perf_counter()
         with self._signal_handlers():
@@ -523,6 +523,8 @@ class Trainer:
             "device": str(self.device), "precision": self.cfg.trainer.precision,
             "sparse_embedding": self.sparse_embedding, "threads": torch.get_num_threads(),
             "data": self.data.info.get("protocol"),
+            # per split: rows, null ids, out-of-vocabulary ids, null numerics, null labels (parquet)
+            "data_report": self.data.info.get("report"),
             "nonfinite_skipped": self.nonfinite_skipped, "resumed_at": self.resumes,
             "funnel_violations": self.data.info.get("funnel_violations"),
         }

@@ -65,14 +65,15 @@ TASKS = {
 }
 
 
-def read_raw(path: str, max_rows: int | None = None) -> pa.Table:
+def read_raw(path: str, max_rows: int | None = None, key: str = "dataset.path") -> pa.Table:
     """Read one raw Census-Income file (gzip or plain) into a table of trimmed strings.
 
     Raises:
-        DataError: the file is missing, unreadable, or its rows do not have 42 fields.
+        DataError: the file is missing (naming the config key ``key``), unreadable, or its
+            rows do not have 42 fields.
     """
     if not os.path.isfile(path):
-        raise DataError(f"census file not found: {path}")
+        raise DataError(f"{key}: census file not found: {path}")
     if not os.access(path, os.R_OK):
         raise DataError(f"{path}: not readable (permission denied)")
     try:
@@ -112,7 +113,7 @@ def read_file(cfg, path: str) -> pa.Table:
 
     Raises:
         DataError: see :func:`read_raw`."""
-    return _with_labels(read_raw(path), cfg.tasks)
+    return _with_labels(read_raw(path, key="infer.input"), cfg.tasks)
 
 
 def load(cfg, seed: int) -> DatasetBundle:
@@ -135,8 +136,8 @@ def load(cfg, seed: int) -> DatasetBundle:
         splits = {k: raw.take(pa.array(i)) for k, i in zip(("train", "val", "test"), idx)}
         protocol = f"{cfg.path}: seeded random split {list(fr)} (seed {split_seed})"
     elif cfg.train_path and cfg.test_path and not cfg.path:
-        train = _with_labels(read_raw(cfg.train_path, cfg.max_rows), cfg.tasks)
-        test = _with_labels(read_raw(cfg.test_path, cfg.max_rows), cfg.tasks)
+        train = _with_labels(read_raw(cfg.train_path, cfg.max_rows, "dataset.train_path"), cfg.tasks)
+        test = _with_labels(read_raw(cfg.test_path, cfg.max_rows, "dataset.test_path"), cfg.tasks)
         val_idx, test_idx = split_indices(test.num_rows, (0.5, 0.5), split_seed)
         splits = {"train": train, "val": test.take(pa.array(val_idx)), "test": test.take(pa.array(test_idx))}
         protocol = f"train {cfg.train_path}; {cfg.test_path} split half/half into val/test (seed {split_seed})"
