@@ -252,7 +252,7 @@ def _print_results(results: dict) -> None:
     width = max((len(name) for per in results.values() for name in per), default=0)
     for split, per in results.items():
         for name, m in per.items():
-            shown = " ".join(f"{k}={v:.4f}" for k, v in m.items() if k in ("auc", "logloss", "mse", "r2") and v is not None)
+            shown = " ".join(f"{k}={v:.4f}" for k, v in m.items() if k in ("auc", "gauc", "logloss", "mse", "r2") and v is not None)
             print(f"{split:5s} {name:{width}s} {shown}")
 
 

@@ -333,6 +333,8 @@ class TrainerConfig:
     eval_every_steps: Optional[int] = None
     monitor: str = "auc/mean"
     monitor_mode: str = "max"
+    # a categorical feature (e.g. user_id) whose ids group rows for GAUC (metrics.group_auc)
+    gauc_by: Optional[str] = None
     min_delta: float = 0.0
     patience: Optional[int] = 2
     max_steps: Optional[int] = None
@@ -412,7 +414,7 @@ CHOICES = {
     ("trainer", "optimizer"): ("adam", "adamw", "sgd"),
     ("trainer", "precision"): ("fp32", "bf16"),
     ("infer", "split"): ("train", "val", "test"),
-    ("objective", "metric"): ("auc", "logloss", "mse", "r2"),
+    ("objective", "metric"): ("auc", "gauc", "logloss", "mse", "r2"),
 }
 MODES = ("train", "eval", "predict")
 TOP_LEVEL = ("seed", "mode", "checkpoint", "infer", "objective", "experiment")

@@ -37,7 +37,7 @@ from omegaconf import OmegaConf
 
 from mtl_train.errors import MtlError
 
-METRICS = ("auc", "logloss", "mse", "r2")
+METRICS = ("auc", "gauc", "logloss", "mse", "r2")
 SPLITS = ("val", "test")
 
 

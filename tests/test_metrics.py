@@ -29,3 +29,39 @@ def test_regression_metrics():
     m = regression_metrics(np.array([1.0, 2.0, 3.0]), np.array([1.0, 2.0, 4.0]))
     assert m["mse"] == pytest.approx(1 / 3)
     assert m["r2"] == pytest.approx(1 - 1 / (14 / 3))
+
+
+def test_group_auc_hand_computed_ties_and_one_class_groups():
+    from mtl_train.metrics import group_auc
+
+    # group 7: pairs (pos, neg): 0.35 beats 0.1, loses to 0.4; 0.8 beats both -> AUC 3/4, 4 rows
+    # group 3: one tie pair -> AUC 1/2, 2 rows; group 9: positives only -> no AUC, left out
+    score = np.array([0.1, 0.5, 0.4, 0.2, 0.35, 0.5, 0.8, 0.3], np.float32)
+    label = np.array([0, 0, 0, 1, 1, 1, 1, 1])
+    group = np.array([7, 3, 7, 9, 7, 3, 7, 9])
+    g = group_auc(score, label, group)
+    assert g == {"gauc": pytest.approx((4 * 0.75 + 2 * 0.5) / 6, abs=1e-12), "gauc_groups": 2, "gauc_rows": 6}
+    # one group is the plain AUC; no group with both classes -> None
+    assert group_auc(score, label, np.zeros(8, int))["gauc"] == pytest.approx(binary_metrics(score, label)["auc"])
+    assert group_auc(score[3:5], label[3:5], group[3:5])["gauc"] is None
+    m = binary_metrics(score, label, group=group)
+    assert m["gauc"] == g["gauc"] and m["auc"] == binary_metrics(score, label)["auc"]
+
+
+def test_group_auc_equals_sklearn_per_group_weighted_by_rows():
+    from sklearn.metrics import roc_auc_score
+
+    from mtl_train.metrics import group_auc
+
+    rng = np.random.default_rng(0)
+    n = 3000
+    group = rng.integers(0, 200, n)
+    score = np.round(rng.random(n), 2).astype(np.float32)  # many ties
+    label = (rng.random(n) < 0.2 + 0.5 * score).astype(int)
+    num = den = 0.0
+    for u in np.unique(group):
+        m = group == u
+        if 0 < label[m].sum() < m.sum():
+            num += m.sum() * roc_auc_score(label[m], score[m])
+            den += m.sum()
+    assert group_auc(score, label, group)["gauc"] == pytest.approx(num / den, abs=1e-12)

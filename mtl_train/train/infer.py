@@ -31,7 +31,7 @@ from mtl_train.data.schema import Table
 from mtl_train.errors import ConfigError, DataError
 from mtl_train.models.builder import build_model
 from mtl_train.train import checkpoint as ckpt
-from mtl_train.train.trainer import _same_schema, evaluate, resolve_device, to_device
+from mtl_train.train.trainer import _same_schema, evaluate, gauc_column, resolve_device, to_device
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +96,8 @@ def run_eval(cfg: DictConfig, run_dir: str) -> dict:
     model, trained, schema, _ = load_model(cfg.checkpoint, device)
     table, name, _ = load_input(cfg, trained, schema, labels_required=True)
     bs = cfg.infer.batch_size or trained.trainer.eval_batch_size
-    results = {name: evaluate(model, table, device, bs, name)}
+    gauc_by = cfg.trainer.gauc_by or trained.trainer.get("gauc_by")  # the command line's, else the run's
+    results = {name: evaluate(model, table, device, bs, name, gauc_column(schema, gauc_by))}
     out = cfg.infer.output or os.path.join(run_dir, "eval.json")
     def write(p):
         with open(p, "w") as f:

@@ -40,7 +40,7 @@ def flatten(d: dict, prefix: str = "") -> dict:
     return out
 
 
-FINAL_METRICS = ("auc", "logloss", "mse", "r2")
+FINAL_METRICS = ("auc", "gauc", "logloss", "mse", "r2")
 
 
 def final_metrics(results: dict) -> dict[str, float]:
@@ -125,11 +125,12 @@ class RunLogger:
         says which weights were scored when they are not the current ones (e.g. best.pt)."""
         for name, m in metrics.items():
             for metric, v in m.items():
-                if metric in ("rows", "positives") or v is None or isinstance(v, bool):
+                if metric in ("rows", "positives", "gauc_groups", "gauc_rows") or v is None or isinstance(v, bool):
                     continue
                 self.writer.add_scalar(f"{split}/{metric}/{name}", v, step)
         text = ", ".join(
-            f"{name}: " + " ".join(f"{k}={v:.4f}" for k, v in m.items() if k in ("auc", "logloss", "mse", "r2") and v is not None)
+            f"{name}: " + " ".join(f"{k}={v:.4f}" for k, v in m.items()
+                                   if k in ("auc", "gauc", "logloss", "mse", "r2") and v is not None)
             for name, m in metrics.items()
         )
         log.info("%s @ step %d%s: %s", split, step, f" ({note})" if note else "", text)

@@ -33,9 +33,9 @@ from mtl_train.balancing.base import build_balancer
 from mtl_train.config import CHOICES
 from mtl_train.data.datasets import load_dataset
 from mtl_train.data.stream import train_loader
-from mtl_train.data.schema import DatasetBundle, Table
+from mtl_train.data.schema import OOV_ID, DatasetBundle, Table
 from mtl_train.errors import ConfigError, DataError, RunInterrupted, TrainingError
-from mtl_train.metrics import binary_metrics, regression_metrics
+from mtl_train.metrics import binary_metrics, group_auc, regression_metrics
 from mtl_train.models.builder import MultiTaskModel, build_model
 from mtl_train.train import checkpoint as ckpt
 from mtl_train.train.allocator import tune_malloc
@@ -65,11 +65,29 @@ def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str,
     return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
 
 
+def gauc_column(schema, name: str | None) -> int | None:
+    """Index in ``batch["sparse"]`` of the categorical feature ``name`` (``trainer.gauc_by``).
+
+    Raises:
+        ConfigError: ``name`` is not a categorical feature of the dataset."""
+    if name is None:
+        return None
+    names = [f.name for f in schema.sparse]
+    if name not in names:
+        raise ConfigError(f"trainer.gauc_by: no categorical feature '{name}' in this dataset (have {names})")
+    return names.index(name)
+
+
 @torch.no_grad()
-def evaluate(model: MultiTaskModel, table: Table, device: torch.device, batch_size: int, split: str) -> dict:
+def evaluate(model: MultiTaskModel, table: Table, device: torch.device, batch_size: int, split: str,
+             group_index: int | None = None) -> dict:
     """Exact metrics of every evaluated output over the whole split ``table``: a
     :class:`Table` or a streamed split (anything with ``batches(batch_size)`` yielding every
     row once), or an iterable of batch dicts.
+
+    ``group_index`` (see :func:`gauc_column`) adds GAUC to binary outputs, grouping rows by
+    that categorical column's ids; rows whose id is null or out of vocabulary (ids 0 and 1:
+    users unseen in training share id 1) are left out of GAUC only.
 
     Returns {output name: metrics dict} (see :mod:`mtl_train.metrics`).
     """
@@ -84,7 +102,8 @@ def evaluate(model: MultiTaskModel, table: Table, device: torch.device, batch_si
         out = model(batch)
         for name, eo in model.graph.eval_outputs(out, batch).items():
             m = eo.mask
-            scores.setdefault(name, []).append((eo.score[m].float().cpu(), eo.label[m].float().cpu()))
+            group = batch["sparse"][:, group_index][m].cpu() if group_index is not None else None
+            scores.setdefault(name, []).append((eo.score[m].float().cpu(), eo.label[m].float().cpu(), group))
             types[name] = eo.type
             if eo.eval_only:
                 eval_only.add(name)
@@ -93,8 +112,15 @@ def evaluate(model: MultiTaskModel, table: Table, device: torch.device, batch_si
     for name, parts in scores.items():
         score = torch.cat([p[0] for p in parts]).numpy()
         label = torch.cat([p[1] for p in parts]).numpy()
-        fn = regression_metrics if types[name] == "regression" else binary_metrics
-        result[name] = fn(score, label, name=name, split=split)
+        if types[name] == "regression":
+            result[name] = regression_metrics(score, label, name=name, split=split)
+        elif group_index is None:
+            result[name] = binary_metrics(score, label, name=name, split=split)
+        else:
+            group = torch.cat([p[2] for p in parts]).numpy()
+            known = group > OOV_ID
+            result[name] = binary_metrics(score, label, name=name, split=split)
+            result[name].update(group_auc(score[known], label[known], group[known]))
         if name in eval_only:  # scored against an evaluation-only column: never part of the monitor
             result[name]["eval_only"] = True
     return result
@@ -251,6 +277,13 @@ class Trainer:
         self.excluded_seconds = 0.0  # validation and checkpoint time (not in the training rate)
         self.samples = 0
         self.sign = 1.0 if tcfg.monitor_mode == "max" else -1.0
+        self.gauc_index = gauc_column(data.schema, tcfg.gauc_by)
+        if self.gauc_index is None:
+            for key, metric in (("trainer.monitor", tcfg.monitor.partition("/")[0]),
+                                ("objective.metric", (cfg.get("objective") or {}).get("metric"))):
+                if metric == "gauc":
+                    raise ConfigError(f"{key}: gauc needs trainer.gauc_by, the categorical feature that groups "
+                                      f"rows (e.g. trainer.gauc_by=user_id)")
         self.autocast_dtype = resolve_precision(tcfg.precision, self.device)
         if self.autocast_dtype is not None and not any(True for _ in self.model.backbone.parameters()):
             log.warning("trainer.precision=%s changes nothing here: model.backbone=%s has no layers of its own, and "
@@ -414,7 +447,7 @@ class Trainer:
 
     def evaluate(self, split: str) -> dict:
         table = getattr(self.data, split)
-        return evaluate(self.model, table, self.device, self.cfg.trainer.eval_batch_size, split)
+        return evaluate(self.model, table, self.device, self.cfg.trainer.eval_batch_size, split, self.gauc_index)
 
     def validate(self) -> bool:
         """Evaluate on val, keep best.pt, return True when early stopping says stop."""
