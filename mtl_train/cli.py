@@ -110,15 +110,26 @@ def _check_grammar(args: list[str]) -> None:
 
     parser = OverridesParser.create()
     for arg in args:
-        if arg.startswith("-") or "=" not in arg:
+        if "=" not in arg:
             continue
         try:
             parser.parse_overrides([arg])
         except OverrideParseException as e:
             key, value = arg.split("=", 1)
             why = str(e).strip().splitlines()[0]
+            example = f", e.g. \"{key}='{value}'\"" if "'" not in value and '"' not in value else ""
             raise ConfigError(f"{key}: Hydra cannot parse the override {arg!r} ({why}); a value with '=', spaces, "
-                              f"commas or brackets needs quotes that reach Hydra, e.g. \"{key}='{value}'\"") from None
+                              f"commas or brackets needs quotes that reach Hydra{example}") from None
+
+
+def _overrides(args: list[str]) -> list[str]:
+    """The config overrides among the command-line ``args``, as Hydra's own argument parser
+    separates them from its flags and their values (``--config-dir DIR``); none with
+    ``-sc``/``--shell-completion``, whose ``install=bash`` is Hydra's command, not an override."""
+    from hydra._internal.utils import get_args_parser
+
+    parsed = get_args_parser().parse_known_args(args)[0]
+    return [] if parsed.shell_completion else list(parsed.overrides or [])
 
 
 def precheck_overrides(args: list[str]) -> None:
@@ -134,6 +145,7 @@ def precheck_overrides(args: list[str]) -> None:
     Raises:
         ConfigError: naming the group and option, or the key.
     """
+    args = _overrides(args)
     _check_grammar(args)
     choices = _default_choices()
     cli_groups: set[str] = set()

@@ -45,13 +45,25 @@ def test_cached_file_builds_once_and_atomically(tmp_path):
     assert not [q for q in root.iterdir() if q.name.startswith(".tmp-")]
 
 
-def test_cache_of_partitioned_files_sits_above_the_partitions(tmp_path):
+def test_cache_of_partitioned_files_sits_above_the_partitions(tmp_path, monkeypatch):
     files = [tmp_path / "logs" / f"day={d}" / "part-0.parquet" for d in (1, 2)]
     for f in files:
         f.parent.mkdir(parents=True)
         f.write_text("x")
     assert cache_root([str(f) for f in files]) == tmp_path / "logs" / ".mtl_cache"
     assert cache_root([str(files[1])]) == tmp_path / "logs" / "day=2" / ".mtl_cache"  # one file: its folder
+    # an existing .mtl_cache that may not be written (another user's): the first file's folder,
+    # and where that is locked too, the user cache
+    locked = [tmp_path / "logs" / ".mtl_cache", tmp_path / "logs" / "day=1" / ".mtl_cache"]
+    locked[0].chmod(0o555)
+    try:
+        assert cache_root([str(f) for f in files]) == locked[1]
+        locked[1].chmod(0o555)
+        monkeypatch.setenv("MTL_TRAIN_CACHE", str(tmp_path / "usercache"))
+        assert cache_root([str(f) for f in files]) == tmp_path / "usercache"
+    finally:
+        for d in locked:
+            d.chmod(0o755)
 
 
 def test_read_only_data_folder_is_never_written(tmp_path, monkeypatch):

@@ -224,6 +224,14 @@ def test_precheck_knows_top_level_keys_and_infer():
         precheck_overrides(["infer.splt=val"])
     with pytest.raises(ConfigError, match="modee"):
         precheck_overrides(["modee=eval"])
+    # Hydra's flags and their values are not overrides: a config dir with '=' in its name,
+    # shell completion's install=bash; valid override forms pass the grammar check
+    precheck_overrides(["--config-dir", "/tmp/cd=1", "--cfg", "job", "model=ple"])
+    precheck_overrides(["-sc", "install=bash"])
+    precheck_overrides(["-m", "model=mmoe,ple", "seed=range(3)", "trainer.lr=choice(0.1,0.01)", "+x=1", "~seed",
+                        "hydra/sweeper=basic", "dataset=parquet", "dataset.train_path='logs/day=*/p.parquet'", "graph.tower_hidden=[8,4]"])
+    with pytest.raises(ConfigError, match="Hydra cannot parse"):
+        precheck_overrides(["--config-dir", "/tmp", "dataset.train_path=logs/day=*/p.parquet"])
 
 
 # ---- data validation -------------------------------------------------------------------------

@@ -63,9 +63,10 @@ def cache_root(data_paths: list[str], cache_dir: str | None = None) -> Path:
         # partition folder), unless that is the filesystem root; then the first file's folder
         common = Path(os.path.commonpath(dirs))
         parents = [d for d in dict.fromkeys([common, Path(dirs[0])]) if d.parent != d]
-        writable = [d for d in parents if _writable(d)]
-        if writable:
-            root = writable[0] / ".mtl_cache"
+        # a .mtl_cache that exists must itself be writable (another user's, on a shared folder)
+        usable = [d for d in parents if _writable(d / ".mtl_cache" if (d / ".mtl_cache").is_dir() else d)]
+        if usable:
+            root = usable[0] / ".mtl_cache"
         else:
             root = Path(os.environ.get("MTL_TRAIN_CACHE", Path.home() / ".cache" / "mtl-train"))
     root.mkdir(parents=True, exist_ok=True)

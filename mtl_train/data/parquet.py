@@ -37,6 +37,7 @@ import math
 import os
 import zlib
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -284,6 +285,13 @@ def _label_array(col: pa.ChunkedArray | pa.Array, task: dict, where: str) -> np.
     return y
 
 
+def _cache_dir(cfg, sources: dict[str, SplitSource], fingerprint: str) -> Path:
+    """The prepare cache of these sources: next to the training files (the folder that holds
+    them all), whatever folders the val/test files are in; the key covers every file."""
+    train_files = sorted({u.file for u in sources["train"].units})
+    return cache.cache_root(train_files, cfg.cache_dir) / f"parquet-{fingerprint}"
+
+
 def prepare(cfg, spec: dict, sources: dict[str, SplitSource], progress: bool = True) -> dict:
     """Build (or reuse from the cache) the vocabularies, numeric statistics and the data report.
 
@@ -297,7 +305,7 @@ def prepare(cfg, spec: dict, sources: dict[str, SplitSource], progress: bool = T
         "paths": {k: cfg[f"{k}_path"] for k in SPLITS}, "version": 2,
     }
     fp = cache.fingerprint(files, key_spec)
-    root = cache.cache_root(files, cfg.cache_dir) / f"parquet-{fp}"
+    root = _cache_dir(cfg, sources, fp)
     meta_path = root / "prepare.json"
     if meta_path.exists():
         log.info("parquet: reusing prepared vocabularies and statistics in %s", root)
@@ -600,8 +608,7 @@ def load(cfg, seed: int) -> DatasetBundle:
     spec = load_schema(cfg)
     sources = make_sources(cfg, spec)
     prep = prepare(cfg, spec, sources, progress=cfg.progress)
-    root = cache.cache_root(sorted({u.file for s in sources.values() for u in s.units}), cfg.cache_dir) / \
-        f"parquet-{prep['fingerprint']}"
+    root = _cache_dir(cfg, sources, prep["fingerprint"])
     enc = Encoder(spec, prep, root)
     sizes = prep["sizes"]
     schema = FeatureSchema(

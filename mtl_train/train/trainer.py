@@ -121,6 +121,9 @@ def evaluate(model: MultiTaskModel, table: Table, device: torch.device, batch_si
             known = group > OOV_ID
             result[name] = binary_metrics(score, label, name=name, split=split)
             result[name].update(group_auc(score[known], label[known], group[known]))
+            if not known.all():
+                log.info("%s %s: GAUC leaves out %d of %d rows whose group id is null or unseen in training",
+                         split, name, int((~known).sum()), known.size)
         if name in eval_only:  # scored against an evaluation-only column: never part of the monitor
             result[name]["eval_only"] = True
     return result
@@ -279,8 +282,10 @@ class Trainer:
         self.sign = 1.0 if tcfg.monitor_mode == "max" else -1.0
         self.gauc_index = gauc_column(data.schema, tcfg.gauc_by)
         if self.gauc_index is None:
+            objective = cfg.get("objective") or {}
             for key, metric in (("trainer.monitor", tcfg.monitor.partition("/")[0]),
-                                ("objective.metric", (cfg.get("objective") or {}).get("metric"))):
+                                # objective.tasks null means the monitor, whatever objective.metric says
+                                ("objective.metric", objective.get("metric") if objective.get("tasks") else None)):
                 if metric == "gauc":
                     raise ConfigError(f"{key}: gauc needs trainer.gauc_by, the categorical feature that groups "
                                       f"rows (e.g. trainer.gauc_by=user_id)")
