@@ -325,7 +325,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("sweep_dir", help="the sweep directory (hydra.sweep.dir, e.g. multirun/2026-01-01/12-00-00_123)")
     p.add_argument("--out", help="prefix of the files written (default <sweep dir>/report)")
     p.add_argument("--splits", default="val,test", help="splits shown in the printed table (default val,test)")
-    p.add_argument("--metrics", default="auc,logloss", help="metrics shown in the printed table (default auc,logloss)")
+    p.add_argument("--metrics", default="auc,gauc,logloss",
+                   help="metrics shown in the printed table, where the runs have them (default auc,gauc,logloss)")
     p.add_argument("--plot-split", default="test", choices=SPLITS)
     p.add_argument("--plot-metric", default="auc", choices=METRICS)
     args = p.parse_args(argv)
