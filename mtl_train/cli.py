@@ -31,6 +31,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from mtl_train.config import SECTIONS
 from mtl_train.errors import ConfigError, MtlError, RunInterrupted
+from mtl_train.metrics import METRICS
 
 log = logging.getLogger("mtl_train")
 
@@ -264,7 +265,7 @@ def _print_results(results: dict) -> None:
     width = max((len(name) for per in results.values() for name in per), default=0)
     for split, per in results.items():
         for name, m in per.items():
-            shown = " ".join(f"{k}={v:.4f}" for k, v in m.items() if k in ("auc", "gauc", "logloss", "mse", "r2") and v is not None)
+            shown = " ".join(f"{k}={v:.4f}" for k, v in m.items() if k in METRICS and v is not None)
             print(f"{split:5s} {name:{width}s} {shown}")
 
 

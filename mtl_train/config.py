@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
 from mtl_train.errors import ConfigError
+from mtl_train.metrics import METRICS
 
 
 # ---- dataset ----------------------------------------------------------------------------
@@ -414,7 +415,7 @@ CHOICES = {
     ("trainer", "optimizer"): ("adam", "adamw", "sgd"),
     ("trainer", "precision"): ("fp32", "bf16"),
     ("infer", "split"): ("train", "val", "test"),
-    ("objective", "metric"): ("auc", "gauc", "logloss", "mse", "r2"),
+    ("objective", "metric"): METRICS,
 }
 MODES = ("train", "eval", "predict")
 TOP_LEVEL = ("seed", "mode", "checkpoint", "infer", "objective", "experiment")

@@ -8,6 +8,9 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 EPS = 1e-7
+# the per-output metrics printed, logged, reported and usable as a sweep objective (binary:
+# auc, gauc, logloss; regression: mse, r2); counts such as rows/positives are not among them
+METRICS = ("auc", "gauc", "logloss", "mse", "r2")
 
 
 def exact_auc(score: np.ndarray, label: np.ndarray) -> float | None:

@@ -36,8 +36,8 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from mtl_train.errors import MtlError
+from mtl_train.metrics import METRICS
 
-METRICS = ("auc", "gauc", "logloss", "mse", "r2")
 SPLITS = ("val", "test")
 
 

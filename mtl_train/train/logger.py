@@ -21,6 +21,8 @@ from tensorboard.plugins.hparams import metadata as hparams_metadata
 from tensorboard.plugins.hparams import summary_v2 as hparams_summary
 from tqdm import tqdm
 
+from mtl_train.metrics import METRICS
+
 log = logging.getLogger(__name__)
 
 
@@ -40,16 +42,13 @@ def flatten(d: dict, prefix: str = "") -> dict:
     return out
 
 
-FINAL_METRICS = ("auc", "gauc", "logloss", "mse", "r2")
-
-
 def final_metrics(results: dict) -> dict[str, float]:
     """{"val"|"test": {output: metrics}} -> {"hparams/<split>/<metric>/<output>": value} for the
-    metrics in :data:`FINAL_METRICS` that are defined (an undefined AUC is left out)."""
+    metrics in :data:`mtl_train.metrics.METRICS` that are defined (an undefined AUC is left out)."""
     out = {}
     for split, per in results.items():
         for name, m in per.items():
-            for metric in FINAL_METRICS:
+            for metric in METRICS:
                 if m.get(metric) is not None:
                     out[f"hparams/{split}/{metric}/{name}"] = float(m[metric])
     return out
@@ -130,7 +129,7 @@ class RunLogger:
                 self.writer.add_scalar(f"{split}/{metric}/{name}", v, step)
         text = ", ".join(
             f"{name}: " + " ".join(f"{k}={v:.4f}" for k, v in m.items()
-                                   if k in ("auc", "gauc", "logloss", "mse", "r2") and v is not None)
+                                   if k in METRICS and v is not None)
             for name, m in metrics.items()
         )
         log.info("%s @ step %d%s: %s", split, step, f" ({note})" if note else "", text)
