@@ -114,12 +114,11 @@ def evaluate(model: MultiTaskModel, table: Table, device: torch.device, batch_si
         label = torch.cat([p[1] for p in parts]).numpy()
         if types[name] == "regression":
             result[name] = regression_metrics(score, label, name=name, split=split)
-        elif group_index is None:
-            result[name] = binary_metrics(score, label, name=name, split=split)
         else:
+            result[name] = binary_metrics(score, label, name=name, split=split)
+        if types[name] != "regression" and group_index is not None:
             group = torch.cat([p[2] for p in parts]).numpy()
             known = group > OOV_ID
-            result[name] = binary_metrics(score, label, name=name, split=split)
             result[name].update(group_auc(score[known], label[known], group[known]))
             if not known.all():
                 log.info("%s %s: GAUC leaves out %d of %d rows whose group id is null or unseen in training",
