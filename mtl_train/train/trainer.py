@@ -108,7 +108,7 @@ def evaluate(model: MultiTaskModel, table: Table, device: torch.device, batch_si
             if eo.eval_only:
                 eval_only.add(name)
     model.train(was_training)
-    result = {}
+    result, left_out = {}, []
     for name, parts in scores.items():
         score = torch.cat([p[0] for p in parts]).numpy()
         label = torch.cat([p[1] for p in parts]).numpy()
@@ -121,10 +121,12 @@ def evaluate(model: MultiTaskModel, table: Table, device: torch.device, batch_si
             known = group > OOV_ID
             result[name].update(group_auc(score[known], label[known], group[known]))
             if not known.all():
-                log.info("%s %s: GAUC leaves out %d of %d rows whose group id is null or unseen in training",
-                         split, name, int((~known).sum()), known.size)
+                left_out.append(f"{name} {int((~known).sum())}/{known.size}")
         if name in eval_only:  # scored against an evaluation-only column: never part of the monitor
             result[name]["eval_only"] = True
+    if left_out:
+        log.info("%s: GAUC leaves out the rows whose group id is null or unseen in training: %s", split,
+                 ", ".join(left_out))
     return result
 
 
