@@ -139,6 +139,29 @@ def test_esmm_losses_are_ctr_and_ctcvr_bce_over_all_impressions():
     assert ev["purchase_given_click_entire"].eval_only and ev["purchase_given_click_entire"].mask.all()
 
 
+def test_esmm_entire_space_labels_with_missing_labels_in_the_chain():
+    # a 0 anywhere on the chain is a known negative even where another label is missing (logs often
+    # leave purchase null on unclicked impressions); no 0 and a missing label: left out
+    nan = float("nan")
+    m = build_model(funnel_schema(), cfg("model", "esmm", embedding_dim=4), cfg("graph", "esmm", tower_hidden=[4]))
+    labels = torch.tensor([[0.0, nan, nan], [1.0, 0.0, nan], [1.0, 1.0, nan], [nan, 1.0, 1.0],
+                           [nan, 0.0, 1.0], [1.0, 1.0, 1.0], [nan, nan, nan]])
+    y = m.graph.entire_labels(labels)
+    expected = torch.tensor([[0.0, 0.0, 0.0], [1.0, 0.0, 0.0], [1.0, 1.0, nan], [nan, nan, nan],
+                             [nan, 0.0, 0.0], [1.0, 1.0, 1.0], [nan, nan, nan]])
+    assert torch.equal(torch.isnan(y), torch.isnan(expected))
+    assert torch.equal(torch.nan_to_num(y, 9.0), torch.nan_to_num(expected, 9.0))
+    batch = funnel_batch(7, m.schema)
+    batch["labels"] = labels
+    out = m(batch)
+    _, counts = m.graph.losses(out, labels)
+    assert counts.tolist() == [4, 5, 4]  # rows with a known entire-space label per task
+    ev = m.graph.eval_outputs(out, batch)
+    assert ev["purchase"].mask.tolist() == [True, True, False, False, True, True, False]
+    # the conditional CVR metric still needs the label itself and every ancestor positive
+    assert ev["cart_given_click"].mask.tolist() == [False, True, True, False, False, True, False]
+
+
 def test_independent_parent_positive_only_trains_child_on_parent_positive_rows():
     s = FeatureSchema([SparseFeature("a", 7)], [], [Task("click", "click"), Task("purchase", "purchase", parent="click")])
     m = build_model(s, cfg("model", "esmm", embedding_dim=4),

@@ -185,12 +185,17 @@ class TaskGraph(nn.Module):
         return ok
 
     def entire_labels(self, labels: torch.Tensor) -> torch.Tensor:
-        """[B, T]: each task's label AND its ancestors' labels (NaN where any is missing)."""
+        """[B, T]: each task's label AND its ancestors' labels. A 0 anywhere on the chain makes
+        it 0 even where another label of the chain is missing (click 0 with purchase null is a
+        known CTCVR negative: logs often leave purchase empty on unclicked impressions, and
+        dropping those rows would bring back the sample-selection bias ESMM removes); NaN where
+        no label of the chain is 0 and one is missing; else the product (1 for 0/1 labels)."""
         cols = []
         for k in range(labels.shape[1]):
             y = labels[:, k]
-            for a in self.ancestors[k]:
-                y = y * labels[:, a]  # NaN propagates; 0/1 product is AND
+            if self.ancestors[k]:
+                chain = labels[:, self.ancestors[k] + [k]]  # [B, len(chain)]
+                y = torch.where((chain == 0).any(1), torch.zeros_like(y), chain.prod(1))  # NaN propagates
             cols.append(y)
         return torch.stack(cols, 1)
 

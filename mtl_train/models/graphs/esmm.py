@@ -58,7 +58,9 @@ class ESMM(TaskGraph):
     task with parents, BCE(P_entire, label AND every ancestor's label) - the CTCVR loss. The
     conditional head gets its gradient only through the product. Both are computed in log
     space (:func:`chain_log_probs`), so saturated logits give neither log(0) nor NaN. A row
-    whose ancestor label is missing is left out of the child's loss.
+    whose chain (the task and its ancestors) has a 0 label is a negative of the child's loss even
+    where another label of the chain is missing (click 0, purchase null); a row with no 0 and a
+    missing label is left out of it (see :meth:`TaskGraph.entire_labels`).
 
     Evaluated outputs (names derived from the task names, see
     :mod:`mtl_train.models.graphs.base`): ``click`` = pCTR AUC on all impressions,
