@@ -93,6 +93,41 @@ def test_every_graph_on_every_backbone_trains_one_step(graph, backbone, n):
     assert torch.equal(ev["purchase_given_cart"].mask, anc)
 
 
+@pytest.mark.parametrize("graph", GRAPHS)
+@pytest.mark.parametrize("backbone", ["esmm", "mmoe", "ple", "single_task"])
+def test_shared_parameters_hold_every_parameter_several_task_losses_reach(graph, backbone):
+    # the gradient-surgery balancers (PCGrad, CAGrad, MGDA) combine per-task gradients on
+    # model.shared_parameters() and add every other gradient as is: a parameter that two task
+    # losses reach must be in it (ESMM's pCTR tower and, on MMoE, the click gate; AITM/GMSL's
+    # earlier output layers under their order penalty); one that a single loss reaches must not,
+    # except where sharing is decided for a whole parameter (PLE's last task experts) or the
+    # order penalty's relu(p_k - p_(k-1)) happens to be 0 on every row
+    torch.manual_seed(0)
+    s = funnel_schema()
+    over = dict(SMALL_GRAPH[graph], **({"calibrator_weight": 0.6} if graph == "aitm" else {}))
+    m = build_model(s, cfg("model", backbone, **SMALL[backbone]), cfg("graph", graph, **over))
+    b = funnel_batch(256, s)
+    losses, _ = m.graph.losses(m(b), b["labels"])
+    params = [p for p in m.parameters() if p.requires_grad]
+    reached = [0] * len(params)
+    for loss in losses:
+        for j, g in enumerate(torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)):
+            reached[j] += int(g is not None and bool(g.abs().sum() > 0))
+    names = {id(p): n for n, p in m.named_parameters()}
+    several = {names[id(p)] for p, r in zip(params, reached) if r > 1}
+    listed = {names[id(p)] for p in m.shared_parameters()}
+    assert len(listed) == len(m.shared_parameters())  # each parameter once
+    if backbone == "ple":  # one parameter holds every task's last-level experts, each loss its own slice
+        last = f"backbone.task_experts.{m.backbone.num_levels - 1}."
+        several = {n for n in several if not n.startswith(last) or graph != "independent"}
+    assert several <= listed
+    if backbone != "ple" and graph not in ("gmsl", "aitm"):
+        assert listed == several
+    if graph == "esmm" and backbone == "mmoe":
+        assert {"backbone.gates.0.linear.weight", "backbone.gates.1.linear.weight", "graph.towers.0.1.weight"} <= listed
+        assert "backbone.gates.2.linear.weight" not in listed and "graph.towers.2.1.weight" not in listed
+
+
 def test_esmm_product_along_a_three_step_chain():
     a = torch.tensor([[0.3, -1.2, 2.0]])
     log_p, log_not = chain_log_probs(a, [None, 0, 1], [0, 1, 2])

@@ -82,10 +82,18 @@ class MultiTaskModel(nn.Module):
         return out
 
     def shared_parameters(self) -> list[nn.Parameter]:
-        """Parameters that receive gradient from more than one task: the shared embedding
-        table, the backbone's shared layers and any shared part of the graph."""
-        emb = [] if self.backbone.separate_inputs else list(self.embeddings.parameters())
-        return emb + self.backbone.shared_parameters() + self.graph.shared_parameters()
+        """Parameters that receive gradient from more than one task's loss: the shared
+        embedding table, the backbone's shared layers, the graph's shared part, and whatever
+        the backbone computes for one task alone (MMoE's gate k, a single-task network and its
+        embedding) where the graph lets several losses read that task's representation (ESMM's
+        pCTR reaches the CTCVR loss). Each parameter once, in that order."""
+        params = [] if self.backbone.separate_inputs else list(self.embeddings.parameters())
+        params += self.backbone.shared_parameters() + self.graph.shared_parameters()
+        for k in self.graph.shared_inputs():
+            params += self.backbone.task_parameters(k)
+            if self.backbone.separate_inputs:
+                params += list(self.embeddings[k].parameters())
+        return list({id(p): p for p in params}.values())
 
     def last_shared_layer(self) -> list[nn.Parameter]:
         """GradNorm's W: the weight of the last layer shared by every task ([] if none)."""

@@ -44,3 +44,9 @@ class Backbone(nn.Module):
     def shared_parameters(self) -> list[nn.Parameter]:
         """Backbone parameters that receive gradient from more than one task."""
         return []
+
+    def task_parameters(self, k: int) -> list[nn.Parameter]:
+        """Backbone parameters that feed task k's representation and no other's: they become
+        shared when the task graph lets several task losses read that representation (see
+        :meth:`~mtl_train.models.builder.MultiTaskModel.shared_parameters`)."""
+        return []

@@ -49,6 +49,9 @@ class MMoE(Backbone):
             params += list(self.gates.parameters())
         return params
 
+    def task_parameters(self, k: int) -> list[nn.Parameter]:
+        return list(self.gates[k].parameters()) if len(self.gates) > 1 else []
+
 
 class PLE(Backbone):
     """Progressive Layered Extraction (Tang et al., "Progressive Layered Extraction (PLE): A Novel
@@ -134,4 +137,14 @@ class PLE(Backbone):
             params += list(self.task_experts[level].parameters())
         for level in range(self.num_levels - 2):
             params += list(self.task_gates[level].parameters())
+        return params
+
+    def task_parameters(self, k: int) -> list[nn.Parameter]:
+        """Task k's gates of the last two levels and the last level's task experts. Choice: the
+        task experts of all tasks are one [T * num_task_experts, ...] parameter, so the whole
+        of it is returned (sharing is decided per parameter, not per slice)."""
+        last = self.num_levels - 1
+        params = list(self.task_gates[last][k].parameters()) + list(self.task_experts[last].parameters())
+        if last >= 1:
+            params += list(self.task_gates[last - 1][k].parameters())
         return params

@@ -28,6 +28,9 @@ class SingleTask(Backbone):
     def forward(self, x: list[torch.Tensor]) -> BackboneOutput:
         return BackboneOutput([net(xi) for net, xi in zip(self.nets, x)], None)
 
+    def task_parameters(self, k: int) -> list[nn.Parameter]:
+        return list(self.nets[k].parameters())
+
 
 class SharedBottom(Backbone):
     """Hard parameter sharing (Caruana, 1997): one bottom MLP whose output feeds every tower.

@@ -85,8 +85,16 @@ class AITM(SequentialGraph):
 
     def shared_parameters(self) -> list[nn.Parameter]:
         """Every part that a later task's loss also reaches: the towers of all tasks but the
-        last, and the transfer and AIT modules that produce z_k for k < T - 1."""
+        last, the transfer and AIT modules that produce z_k for k < T - 1, and with the
+        calibrator on (``calibrator_weight`` > 0: task k's loss holds p_(k-1)) the output
+        layers of all tasks but the last."""
         T = len(self.towers)
         params = [p for k in range(T - 1) for p in self.towers[k].parameters()]
         params += [p for k in range(T - 2) for m in (self.transfer[k], self.ait[k]) for p in m.parameters()]
+        if self.penalty_weight > 0:
+            params += [p for k in range(T - 1) for p in self.outputs[k].parameters()]
         return params
+
+    def shared_inputs(self) -> list[int]:
+        """All tasks but the last (their towers feed the later tasks)."""
+        return list(range(len(self.towers) - 1))

@@ -13,7 +13,7 @@ Interface (every graph in :mod:`mtl_train.models.graphs` implements it):
   to the term of the later task it constrains), each a mean over its valid rows, and the
   number of valid rows (a term with 0 rows is left out of the step by the balancer).
 - ``eval_outputs(out, batch) -> {name: EvalOutput}``: what is scored, on which rows.
-- ``loss_names``, ``shared_parameters()``.
+- ``loss_names``, ``shared_parameters()``, ``shared_inputs()``, ``last_shared_layer()``.
 
 Names of the evaluated outputs (the same scheme for every graph, so that runs of different
 graphs compare in metrics.json and TensorBoard):
@@ -162,6 +162,11 @@ class TaskGraph(nn.Module):
 
     def shared_parameters(self) -> list[nn.Parameter]:
         """Graph parameters shared by several tasks' losses (none for independent towers)."""
+        return []
+
+    def shared_inputs(self) -> list[int]:
+        """Indices k of the task representations that several tasks' losses read (none for
+        independent towers): whatever the backbone computes for task k alone is then shared."""
         return []
 
     def label_mask(self, labels: torch.Tensor) -> torch.Tensor:

@@ -83,8 +83,11 @@ class DBMTL(TaskGraph):
     def shared_parameters(self) -> list[nn.Parameter]:
         """The tower and head of every task that is some task's parent (its loss and its
         children's losses both reach them)."""
-        is_parent = sorted({p for ps in self.parents for p in ps})
-        return [q for k in is_parent for m in (self.towers[k], self.heads[k]) for q in m.parameters()]
+        return [q for k in self.shared_inputs() for m in (self.towers[k], self.heads[k]) for q in m.parameters()]
+
+    def shared_inputs(self) -> list[int]:
+        """Every task that is some task's parent."""
+        return sorted({p for ps in self.parents for p in ps})
 
     def losses(self, out: dict[str, torch.Tensor], labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return masked_task_losses(out["logits"], labels, self.label_mask(labels), self.is_regression)

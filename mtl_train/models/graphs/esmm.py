@@ -93,6 +93,14 @@ class ESMM(TaskGraph):
         self.towers = nn.ModuleList(make_tower(d, hidden, activation, dropout) for d in in_dims)
         self.order = sorted(range(len(schema.tasks)), key=lambda k: len(self.ancestors[k]))
 
+    def shared_parameters(self) -> list[nn.Parameter]:
+        """The tower of every task that is some task's ancestor: pCTR's tower gets the click
+        loss and, through pCTCVR = pCTR * pCVR, the CTCVR loss."""
+        return [q for k in self.shared_inputs() for q in self.towers[k].parameters()]
+
+    def shared_inputs(self) -> list[int]:
+        return sorted({a for chain in self.ancestors for a in chain})
+
     def forward(self, reps: list[torch.Tensor]) -> dict[str, torch.Tensor]:
         logits = torch.cat([t(r) for t, r in zip(self.towers, reps)], 1)
         log_p, log_not = chain_log_probs(logits, self.parent_index, self.order)

@@ -52,6 +52,15 @@ class GMSL(SequentialGraph):
         return {"logits": torch.cat([o(steps[:, k]) for k, o in enumerate(self.outputs)], 1)}
 
     def shared_parameters(self) -> list[nn.Parameter]:
-        """The GRU and every task network but the last (later steps read them)."""
-        early = [p for k in range(len(self.towers) - 1) for m in (self.towers[k], self.align[k]) for p in m.parameters()]
+        """The GRU and every task network but the last (later steps read them); with the
+        regulariser on (``order_weight`` > 0: task k's loss holds p_(k-1)) also the output
+        layers of all tasks but the last."""
+        T = len(self.towers)
+        early = [p for k in range(T - 1) for m in (self.towers[k], self.align[k]) for p in m.parameters()]
+        if self.penalty_weight > 0:
+            early += [p for k in range(T - 1) for p in self.outputs[k].parameters()]
         return list(self.gru.parameters()) + early
+
+    def shared_inputs(self) -> list[int]:
+        """All tasks but the last (their steps feed the GRU's later steps)."""
+        return list(range(len(self.towers) - 1))
