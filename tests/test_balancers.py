@@ -497,6 +497,8 @@ def test_gradnorm_fast_path_norms_and_cosines_equal_plain_autograd(tasks, weight
     # layer's pre-activation, the derived task's gradient from the full backward)
     model = small_model(tasks)
     names = ["a", "b", "r"][:tasks]
+    assert build_balancer(loss_cfg("gradnorm_pcgrad"), names, model).experts is None  # no fast path there:
+    assert not model.backbone.experts.record_last  # the experts keep their fused forward
     bal = build_balancer(loss_cfg("gradnorm"), names, model)
     assert bal.experts is not None and bal.experts.record_last
     w = torch.tensor(weights)
@@ -517,3 +519,18 @@ def test_gradnorm_fast_path_norms_and_cosines_equal_plain_autograd(tasks, weight
     for p, r in zip(model.parameters(), ref):
         assert torch.allclose(p.grad, r, atol=1e-6), p.shape
     assert bal.experts.last_input is None and bal.experts.last_pre is None
+
+
+def test_gram_of_bfloat16_gradients_is_taken_in_float32():
+    # under trainer.precision=bf16 the shared representation's gradient is bfloat16; torch.dot of two
+    # bfloat16 vectors returns bfloat16 (8 bits of mantissa), which moved MGDA's weights by ~0.02
+    from mtl_train.balancing.gradients import gram
+
+    g = torch.Generator().manual_seed(0)
+    base = torch.randn(100_000, generator=g)
+    g1 = (base + 0.1 * torch.randn(100_000, generator=g)).bfloat16()
+    g2 = (base + 0.13 * torch.randn(100_000, generator=g)).bfloat16()
+    K = gram([[g1], [g2]], [0])
+    exact = np.array([[float(a.double() @ b.double()) for b in (g1, g2)] for a in (g1, g2)])
+    assert np.abs(K - exact).max() / np.abs(exact).max() < 1e-5
+    assert np.allclose(min_norm_weights(K), min_norm_weights(exact), atol=1e-4)

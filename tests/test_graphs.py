@@ -128,6 +128,36 @@ def test_shared_parameters_hold_every_parameter_several_task_losses_reach(graph,
         assert "backbone.gates.2.linear.weight" not in listed and "graph.towers.2.1.weight" not in listed
 
 
+@pytest.mark.parametrize("graph", ["esmm", "dbmtl", "aitm", "gmsl"])
+def test_gradnorm_w_is_the_graphs_last_layer_every_loss_reaches_when_the_backbone_shares_none(graph):
+    from mtl_train.balancing.gradnorm import GradNorm
+
+    torch.manual_seed(0)
+    s = funnel_schema()
+    m = build_model(s, cfg("model", "esmm", **SMALL["esmm"]), cfg("graph", graph, **SMALL_GRAPH[graph]))
+    expected = {"esmm": [m.graph.towers[0][-1].weight] if graph == "esmm" else None,
+                "dbmtl": [m.graph.heads[0].last_linear().weight] if graph == "dbmtl" else None,
+                "aitm": [m.graph.towers[0].last_linear().weight] if graph == "aitm" else None,
+                "gmsl": [m.graph.gru.weight_ih_l0, m.graph.gru.weight_hh_l0] if graph == "gmsl" else None}[graph]
+    W = m.last_shared_layer()
+    assert [id(p) for p in W] == [id(p) for p in expected]
+    assert {id(p) for p in W} <= {id(p) for p in m.shared_parameters()}
+    b = funnel_batch(64, s)
+    losses, counts = m.graph.losses(m(b), b["labels"])
+    norms = torch.stack([torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, W, retain_graph=True)]).norm()
+                         for loss in losses])
+    assert (norms > 0).all()  # every task's loss reaches W
+    bal = GradNorm(m.graph.loss_names, OmegaConf.create(dict(name="gradnorm", alpha=1.5, lr=0.1, target="last_shared_layer",
+                                                             initial_loss="first_step", min_weight=1e-3)), m)
+    bal.backward(losses, counts, m, m(b))
+    # first step: r = 1, target = mean(G); Adam moves each weight by lr * sign(G - mean G); renormalised to T
+    w = 1 - 0.1 * torch.sign(norms - norms.mean())
+    assert torch.allclose(bal.weights(), w * 3 / w.sum(), atol=1e-5)
+    # with a backbone that shares a layer, W stays the backbone's (MMoE: the experts' last layer)
+    mm = build_model(s, cfg("model", "mmoe", **SMALL["mmoe"]), cfg("graph", graph, **SMALL_GRAPH[graph]))
+    assert [id(p) for p in mm.last_shared_layer()] == [id(mm.backbone.experts.weights[-1])]
+
+
 def test_esmm_product_along_a_three_step_chain():
     a = torch.tensor([[0.3, -1.2, 2.0]])
     log_p, log_not = chain_log_probs(a, [None, 0, 1], [0, 1, 2])

@@ -4,8 +4,9 @@ the small solvers that turn a Gram matrix into task coefficients, and a masked o
 Every gradient-surgery method of this package (PCGrad, CAGrad, MGDA, GradNorm+PCGrad) returns
 a shared-parameter gradient that is a linear combination ``sum_j a_j g_j`` of the per-task
 gradients g_j, with coefficients a that depend only on the Gram matrix K_ij = <g_i, g_j>.
-So each method works on the T x T matrix K (float64, on the CPU) and the large gradients are
-touched only to build K and to form the final combination once.
+So each method works on the T x T matrix K (float64, on the CPU; its dot products are taken
+in float32 at least, bfloat16 gradients included) and the large gradients are touched only to
+build K and to form the final combination once.
 """
 from __future__ import annotations
 
@@ -37,6 +38,10 @@ def task_gradients(losses: torch.Tensor, idx: list[int], inputs: list[torch.Tens
     return grads
 
 
+def _at_least_float32(g: torch.Tensor) -> torch.Tensor:
+    return g if g.dtype in (torch.float32, torch.float64) else g.float()
+
+
 def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     if a.is_sparse or b.is_sparse:
         a = a.coalesce() if a.is_sparse else a
@@ -59,8 +64,11 @@ def gram(grads: list[list[torch.Tensor | None]], select: list[int]) -> np.ndarra
     dev = next((g.device for row in grads for g in row if g is not None), torch.device("cpu"))
     K = torch.zeros(m, m, dtype=torch.float32, device=dev)
     for k in select:
-        # flatten each gradient once (a non-contiguous one, e.g. a transposed activation gradient, is copied once)
-        flat = [None if row[k] is None else row[k] if row[k].is_sparse else row[k].reshape(-1) for row in grads]
+        # flatten each gradient once (a non-contiguous one, e.g. a transposed activation gradient, is copied once),
+        # in float32 at least: a bfloat16 gradient (of the shared representation under trainer.precision=bf16)
+        # would round every dot product to 8 bits of mantissa
+        flat = [None if row[k] is None else _at_least_float32(row[k] if row[k].is_sparse else row[k].reshape(-1))
+                for row in grads]
         for i in range(m):
             gi = flat[i]
             if gi is None:

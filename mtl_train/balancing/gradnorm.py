@@ -55,8 +55,12 @@ class GradNorm(Balancer):
     Choices the paper leaves open, and the ones made here:
 
     - W (``loss.target``): ``last_shared_layer`` (the paper's choice: the weight of the last
-      layer every task shares, e.g. MMoE's last expert layer) or ``shared_representation``
-      (the backbone's shared output, cheaper; the variant the paper mentions for speed).
+      layer every task shares, e.g. MMoE's last expert layer; where the backbone shares only
+      the embedding, the task graph's last layer every task's loss reaches, e.g. the pCTR
+      tower's output layer under ESMM or GMSL's GRU, see
+      :meth:`~mtl_train.models.builder.MultiTaskModel.last_shared_layer`) or
+      ``shared_representation`` (the backbone's shared output, cheaper; the variant the paper
+      mentions for speed).
     - L_i(0) (``loss.initial_loss``): ``first_step`` (the loss of the first step in which the
       task has valid rows) or ``log2`` (log 2, the loss of an uninformed binary classifier; a
       regression task falls back to its first-step loss).
@@ -82,7 +86,9 @@ class GradNorm(Balancer):
         if cfg.lr <= 0:
             raise ConfigError(f"loss.lr: must be positive, got {cfg.lr}")
         if model is not None and self.target == "last_shared_layer" and not model.last_shared_layer():
-            raise ConfigError(f"loss={cfg.name}: this model shares no layer between tasks (use a model with shared layers)")
+            hint = "" if getattr(getattr(model, "backbone", None), "separate_inputs", True) else (
+                ", or loss.target=shared_representation for its shared embedding")
+            raise ConfigError(f"loss={cfg.name}: this model shares no layer between tasks (use a model with shared layers{hint})")
         self.min_weight = float(cfg.min_weight)
         self.w = torch.ones(self.num_tasks, requires_grad=True)
         self.initial = torch.full((self.num_tasks,), float("nan"))

@@ -44,6 +44,9 @@ class GradNormPCGrad(GradNorm):
     def __init__(self, loss_names, cfg, model=None):
         super().__init__(loss_names, cfg, model)
         require_shared(model, cfg.name)
+        if self.experts is not None:  # GradNorm's fast path is not used here: keep the fused experts
+            self.experts.record_last = False
+            self.experts = None
         self.generator = make_generator(cfg.get("seed", 0))
 
     def backward(self, losses, counts, model, out):

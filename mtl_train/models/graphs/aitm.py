@@ -95,6 +95,11 @@ class AITM(SequentialGraph):
             params += [p for k in range(T - 1) for p in self.outputs[k].parameters()]
         return params
 
+    def last_shared_layer(self) -> list[nn.Parameter]:
+        """The last layer of the first task's tower (q_0 = z_0 feeds every later task through the
+        transfer modules)."""
+        return [self.towers[0].last_linear().weight] if len(self.towers) > 1 else []
+
     def shared_inputs(self) -> list[int]:
         """All tasks but the last (their towers feed the later tasks)."""
         return list(range(len(self.towers) - 1))

@@ -164,6 +164,20 @@ class TaskGraph(nn.Module):
         """Graph parameters shared by several tasks' losses (none for independent towers)."""
         return []
 
+    def last_shared_layer(self) -> list[nn.Parameter]:
+        """The weight(s) of the graph's last layer that every task's loss reaches ([] if none):
+        GradNorm's W where the backbone shares no layer (see
+        :meth:`~mtl_train.models.builder.MultiTaskModel.last_shared_layer`)."""
+        return []
+
+    def common_ancestor(self, ancestors: list[set[int]]) -> int | None:
+        """The deepest task that is every task or an ancestor of it (the click of a click ->
+        cart -> purchase funnel), given each task's ancestor set; None if there is none or
+        there is a single task."""
+        T = len(ancestors)
+        common = [j for j in range(T) if all(j == k or j in ancestors[k] for k in range(T))]
+        return max(common, key=lambda j: len(ancestors[j])) if T > 1 and common else None
+
     def shared_inputs(self) -> list[int]:
         """Indices k of the task representations that several tasks' losses read (none for
         independent towers): whatever the backbone computes for task k alone is then shared."""

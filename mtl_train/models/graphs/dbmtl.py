@@ -89,6 +89,16 @@ class DBMTL(TaskGraph):
         """Every task that is some task's parent."""
         return sorted({p for ps in self.parents for p in ps})
 
+    def last_shared_layer(self) -> list[nn.Parameter]:
+        """The last head layer of the task every task descends from (its head feeds every
+        child's head), if any."""
+        anc: list[set[int]] = [set() for _ in self.parents]
+        for k in self.order:  # parents first
+            for p in self.parents[k]:
+                anc[k] |= anc[p] | {p}
+        j = self.common_ancestor(anc)
+        return [] if j is None else [self.heads[j].last_linear().weight]
+
     def losses(self, out: dict[str, torch.Tensor], labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return masked_task_losses(out["logits"], labels, self.label_mask(labels), self.is_regression)
 

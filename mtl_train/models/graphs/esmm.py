@@ -101,6 +101,11 @@ class ESMM(TaskGraph):
     def shared_inputs(self) -> list[int]:
         return sorted({a for chain in self.ancestors for a in chain})
 
+    def last_shared_layer(self) -> list[nn.Parameter]:
+        """The output layer of the tower of the task every task descends from (pCTR's), if any."""
+        j = self.common_ancestor([set(a) for a in self.ancestors])
+        return [] if j is None else [self.towers[j][-1].weight]
+
     def forward(self, reps: list[torch.Tensor]) -> dict[str, torch.Tensor]:
         logits = torch.cat([t(r) for t, r in zip(self.towers, reps)], 1)
         log_p, log_not = chain_log_probs(logits, self.parent_index, self.order)

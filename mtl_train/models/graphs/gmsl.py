@@ -61,6 +61,10 @@ class GMSL(SequentialGraph):
             early += [p for k in range(T - 1) for p in self.outputs[k].parameters()]
         return list(self.gru.parameters()) + early
 
+    def last_shared_layer(self) -> list[nn.Parameter]:
+        """The GRU's input and recurrent weights (every step's output goes through them)."""
+        return [self.gru.weight_ih_l0, self.gru.weight_hh_l0] if len(self.towers) > 1 else []
+
     def shared_inputs(self) -> list[int]:
         """All tasks but the last (their steps feed the GRU's later steps)."""
         return list(range(len(self.towers) - 1))
