@@ -33,8 +33,10 @@ class MGDA(Balancer):
       weighted loss, as in the authors' code; Algorithm 2 of the paper uses the unweighted
       task gradient there);
     - Z is the backbone's shared output (MMoE: all expert outputs; shared-bottom: the bottom's
-      output; PLE: the last level's shared experts). Where tasks also reach shared parameters
-      through paths that avoid Z (PLE's lower levels), the bound is an approximation;
+      output; PLE: the last level's shared experts; the shared-embedding presets: the embedded
+      input). Where tasks also reach shared parameters through paths that avoid Z (PLE's lower
+      levels) or after it (a task graph's shared layers: ESMM's pCTR tower, AITM's first tower,
+      GMSL's GRU), the bound is an approximation;
     - a task with no valid rows in the batch gets no gradient and weight 0 in that step;
       ``weights()`` keeps its last weight.
 
