@@ -366,6 +366,7 @@ class InferConfig:
     split: str = "test"
     input: Optional[str] = None
     output: Optional[str] = None
+    overwrite: bool = False
     id_columns: Optional[List[str]] = None
     batch_size: Optional[int] = None
 

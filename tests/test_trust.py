@@ -2,6 +2,7 @@
 config and data validation, eval/predict modes."""
 import json
 import math
+import os
 
 import numpy as np
 import pyarrow as pa
@@ -353,6 +354,31 @@ def test_census_eval_and_predict_on_a_file_agree(tmp_path):
         p = tbl.column(f"prob_{task}").to_numpy()
         y = tbl.column(f"label_{task}").to_numpy(zero_copy_only=False)
         assert binary_metrics(p, y)["auc"] == ev[task]["auc"]
+    # files are written with the umask's mode, not mkstemp's 0600
+    mask = os.umask(0o022)
+    os.umask(mask)
+    for f in (out, train_dir / "checkpoints" / "best.pt", tmp_path / "ev" / "eval.json"):
+        assert os.stat(f).st_mode & 0o777 == 0o666 & ~mask, f
+    # an existing output is refused before any scoring (the input file always), unless infer.overwrite
+    before = new.read_bytes()
+    with pytest.raises(ConfigError, match=r"infer.output: .*new.csv is the input file \(infer.input\)"):
+        run_predict(make_cfg("mode=predict", *common, f"infer.output={new}", "infer.overwrite=true"), str(tmp_path / "x"))
+    assert new.read_bytes() == before
+    with pytest.raises(ConfigError, match=r"p.parquet exists; choose another path or set infer.overwrite=true"):
+        run_predict(make_cfg("mode=predict", *common, f"infer.output={out}"), str(tmp_path / "x"))
+    with pytest.raises(ConfigError, match=r"metrics.json exists"):
+        run_eval(make_cfg("mode=eval", *common, f"infer.output={train_dir / 'metrics.json'}"), str(tmp_path / "x"))
+    with pytest.raises(ConfigError, match=r"unknown extension '.txt' \(this mode writes .csv, .parquet, .pq\)"):
+        run_predict(make_cfg("mode=predict", *common, f"infer.output={tmp_path / 'p.txt'}"), str(tmp_path / "x"))
+    run_predict(make_cfg("mode=predict", *common, f"infer.output={out}", "infer.overwrite=true"), str(tmp_path / "x"))
+    # *.csv writes CSV, with the same columns and values
+    csv_out = run_predict(make_cfg("mode=predict", *common, "infer.id_columns=[age,sex]",
+                                   f"infer.output={tmp_path / 'p.csv'}"), str(tmp_path / "x"))
+    import pyarrow.csv as pcsv
+
+    csv = pcsv.read_csv(csv_out)
+    assert csv.column_names == tbl.column_names and csv.num_rows == 4000
+    assert np.allclose(csv.column("prob_income").to_numpy(), tbl.column("prob_income").to_numpy(), atol=1e-6)
 
 
 # ---- GAUC -------------------------------------------------------------------------------------

@@ -84,12 +84,23 @@ def cached_file(path: Path, build: Callable[[str], None]) -> Path:
     return path
 
 
+def umask_mode() -> int:
+    """The mode a plain ``open(path, "w")`` would give a new file (0o666 less the umask):
+    ``tempfile.mkstemp`` makes 0600 files, which a rename would carry over to checkpoints and
+    predictions that other users of the machine can otherwise read."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def write_atomic(write: Callable[[str], None], path: str) -> None:
     """Call ``write(tmp_path)`` on a temporary file beside ``path``, then rename it over
-    ``path``; on any error the temporary file is removed and ``path`` is left as it was."""
+    ``path``; on any error the temporary file is removed and ``path`` is left as it was. The
+    file gets the umask's mode (see :func:`umask_mode`)."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.splitext(path)[1], dir=folder)
+    os.fchmod(fd, umask_mode())
     os.close(fd)
     try:
         write(tmp)

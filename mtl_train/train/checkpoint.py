@@ -22,6 +22,7 @@ import tempfile
 import numpy as np
 import torch
 
+from mtl_train.data.cache import umask_mode
 from mtl_train.errors import ConfigError, DataError
 
 FORMAT_VERSION = 1
@@ -34,6 +35,7 @@ def save_atomic(obj, path: str) -> None:
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pt", dir=folder)
+    os.fchmod(fd, umask_mode())  # mkstemp's 0600 would make checkpoints unreadable to others
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save(obj, f)

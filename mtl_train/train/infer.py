@@ -87,18 +87,49 @@ def load_input(cfg: DictConfig, trained: DictConfig, schema, labels_required: bo
     return getattr(data, cfg.infer.split), cfg.infer.split, None
 
 
+PREDICT_FORMATS = {".parquet": "parquet", ".pq": "parquet", "": "parquet", ".csv": "csv"}
+
+
+def output_path(cfg: DictConfig, run_dir: str, default: str, formats: dict[str, str]) -> tuple[str, str]:
+    """Where ``mode=eval``/``predict`` writes, checked before any scoring: ``infer.output``
+    (else ``<run_dir>/<default>``) and its format, chosen by the file extension from ``formats``.
+
+    Raises:
+        ConfigError: an extension not in ``formats``; the path is the input file
+            (``infer.input``); or the file exists and ``infer.overwrite`` is false (so neither
+            a data file nor a training run's metrics.json is replaced by mistake).
+    """
+    out = cfg.infer.output or os.path.join(run_dir, default)
+    ext = os.path.splitext(out)[1].lower()
+    if ext not in formats:
+        names = ", ".join(sorted(e for e in formats if e))
+        raise ConfigError(f"infer.output: {out}: unknown extension '{ext}' (this mode writes {names})")
+    if os.path.isdir(out):
+        raise ConfigError(f"infer.output: {out} is a directory; name a file")
+    if os.path.exists(out):
+        if cfg.infer.input and os.path.exists(cfg.infer.input) and os.path.samefile(out, cfg.infer.input):
+            raise ConfigError(f"infer.output: {out} is the input file (infer.input); write elsewhere")
+        if not cfg.infer.overwrite:
+            raise ConfigError(f"infer.output: {out} exists; choose another path or set infer.overwrite=true")
+    return out, formats[ext]
+
+
 def run_eval(cfg: DictConfig, run_dir: str) -> dict:
     """``mode=eval``: exact metrics of the checkpoint on a split or a file.
 
     Writes ``infer.output`` or ``<run_dir>/eval.json``, laid out like metrics.json:
-    ``{"<split>" or "input": {"<task>": {"auc", "logloss", ...}}}``. Returns that dict."""
+    ``{"<split>" or "input": {"<task>": {"auc", "logloss", ...}}}``. Returns that dict.
+
+    Raises:
+        ConfigError: see :func:`output_path` (checked before the model is loaded)."""
+    out, _ = output_path(cfg, run_dir, "eval.json", {".json": "json", "": "json"})
     device = resolve_device(cfg.trainer.device)
     model, trained, schema, _ = load_model(cfg.checkpoint, device)
     table, name, _ = load_input(cfg, trained, schema, labels_required=True)
     bs = cfg.infer.batch_size or trained.trainer.eval_batch_size
     gauc_by = cfg.trainer.gauc_by or trained.trainer.get("gauc_by")  # the command line's, else the run's
     results = {name: evaluate(model, table, device, bs, name, gauc_column(schema, gauc_by))}
-    out = cfg.infer.output or os.path.join(run_dir, "eval.json")
+
     def write(p):
         with open(p, "w") as f:
             json.dump(results, f, indent=2)
@@ -131,7 +162,8 @@ def predict_table(model, table: Table, device: torch.device, batch_size: int) ->
 
 
 def run_predict(cfg: DictConfig, run_dir: str) -> str:
-    """``mode=predict``: write per-task probabilities to Parquet; returns the file's path.
+    """``mode=predict``: write per-task probabilities to Parquet (CSV where ``infer.output``
+    ends in ``.csv``); returns the file's path.
 
     Columns: the id columns first (``infer.id_columns``, default every sparse feature column:
     raw values of a file input; for a split, ``row`` (position in the split) then the
@@ -141,7 +173,9 @@ def run_predict(cfg: DictConfig, run_dir: str) -> str:
 
     Raises:
         DataError: an id column not in the input.
+        ConfigError: see :func:`output_path` (checked before the model is loaded).
     """
+    out, fmt = output_path(cfg, run_dir, "predictions.parquet", PREDICT_FORMATS)
     device = resolve_device(cfg.trainer.device)
     model, trained, schema, _ = load_model(cfg.checkpoint, device)
     table, name, raw = load_input(cfg, trained, schema, labels_required=False)
@@ -162,13 +196,17 @@ def run_predict(cfg: DictConfig, run_dir: str) -> str:
     for out_name, (score, label, typ) in scores.items():
         cols[f"{'pred' if typ == 'regression' else 'prob'}_{out_name}"] = pa.array(score)
         cols[f"label_{out_name}"] = pa.array(label, from_pandas=True)
-    out = cfg.infer.output or os.path.join(run_dir, "predictions.parquet")
     tbl = pa.table(cols)
 
     def write(p):
-        import pyarrow.parquet as pq
+        if fmt == "csv":
+            import pyarrow.csv as pcsv
 
-        pq.write_table(tbl, p)
+            pcsv.write_csv(tbl, p)
+        else:
+            import pyarrow.parquet as pq
+
+            pq.write_table(tbl, p)
 
     write_atomic(write, out)
     log.info("%d predictions written to %s", len(table), out)
