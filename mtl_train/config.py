@@ -164,8 +164,11 @@ def validate_schema_file(path: str) -> dict:
         raw = OmegaConf.load(path)
         typed = OmegaConf.merge(OmegaConf.structured(ParquetSchema), normalise_columns(OmegaConf.to_container(raw)))
     except ConfigKeyError as e:
-        raise ConfigError(f"{path}: unknown key '{e.key}' (known: categorical, numeric, sequences, tasks and their "
-                          f"fields)") from None
+        node = e.parent_node
+        entry = node.get("name") if node is not None and hasattr(node, "get") and "name" in node else None
+        where = f" in the entry of '{entry}'" if entry else ""
+        raise ConfigError(f"{path}: unknown key '{e.key}'{where} (known: categorical, numeric, sequences, tasks and "
+                          f"their fields)") from None
     except ValidationError as e:
         raise ConfigError(f"{path}: {e.full_key}: {e.msg.splitlines()[0]}") from None
     except Exception as e:  # YAML syntax and the like

@@ -221,12 +221,41 @@ def test_carved_splits_partition_the_train_files(data):
     ({"categorical": [{"name": "user", "colour": 1}]}, "colour"),
     ({"train_path": "/nonexistent/*.parquet"}, "/nonexistent/*.parquet"),
     ({"sequences": [{"name": "user", "max_len": 3}], "categorical": []}, "not a list column"),
+    ({"categorical": ["hist"], "sequences": []},
+     "dataset: categorical column 'hist' holds list<"),
+    ({"tasks": ["click", {"name": "purchase", "label": "buy", "parent": "clik"}]},
+     "dataset: task 'purchase': parent 'clik' is not a task (tasks: click, purchase)"),
+    ({"tasks": ["click", {"name": "click", "label": "buy"}]}, "dataset: task(s) ['click'] declared more than once"),
 ])
 def test_bad_schema_or_data_is_one_clear_error(data, over, needle):
     tmp, _, _ = data
     with pytest.raises((ConfigError, DataError)) as e:
         pqd.load(cfg(tmp, **over), seed=0)
     assert needle in str(e.value) and "\n" not in str(e.value)
+
+
+def test_schema_file_errors_name_the_file_and_the_entry(data):
+    tmp, _, _ = data
+    bad = tmp / "bad.yaml"
+    bad.write_text("categorical: [user, {name: city, min_cnt: 2}]\ntasks: [click]\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml: unknown key 'min_cnt' in the entry of 'city'"):
+        pqd.load(cfg(tmp, schema_file=str(bad), categorical=[], numeric=[], sequences=[], tasks=[]), seed=0)
+    bad.write_text("numeric: [{name: price, norm: logg}]\ntasks: [click]\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml: numeric column 'price': norm 'logg' is not one of"):
+        pqd.load(cfg(tmp, schema_file=str(bad), categorical=[], numeric=[], sequences=[], tasks=[]), seed=0)
+
+
+def test_a_data_error_clears_the_progress_bar_first(data):
+    # the one-line error must not share a line with the prepare bar (tqdm draws on stderr too)
+    tmp, _, _ = data
+    schema = tmp / "schema.yaml"
+    schema.write_text(OmegaConf.to_yaml(OmegaConf.create(dict(SCHEMA, categorical=["hist"], sequences=[]))))
+    r = run_cli(["dataset=parquet", f"dataset.train_path={tmp / 'train.parquet'}", f"dataset.schema_file={schema}",
+                 "dataset.progress=true"], cwd=tmp, check=False)
+    assert r.returncode == 2
+    line = next(l for l in r.stderr.split("\n") if "error:" in l)
+    assert line.split("\r")[-1].startswith("mtl-train: error: dataset: categorical column 'hist'")
+    assert "prepare" not in r.stderr.split("error:")[1]  # the bar is not drawn again after the error
 
 
 def test_non_binary_label_is_rejected(tmp_path):

@@ -30,6 +30,7 @@ streamed (:class:`~mtl_train.data.stream.StreamSplit`), see ``mode``.
 """
 from __future__ import annotations
 
+import contextlib
 import glob
 import json
 import logging
@@ -91,41 +92,52 @@ def load_schema(cfg) -> dict:
         spec = validate_schema_file(cfg.schema_file)
     else:
         spec = OmegaConf.to_container(OmegaConf.merge(OmegaConf.structured(ParquetSchema), own))
+    where = cfg.schema_file or "dataset"  # what the messages below name
     if not spec["tasks"]:
-        raise ConfigError("dataset.tasks: at least one task (label column) is needed")
+        raise ConfigError(f"{where}: tasks: at least one task (label column) is needed")
     if not (spec["categorical"] or spec["numeric"] or spec["sequences"]):
-        raise ConfigError("dataset: no feature columns (categorical, numeric or sequences)")
+        raise ConfigError(f"{where}: no feature columns (categorical, numeric or sequences)")
     for c in spec["categorical"] + spec["sequences"]:
         if c["hash_buckets"] is not None and c["hash_buckets"] <= 0:
-            raise ConfigError(f"dataset: column '{c['name']}': hash_buckets must be positive")
+            raise ConfigError(f"{where}: column '{c['name']}': hash_buckets must be positive")
         if c["min_count"] is not None and c["min_count"] <= 0:
-            raise ConfigError(f"dataset: column '{c['name']}': min_count must be positive")
+            raise ConfigError(f"{where}: column '{c['name']}': min_count must be positive")
     for c in spec["numeric"]:
         if c["norm"] not in NORMS:
-            raise ConfigError(f"dataset: numeric column '{c['name']}': norm '{c['norm']}' is not one of {NORMS}")
-        fill_value(c)
+            raise ConfigError(f"{where}: numeric column '{c['name']}': norm '{c['norm']}' is not one of {NORMS}")
+        fill_value(c, where)
     for c in spec["sequences"]:
         if c["max_len"] <= 0:
-            raise ConfigError(f"dataset: sequence column '{c['name']}': max_len must be positive")
+            raise ConfigError(f"{where}: sequence column '{c['name']}': max_len must be positive")
         if c["pooling"] not in ("mean", "sum"):
-            raise ConfigError(f"dataset: sequence column '{c['name']}': pooling '{c['pooling']}' is not mean or sum")
+            raise ConfigError(f"{where}: sequence column '{c['name']}': pooling '{c['pooling']}' is not mean or sum")
     for t in spec["tasks"]:
         t["label"] = t["label"] or t["name"]
+    tasks = [t["name"] for t in spec["tasks"]]
+    dup = sorted({n for n in tasks if tasks.count(n) > 1})
+    if dup:
+        raise ConfigError(f"{where}: task(s) {dup} declared more than once")
+    for t in spec["tasks"]:
+        if t["parent"] and t["parent"] not in tasks:
+            raise ConfigError(f"{where}: task '{t['name']}': parent '{t['parent']}' is not a task "
+                              f"(tasks: {', '.join(tasks)})")
+        if t["parent"] == t["name"]:
+            raise ConfigError(f"{where}: task '{t['name']}': a task cannot be its own parent")
     names = [c["name"] for k in ("categorical", "numeric", "sequences") for c in spec[k]]
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
-        raise ConfigError(f"dataset: column(s) {dup} declared more than once")
+        raise ConfigError(f"{where}: column(s) {dup} declared more than once")
     return spec
 
 
-def fill_value(col: dict) -> str | float:
+def fill_value(col: dict, where: str = "dataset") -> str | float:
     f = str(col["fill"])
     if f in ("mean", "zero"):
         return f
     try:
         return float(f)
     except ValueError:
-        raise ConfigError(f"dataset: numeric column '{col['name']}': fill '{f}' is not mean, zero or a number") from None
+        raise ConfigError(f"{where}: numeric column '{col['name']}': fill '{f}' is not mean, zero or a number") from None
 
 
 # ---- files and row groups ----------------------------------------------------------------------
@@ -310,7 +322,6 @@ def prepare(cfg, spec: dict, sources: dict[str, SplitSource], progress: bool = T
     if meta_path.exists():
         log.info("parquet: reusing prepared vocabularies and statistics in %s", root)
         return json.loads(meta_path.read_text())
-    from tqdm import tqdm
 
     id_cols = spec["categorical"] + spec["sequences"]
     seq_names = {c["name"] for c in spec["sequences"]}
@@ -340,35 +351,35 @@ def prepare(cfg, spec: dict, sources: dict[str, SplitSource], progress: bool = T
 
     train = sources["train"]
     total = sum(u.rows for u in train.units)
-    bar = tqdm(total=total, desc="prepare: vocabularies and statistics (train)", unit="row", disable=not progress,
-               mininterval=1.0)
-    for unit in train.units:
-        for t in train.tables(unit, columns):
-            rep = report["train"]
-            label_pass("train", t, rep)
-            for c in id_cols:
-                col = t.column(c["name"])
-                if c["name"] in seq_names:
-                    _check_list(col, c["name"])
-                    rep["null_ids"][c["name"]] += int(col.null_count) + int(_flat(col).null_count)
-                    col = _flat(col)
-                else:
-                    rep["null_ids"][c["name"]] += int(col.null_count)
-                if c["name"] in counters:
-                    counters[c["name"]].add(col)
-            for c in spec["numeric"]:
-                x = _numeric(t.column(c["name"]), c["name"])
-                nan = np.isnan(x)
-                rep["null_numeric"][c["name"]] += int(nan.sum())
-                x = x[~nan]
-                if c["norm"] == "log":
-                    x = np.sign(x) * np.log1p(np.abs(x))
-                s = num[c["name"]]
-                if len(x):
-                    s[0] += len(x); s[1] += x.sum(); s[2] += (x * x).sum()
-                    s[3], s[4] = min(s[3], x.min()), max(s[4], x.max())
-        bar.update(unit.rows)
-    bar.close()
+    with _progress(total=total, desc="prepare: vocabularies and statistics (train)", unit="row",
+                   disable=not progress, mininterval=1.0) as bar:
+        for unit in train.units:
+            for t in train.tables(unit, columns):
+                rep = report["train"]
+                label_pass("train", t, rep)
+                for c in id_cols:
+                    col = t.column(c["name"])
+                    if c["name"] in seq_names:
+                        _check_list(col, c["name"])
+                        rep["null_ids"][c["name"]] += int(col.null_count) + int(_flat(col).null_count)
+                        col = _flat(col)
+                    else:
+                        _check_scalar(col, c["name"])
+                        rep["null_ids"][c["name"]] += int(col.null_count)
+                    if c["name"] in counters:
+                        counters[c["name"]].add(col)
+                for c in spec["numeric"]:
+                    x = _numeric(t.column(c["name"]), c["name"])
+                    nan = np.isnan(x)
+                    rep["null_numeric"][c["name"]] += int(nan.sum())
+                    x = x[~nan]
+                    if c["norm"] == "log":
+                        x = np.sign(x) * np.log1p(np.abs(x))
+                    s = num[c["name"]]
+                    if len(x):
+                        s[0] += len(x); s[1] += x.sum(); s[2] += (x * x).sum()
+                        s[3], s[4] = min(s[3], x.min()), max(s[4], x.max())
+            bar.update(unit.rows)
 
     root.mkdir(parents=True, exist_ok=True)
     vocabs, sizes, vocab_files = {}, {}, {}
@@ -401,32 +412,55 @@ def prepare(cfg, spec: dict, sources: dict[str, SplitSource], progress: bool = T
     # val/test: nulls, out-of-vocabulary ids and labels (one pass, by record batch)
     for split in [s for s in sources if s != "train"]:
         src = sources[split]
-        bar = tqdm(total=sum(u.rows for u in src.units), desc=f"prepare: checking {split}", unit="row",
-                   disable=not progress, mininterval=1.0)
-        rep = report[split]
-        for unit in src.units:
-            for t in src.tables(unit, columns):
-                label_pass(split, t, rep)
-                for c in id_cols:
-                    col = t.column(c["name"])
-                    if c["name"] in seq_names:
-                        _check_list(col, c["name"])
-                        rep["null_ids"][c["name"]] += int(col.null_count)
-                        col = _flat(col)
-                    if c["name"] in vocabs:
-                        _, nulls, oov = vocabs[c["name"]].encode(col)
-                        rep["null_ids"][c["name"]] += nulls
-                        rep["oov_ids"][c["name"]] += oov
-                    else:
-                        rep["null_ids"][c["name"]] += int(col.null_count)
-                for c in spec["numeric"]:
-                    rep["null_numeric"][c["name"]] += int(np.isnan(_numeric(t.column(c["name"]), c["name"])).sum())
-            bar.update(unit.rows)
-        bar.close()
+        with _progress(total=sum(u.rows for u in src.units), desc=f"prepare: checking {split}", unit="row",
+                       disable=not progress, mininterval=1.0) as bar:
+            rep = report[split]
+            for unit in src.units:
+                for t in src.tables(unit, columns):
+                    label_pass(split, t, rep)
+                    for c in id_cols:
+                        col = t.column(c["name"])
+                        if c["name"] in seq_names:
+                            _check_list(col, c["name"])
+                            rep["null_ids"][c["name"]] += int(col.null_count)
+                            col = _flat(col)
+                        else:
+                            _check_scalar(col, c["name"])
+                        if c["name"] in vocabs:
+                            _, nulls, oov = vocabs[c["name"]].encode(col)
+                            rep["null_ids"][c["name"]] += nulls
+                            rep["oov_ids"][c["name"]] += oov
+                        else:
+                            rep["null_ids"][c["name"]] += int(col.null_count)
+                    for c in spec["numeric"]:
+                        rep["null_numeric"][c["name"]] += int(np.isnan(_numeric(t.column(c["name"]), c["name"])).sum())
+                bar.update(unit.rows)
     meta = {"rows": {s: report[s]["rows"] for s in sources}, "vocab": vocab_files, "sizes": sizes, "stats": stats,
             "report": report, "fingerprint": fp}
     cache.cached_file(meta_path, lambda tmp: open(tmp, "w").write(json.dumps(meta, indent=1)))
     return meta
+
+
+@contextlib.contextmanager
+def _progress(**kw):
+    """A tqdm bar that is cleared, not left half-drawn, when the block raises (so the one-line
+    error does not share the bar's line)."""
+    from tqdm import tqdm
+
+    bar = tqdm(**kw)
+    try:
+        yield bar
+    except BaseException:
+        bar.leave = False
+        bar.close()
+        raise
+    bar.close()
+
+
+def _check_scalar(col, name: str) -> None:
+    if pa.types.is_nested(col.type):
+        raise DataError(f"dataset: categorical column '{name}' holds {col.type} values; a list of ids belongs "
+                        f"under sequences")
 
 
 def _check_list(col, name: str) -> None:
@@ -501,6 +535,7 @@ class Encoder:
         n, spec = t.num_rows, self.spec
         sparse = np.empty((n, len(spec["categorical"])), dtype=np.int64)
         for j, c in enumerate(spec["categorical"]):
+            _check_scalar(t.column(c["name"]), c["name"])
             sparse[:, j] = self._ids(t.column(c["name"]), c)
         width = sum(c["max_len"] for c in spec["sequences"])
         seq = np.zeros((n, width), dtype=np.int64)
