@@ -272,16 +272,34 @@ def _print_results(results: dict) -> None:
 _FAILED_JOBS: list[str] = []
 
 
+def _record_error(run_dir: str, err: Exception) -> None:
+    """Keep a failed run's one-line error in its directory: ``error.txt`` (``mtl-report`` shows
+    it) and the log file. Not in a directory that holds another run's results (a checkpoint or
+    metrics.json: the run refused to start there), which must stay as that run left it."""
+    from mtl_train.train.checkpoint import existing_checkpoints
+
+    if existing_checkpoints(run_dir) or os.path.exists(os.path.join(run_dir, "metrics.json")):
+        return
+    try:
+        os.makedirs(run_dir, exist_ok=True)
+        with open(os.path.join(run_dir, "error.txt"), "w") as f:
+            f.write(f"{err}\n")
+    except OSError:  # the message is on the console already
+        pass
+    record = log.makeRecord(log.name, logging.ERROR, __file__, 0, "error: %s", (err,), None)
+    for h in logging.getLogger().handlers:
+        if isinstance(h, logging.FileHandler):
+            h.handle(record)
+
+
 def _job_failed(run_dir: str, err: Exception) -> float:
     """In a sweep, one job's bad input (e.g. ``loss=gradnorm`` with ``model=single_task``, which
-    shares no layer) must not end the other jobs: print the one-line error, keep it in
-    ``<job dir>/error.txt`` (``mtl-report`` shows it), and return NaN, which Optuna records as a
-    failed trial. :func:`main` exits 2 after the sweep when any job failed."""
+    shares no layer) must not end the other jobs: print the one-line error, keep it in the job's
+    directory (:func:`_record_error`), and return NaN, which Optuna records as a failed trial.
+    :func:`main` exits 2 after the sweep when any job failed."""
     name = os.path.basename(os.path.normpath(run_dir))
     print(f"mtl-train: error: job {name}: {err}", file=sys.stderr)
-    os.makedirs(run_dir, exist_ok=True)
-    with open(os.path.join(run_dir, "error.txt"), "w") as f:
-        f.write(f"{err}\n")
+    _record_error(run_dir, err)
     _FAILED_JOBS.append(name)
     return math.nan
 
@@ -316,6 +334,7 @@ def app(cfg: DictConfig) -> float | None:
             return None
     except MtlError as e:
         if hc.mode != RunMode.MULTIRUN:
+            _record_error(run_dir, e)
             _fail(e)
         return _job_failed(run_dir, e)
     except RunInterrupted as e:
@@ -328,6 +347,7 @@ def app(cfg: DictConfig) -> float | None:
         return objective_value(results["val"], typed.get("objective"), typed.trainer.monitor)
     except MtlError as e:
         if hc.mode != RunMode.MULTIRUN:
+            _record_error(run_dir, e)
             _fail(e)
         return _job_failed(run_dir, e)
 

@@ -70,3 +70,35 @@ def test_bad_input_is_one_line_and_nonzero(tmp_path, args, needle):
     lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
     assert len(lines) == 1, proc.stderr
     assert needle in lines[0] and lines[0].startswith("mtl-train: error:")
+
+
+def test_a_failed_run_keeps_its_error_in_its_directory(tmp_path):
+    proc = run_cli(["dataset=census", "dataset.path=/nonexistent/census.gz"], cwd=tmp_path, check=False)
+    assert proc.returncode == 2
+    (run,) = tmp_path.glob("outputs/*/*")
+    needle = "dataset.path: census file not found: /nonexistent/census.gz"
+    assert needle in (run / "error.txt").read_text()
+    assert needle in (run / "cli.log").read_text()
+
+
+def test_an_error_is_not_written_into_another_runs_directory(tmp_path):
+    import logging
+
+    from mtl_train import cli
+    from mtl_train.errors import ConfigError
+
+    done = tmp_path / "done"
+    done.mkdir()
+    (done / "metrics.json").write_text("{}")
+    cli._record_error(str(done), ConfigError("refused"))
+    assert sorted(p.name for p in done.iterdir()) == ["metrics.json"]
+    fresh = tmp_path / "fresh"
+    handler = logging.FileHandler(tmp_path / "x.log")
+    logging.getLogger().addHandler(handler)
+    try:
+        cli._record_error(str(fresh), ConfigError("bad value"))
+    finally:
+        logging.getLogger().removeHandler(handler)
+        handler.close()
+    assert (fresh / "error.txt").read_text() == "bad value\n"
+    assert "error: bad value" in (tmp_path / "x.log").read_text()
