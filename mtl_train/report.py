@@ -16,7 +16,7 @@ Files written (``--out PREFIX``, default ``<sweep dir>/report``): ``PREFIX.csv``
 table row: axes, n, failed, missing, ``<split>/<metric>/<task>`` mean and std), ``PREFIX_runs.csv``
 (one row per job), ``PREFIX.md`` (the table in Markdown) and ``PREFIX.png`` (per-task
 ``--plot-metric`` on ``--plot-split`` by the first axis, one marker per value of the other axes,
-error bars = std over seeds; needs matplotlib: ``pip install "mtl-train[report]"``).
+error bars = std over seeds; needs matplotlib: ``pip install ".[report]"`` in the clone, or ``pip install matplotlib``).
 
 Errors (one line ``mtl-report: error: ...``, exit status 2): a missing sweep directory, a
 directory without jobs, an unreadable ``metrics.json``.
@@ -354,7 +354,7 @@ def main(argv: list[str] | None = None) -> None:
         if write_plot(rep, out.with_suffix(".png"), args.plot_split, args.plot_metric):
             written.append(out.with_suffix(".png"))
     except ImportError:
-        print('mtl-report: note: matplotlib is not installed, so no plot was drawn (pip install "mtl-train[report]")',
+        print('mtl-report: note: matplotlib is not installed, so no plot was drawn (pip install matplotlib)',
               file=sys.stderr)
     print("wrote " + ", ".join(map(str, written)))
 
