@@ -119,6 +119,10 @@ def group_auc(score: np.ndarray, label: np.ndarray, group: np.ndarray) -> dict:
     return {"gauc": float((w * auc).sum() / w.sum()), "gauc_groups": int(ok.sum()), "gauc_rows": int(w.sum())}
 
 
+def _named(split: str, name: str) -> str:
+    return f" ({' '.join(x for x in (split, name) if x)})" if split or name else ""
+
+
 def binary_metrics(score: np.ndarray, label: np.ndarray, name: str = "", split: str = "",
                    group: np.ndarray | None = None) -> dict:
     """Exact ROC AUC, logloss and calibration of probabilities ``score`` against 0/1 ``label``.
@@ -136,10 +140,21 @@ def binary_metrics(score: np.ndarray, label: np.ndarray, name: str = "", split: 
         {"auc": float | None, "logloss": float (natural log, mean over rows), "rows": int,
          "positives": int, "calibration": mean(score) / mean(label) or None}, plus "gauc",
         "gauc_groups", "gauc_rows" with ``group``.
+
+    Raises:
+        ValueError: a label other than 0/1 (a missing label, NaN, included: leave such rows
+            out), or a score outside [0, 1] (the arguments swapped, or logits for probabilities).
     """
     raw_score = np.asarray(score)
     score = np.asarray(score, dtype=np.float64)
     label = np.asarray(label, dtype=np.float64)
+    bad = (label != 0) & (label != 1)
+    if bad.any():
+        raise ValueError(f"binary_metrics{_named(split, name)}: label holds {int(bad.sum())} values other than 0/1 "
+                         f"(first: {label[bad][0]:g}); call binary_metrics(score, label) on the rows with a label")
+    if score.size and (score.min() < 0 or score.max() > 1):
+        raise ValueError(f"binary_metrics{_named(split, name)}: score outside [0, 1] "
+                         f"({score.min():g} to {score.max():g}); it takes probabilities, as binary_metrics(score, label)")
     rows, pos = int(label.size), int(label.sum())
     if rows == 0:
         log.warning("%s %s: no rows to evaluate", split, name)

@@ -65,3 +65,16 @@ def test_group_auc_equals_sklearn_per_group_weighted_by_rows():
             num += m.sum() * roc_auc_score(label[m], score[m])
             den += m.sum()
     assert group_auc(score, label, group)["gauc"] == pytest.approx(num / den, abs=1e-12)
+
+
+def test_binary_metrics_refuses_labels_other_than_0_1_and_scores_outside_0_1():
+    from mtl_train.metrics import binary_metrics
+
+    score, label = np.array([0.2, 0.7, 0.4]), np.array([0.0, 1.0, 1.0])
+    with pytest.raises(ValueError, match=r"label holds 3 values other than 0/1 \(first: 0.2\)"):
+        binary_metrics(label * 0 + score, score)  # arguments swapped
+    with pytest.raises(ValueError, match=r"label holds 1 values other than 0/1 \(first: nan\)"):
+        binary_metrics(score, np.array([0.0, 1.0, np.nan]))  # a missing label: leave the row out
+    with pytest.raises(ValueError, match=r"\(val click\): score outside \[0, 1\] \(-1.5 to 0.7\)"):
+        binary_metrics(np.array([-1.5, 0.7, 0.4]), label, "click", "val")  # logits
+    assert binary_metrics(score, label)["auc"] == 1.0
