@@ -272,13 +272,18 @@ def _print_results(results: dict) -> None:
 _FAILED_JOBS: list[str] = []
 
 
-def _record_error(run_dir: str, err: Exception) -> None:
-    """Keep a failed run's one-line error in its directory: ``error.txt`` (``mtl-report`` shows
-    it) and the log file. Not in a directory that holds another run's results (a checkpoint or
-    metrics.json: the run refused to start there), which must stay as that run left it."""
+def _holds_a_run(run_dir: str) -> bool:
+    """Whether ``run_dir`` holds a run's results (a checkpoint or metrics.json)."""
     from mtl_train.train.checkpoint import existing_checkpoints
 
-    if existing_checkpoints(run_dir) or os.path.exists(os.path.join(run_dir, "metrics.json")):
+    return bool(existing_checkpoints(run_dir)) or os.path.exists(os.path.join(run_dir, "metrics.json"))
+
+
+def _record_error(run_dir: str, err: Exception, foreign: bool = False) -> None:
+    """Keep a failed run's one-line error in its directory: ``error.txt`` (``mtl-report`` shows
+    it) and the log file. Not where ``foreign``: the directory held another run's results when
+    this run started (it refused to start there), and stays as that run left it."""
+    if foreign:
         return
     try:
         os.makedirs(run_dir, exist_ok=True)
@@ -292,14 +297,14 @@ def _record_error(run_dir: str, err: Exception) -> None:
             h.handle(record)
 
 
-def _job_failed(run_dir: str, err: Exception) -> float:
+def _job_failed(run_dir: str, err: Exception, foreign: bool = False) -> float:
     """In a sweep, one job's bad input (e.g. ``loss=gradnorm`` with ``model=single_task``, which
     shares no layer) must not end the other jobs: print the one-line error, keep it in the job's
     directory (:func:`_record_error`), and return NaN, which Optuna records as a failed trial.
     :func:`main` exits 2 after the sweep when any job failed."""
     name = os.path.basename(os.path.normpath(run_dir))
     print(f"mtl-train: error: job {name}: {err}", file=sys.stderr)
-    _record_error(run_dir, err)
+    _record_error(run_dir, err, foreign)
     _FAILED_JOBS.append(name)
     return math.nan
 
@@ -318,6 +323,8 @@ def app(cfg: DictConfig) -> float | None:
     hc = HydraConfig.get()
     run_dir = hc.runtime.output_dir
     overridden = [o.split("=", 1)[0] for o in hc.overrides.task]
+    # a directory that already holds a run, and is not this run's own (resumed) one, gets no error.txt
+    foreign = _holds_a_run(run_dir) and cfg.trainer.get("resume") in (None, "", "null")
     t0 = time.perf_counter()
     try:
         typed = validate(cfg)
@@ -334,9 +341,9 @@ def app(cfg: DictConfig) -> float | None:
             return None
     except MtlError as e:
         if hc.mode != RunMode.MULTIRUN:
-            _record_error(run_dir, e)
+            _record_error(run_dir, e, foreign)
             _fail(e)
-        return _job_failed(run_dir, e)
+        return _job_failed(run_dir, e, foreign)
     except RunInterrupted as e:
         # a graceful stop, not an error: one warning line (console and log file), exit 128 + signal
         log.warning("%s", e)
@@ -347,9 +354,9 @@ def app(cfg: DictConfig) -> float | None:
         return objective_value(results["val"], typed.get("objective"), typed.trainer.monitor)
     except MtlError as e:
         if hc.mode != RunMode.MULTIRUN:
-            _record_error(run_dir, e)
+            _record_error(run_dir, e, foreign)
             _fail(e)
-        return _job_failed(run_dir, e)
+        return _job_failed(run_dir, e, foreign)
 
 
 def main() -> None:

@@ -90,7 +90,8 @@ def test_an_error_is_not_written_into_another_runs_directory(tmp_path):
     done = tmp_path / "done"
     done.mkdir()
     (done / "metrics.json").write_text("{}")
-    cli._record_error(str(done), ConfigError("refused"))
+    assert cli._holds_a_run(str(done)) and not cli._holds_a_run(str(tmp_path / "fresh"))
+    cli._record_error(str(done), ConfigError("refused"), foreign=True)
     assert sorted(p.name for p in done.iterdir()) == ["metrics.json"]
     fresh = tmp_path / "fresh"
     handler = logging.FileHandler(tmp_path / "x.log")

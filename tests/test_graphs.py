@@ -138,7 +138,7 @@ def test_gradnorm_w_is_the_graphs_last_layer_every_loss_reaches_when_the_backbon
     expected = {"esmm": [m.graph.towers[0][-1].weight] if graph == "esmm" else None,
                 "dbmtl": [m.graph.heads[0].last_linear().weight] if graph == "dbmtl" else None,
                 "aitm": [m.graph.towers[0].last_linear().weight] if graph == "aitm" else None,
-                "gmsl": [m.graph.gru.weight_ih_l0, m.graph.gru.weight_hh_l0] if graph == "gmsl" else None}[graph]
+                "gmsl": [m.graph.gru.weight_ih_l0] if graph == "gmsl" else None}[graph]
     W = m.last_shared_layer()
     assert [id(p) for p in W] == [id(p) for p in expected]
     assert {id(p) for p in W} <= {id(p) for p in m.shared_parameters()}
@@ -156,6 +156,25 @@ def test_gradnorm_w_is_the_graphs_last_layer_every_loss_reaches_when_the_backbon
     # with a backbone that shares a layer, W stays the backbone's (MMoE: the experts' last layer)
     mm = build_model(s, cfg("model", "mmoe", **SMALL["mmoe"]), cfg("graph", graph, **SMALL_GRAPH[graph]))
     assert [id(p) for p in mm.last_shared_layer()] == [id(mm.backbone.experts.weights[-1])]
+
+
+def test_balancers_that_need_a_shared_representation_refuse_models_without_one_at_build():
+    from mtl_train.balancing.base import build_balancer
+
+    s = funnel_schema()
+    loss = lambda name: OmegaConf.load(f"conf/loss/{name}.yaml")  # noqa: E731
+    # single-task networks under ESMM share the pCTR tower (so gradient surgery applies) but no representation
+    m = build_model(s, cfg("model", "single_task", **SMALL["single_task"]), cfg("graph", "esmm", **SMALL_GRAPH["esmm"]))
+    with pytest.raises(ConfigError, match="loss=mgda: this model has no shared representation"):
+        build_balancer(loss("mgda"), m.graph.loss_names, m)
+    build_balancer(loss("pcgrad"), m.graph.loss_names, m)
+    assert [id(p) for p in build_balancer(loss("gradnorm"), m.graph.loss_names, m)._target_tensors(m, {})] == [
+        id(m.graph.towers[0][-1].weight)]
+    # CGC without shared experts: no shared layer, and no shared_representation to suggest
+    m = build_model(s, cfg("model", "cgc", expert_hidden=[8], num_shared_experts=0), cfg("graph", "independent"))
+    with pytest.raises(ConfigError) as e:
+        build_balancer(loss("gradnorm"), m.graph.loss_names, m)
+    assert "shares no layer" in str(e.value) and "shared_representation" not in str(e.value)
 
 
 def test_esmm_product_along_a_three_step_chain():

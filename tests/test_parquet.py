@@ -289,6 +289,11 @@ def test_cli_trains_streamed_parquet_with_schema_file(data):
     for task in ("click", "purchase"):
         assert ev[task]["rows"] == metrics["val"][task]["rows"]
         assert ev[task]["auc"] == pytest.approx(metrics["val"][task]["auc"], abs=1e-9)
+    # CSV predictions cannot hold a list column: refused before scoring, one line
+    r = run_cli(["mode=predict", f"checkpoint={run}", f"infer.input={tmp / 'val.parquet'}", "infer.id_columns=[user,hist]",
+                 f"infer.output={tmp / 'p.csv'}", "trainer.device=cpu"], cwd=tmp, check=False)
+    assert r.returncode == 2 and not (tmp / "p.csv").exists()
+    assert "CSV cannot hold the list column(s) ['hist']" in r.stderr.strip().splitlines()[-1]
 
 
 def test_reader_threads_auto_reads_inline_when_torch_uses_every_core(monkeypatch):

@@ -330,7 +330,8 @@ def test_eval_reproduces_metrics_and_scored_predictions_give_the_same_auc(tmp_pa
 
 
 @pytest.mark.skipif(not CENSUS.exists(), reason="shared census data not present")
-def test_census_eval_and_predict_on_a_file_agree(tmp_path):
+def test_census_eval_and_predict_on_a_file_agree(tmp_path, monkeypatch):
+    from mtl_train.data import cache
     from mtl_train.metrics import binary_metrics
     from mtl_train.train.infer import run_eval, run_predict
     from mtl_train.train.trainer import run
@@ -341,6 +342,7 @@ def test_census_eval_and_predict_on_a_file_agree(tmp_path):
     small, new = tmp_path / "census.csv", tmp_path / "new.csv"  # rows 0..3999 to train on, 4000..7999 as a new file
     small.write_text("".join(lines[:4000]))
     new.write_text("".join(lines[4000:8000]))
+    monkeypatch.setattr(cache, "_UMASK", 0o022)  # whatever the machine's umask, files must come out 0644
     train_dir = tmp_path / "train"
     run(make_cfg("dataset=census", f"dataset.path={small}", *TINY[4:]), str(train_dir))
     common = [f"checkpoint={train_dir / 'checkpoints' / 'best.pt'}", f"infer.input={new}", "trainer.device=cpu"]
@@ -354,15 +356,18 @@ def test_census_eval_and_predict_on_a_file_agree(tmp_path):
         p = tbl.column(f"prob_{task}").to_numpy()
         y = tbl.column(f"label_{task}").to_numpy(zero_copy_only=False)
         assert binary_metrics(p, y)["auc"] == ev[task]["auc"]
-    # files are written with the umask's mode, not mkstemp's 0600
-    mask = os.umask(0o022)
-    os.umask(mask)
+    # files are written with the umask's mode (read at import), not mkstemp's 0600
     for f in (out, train_dir / "checkpoints" / "best.pt", tmp_path / "ev" / "eval.json"):
-        assert os.stat(f).st_mode & 0o777 == 0o666 & ~mask, f
+        assert os.stat(f).st_mode & 0o777 == 0o644, f
     # an existing output is refused before any scoring (the input file always), unless infer.overwrite
     before = new.read_bytes()
     with pytest.raises(ConfigError, match=r"infer.output: .*new.csv is the input file \(infer.input\)"):
         run_predict(make_cfg("mode=predict", *common, f"infer.output={new}", "infer.overwrite=true"), str(tmp_path / "x"))
+    monkeypatch.setenv("HOME", str(tmp_path))  # the same file named through ~ and through a relative path
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match=r"is the input file"):
+        run_predict(make_cfg("mode=predict", *common[:1], "infer.input='~/new.csv'", "trainer.device=cpu",
+                             "infer.output=new.csv", "infer.overwrite=true"), str(tmp_path / "x"))
     assert new.read_bytes() == before
     with pytest.raises(ConfigError, match=r"p.parquet exists; choose another path or set infer.overwrite=true"):
         run_predict(make_cfg("mode=predict", *common, f"infer.output={out}"), str(tmp_path / "x"))

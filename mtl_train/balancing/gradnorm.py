@@ -86,8 +86,8 @@ class GradNorm(Balancer):
         if cfg.lr <= 0:
             raise ConfigError(f"loss.lr: must be positive, got {cfg.lr}")
         if model is not None and self.target == "last_shared_layer" and not model.last_shared_layer():
-            hint = "" if getattr(getattr(model, "backbone", None), "separate_inputs", True) else (
-                ", or loss.target=shared_representation for its shared embedding")
+            hint = ", or loss.target=shared_representation" if getattr(getattr(model, "backbone", None),
+                                                                        "shared_output", False) else ""
             raise ConfigError(f"loss={cfg.name}: this model shares no layer between tasks (use a model with shared layers{hint})")
         self.min_weight = float(cfg.min_weight)
         self.w = torch.ones(self.num_tasks, requires_grad=True)

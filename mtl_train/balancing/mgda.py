@@ -50,6 +50,9 @@ class MGDA(Balancer):
     def __init__(self, loss_names, cfg, model=None):
         super().__init__(loss_names, cfg, model)
         require_shared(model, "mgda")
+        if model is not None and not getattr(getattr(model, "backbone", None), "shared_output", True):
+            raise ConfigError("loss=mgda: this model has no shared representation for MGDA-UB "
+                              "(e.g. model=single_task, or PLE/CGC without shared experts)")
         self.normalization = cfg.get("normalization", "loss+")
         if self.normalization not in NORMALIZATIONS:
             raise ConfigError(f"loss.normalization: '{self.normalization}' is not one of {', '.join(NORMALIZATIONS)}")

@@ -99,7 +99,7 @@ class MultiTaskModel(nn.Module):
         """GradNorm's W: the weight of the backbone's last layer shared by every task; where the
         backbone shares none (the shared-embedding presets esmm, aitm, dbmtl, gmsl), the
         graph's last layer that every task's loss reaches (ESMM/DBMTL: the root task's last
-        tower/head layer, AITM: the first task's last tower layer, GMSL: the GRU); [] if
+        tower/head layer, AITM: the first task's last tower layer, GMSL: the GRU's input weights); [] if
         neither has one. Choice: the backbone's layer first, although a graph's shared layer
         comes after it, so that a backbone keeps the same W under every graph."""
         return self.backbone.last_shared_layer() or self.graph.last_shared_layer()

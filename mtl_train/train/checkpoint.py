@@ -17,45 +17,21 @@ from __future__ import annotations
 import glob
 import os
 import random
-import tempfile
 
 import numpy as np
 import torch
 
-from mtl_train.data.cache import umask_mode
+from mtl_train.data.cache import write_atomic
 from mtl_train.errors import ConfigError, DataError
 
 FORMAT_VERSION = 1
 
 
 def save_atomic(obj, path: str) -> None:
-    """``torch.save(obj)`` to ``path`` so that a reader never sees a partial file: the data is
-    written and fsynced to a temporary file beside ``path``, then ``os.replace``d over it
-    (and the folder fsynced, so the rename survives a power loss)."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pt", dir=folder)
-    os.fchmod(fd, umask_mode())  # mkstemp's 0600 would make checkpoints unreadable to others
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    try:
-        dfd = os.open(folder, os.O_RDONLY)
-    except OSError:  # pragma: no cover - platforms without directory fds
-        return
-    try:
-        os.fsync(dfd)
-    except OSError:  # pragma: no cover
-        pass
-    finally:
-        os.close(dfd)
+    """``torch.save(obj)`` to ``path`` so that a reader never sees a partial file: written to a
+    temporary file beside ``path``, fsynced, then ``os.replace``d over it and the folder fsynced
+    (the rename survives a power loss); see :func:`mtl_train.data.cache.write_atomic`."""
+    write_atomic(lambda tmp: torch.save(obj, tmp), path, durable=True)
 
 
 def remove_stale_temporaries(folder: str) -> list[str]:

@@ -99,7 +99,7 @@ def output_path(cfg: DictConfig, run_dir: str, default: str, formats: dict[str, 
             (``infer.input``); or the file exists and ``infer.overwrite`` is false (so neither
             a data file nor a training run's metrics.json is replaced by mistake).
     """
-    out = cfg.infer.output or os.path.join(run_dir, default)
+    out = os.path.abspath(os.path.expanduser(cfg.infer.output or os.path.join(run_dir, default)))
     ext = os.path.splitext(out)[1].lower()
     if ext not in formats:
         names = ", ".join(sorted(e for e in formats if e))
@@ -107,7 +107,8 @@ def output_path(cfg: DictConfig, run_dir: str, default: str, formats: dict[str, 
     if os.path.isdir(out):
         raise ConfigError(f"infer.output: {out} is a directory; name a file")
     if os.path.exists(out):
-        if cfg.infer.input and os.path.exists(cfg.infer.input) and os.path.samefile(out, cfg.infer.input):
+        given = os.path.expanduser(cfg.infer.input) if cfg.infer.input else None
+        if given and os.path.exists(given) and os.path.samefile(out, given):
             raise ConfigError(f"infer.output: {out} is the input file (infer.input); write elsewhere")
         if not cfg.infer.overwrite:
             raise ConfigError(f"infer.output: {out} exists; choose another path or set infer.overwrite=true")
@@ -173,7 +174,8 @@ def run_predict(cfg: DictConfig, run_dir: str) -> str:
 
     Raises:
         DataError: an id column not in the input.
-        ConfigError: see :func:`output_path` (checked before the model is loaded).
+        ConfigError: see :func:`output_path` (checked before the model is loaded); a list id
+            column for a CSV output (checked before scoring).
     """
     out, fmt = output_path(cfg, run_dir, "predictions.parquet", PREDICT_FORMATS)
     device = resolve_device(cfg.trainer.device)
@@ -186,6 +188,10 @@ def run_predict(cfg: DictConfig, run_dir: str) -> str:
     cols: dict[str, pa.Array] = {}
     if raw is not None:
         require_columns(raw.column_names, ids, cfg.infer.input, "id column (infer.id_columns)")
+        nested = [c for c in ids if pa.types.is_nested(raw.schema.field(c).type)]
+        if fmt == "csv" and nested:
+            raise ConfigError(f"infer.output: {out}: CSV cannot hold the list column(s) {nested}; write Parquet "
+                              f"or leave them out of infer.id_columns")
         for c in ids:
             cols[c] = raw.column(c)
     else:

@@ -29,9 +29,12 @@ class Backbone(nn.Module):
     Attributes:
         out_dims: width of each task's representation.
         separate_inputs: True when each task has its own input embedding (no sharing at all).
+        shared_output: whether ``forward`` returns a shared representation (``BackboneOutput.shared``
+            not None; what ``loss.target=shared_representation`` and MGDA-UB need).
     """
 
     separate_inputs = False
+    shared_output = True
     out_dims: list[int]
 
     def forward(self, x: torch.Tensor | list[torch.Tensor]) -> BackboneOutput:  # pragma: no cover - interface

@@ -80,6 +80,7 @@ class PLE(Backbone):
             )
         self.num_tasks, self.num_levels = num_tasks, num_levels
         self.mt, self.ms = num_task_experts, num_shared_experts
+        self.shared_output = self.ms > 0
         self.task_experts = nn.ModuleList()
         self.shared_experts = nn.ModuleList()
         self.task_gates = nn.ModuleList()

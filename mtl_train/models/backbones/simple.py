@@ -12,12 +12,14 @@ from torch import nn
 class SingleTask(Backbone):
     """A separate network per task, embeddings included: the baseline every MTL paper reports.
 
-    Nothing is shared, so gradient-balancing methods that need a shared layer refuse it.
+    Nothing is shared, so gradient-balancing methods that need a shared layer refuse it, unless
+    the task graph shares layers (ESMM's pCTR tower, AITM's and GMSL's earlier tasks...).
 
     Shapes: list of T inputs [B, D] -> T outputs [B, hidden[-1]].
     """
 
     separate_inputs = True
+    shared_output = False
 
     def __init__(self, in_dim: int, num_tasks: int, hidden, activation: str = "relu", dropout: float = 0.0):
         super().__init__()

@@ -20,7 +20,10 @@ graphs compare in metrics.json and TensorBoard):
 
 - ``<task>``: the task's entire-space score (P(label = 1 | impression) for a binary task, the
   predicted value for a regression task) on every row where the label is present. For ESMM
-  this is the product along the funnel (``click`` = pCTR, ``purchase`` = pCTCVR).
+  this is the product along the funnel (``click`` = pCTR, ``purchase`` = pCTCVR), scored (as
+  ``independent`` with ``parent_positive_only`` scores its product) against the entire-space
+  label of :meth:`TaskGraph.entire_labels`, which is also known where the task's own label is
+  missing but a label on its chain is 0 (click 0, purchase null).
 - ``<task>_given_<parent>``: a binary task with a parent, scored only on rows where every
   ancestor's label is 1 (the paper's CVR protocol: ``purchase_given_click`` = CVR AUC on
   clicked impressions). Graphs with a conditional head (ESMM; ``independent`` with
@@ -170,13 +173,16 @@ class TaskGraph(nn.Module):
         :meth:`~mtl_train.models.builder.MultiTaskModel.last_shared_layer`)."""
         return []
 
-    def common_ancestor(self, ancestors: list[set[int]]) -> int | None:
-        """The deepest task that is every task or an ancestor of it (the click of a click ->
-        cart -> purchase funnel), given each task's ancestor set; None if there is none or
-        there is a single task."""
+    @staticmethod
+    def common_root(ancestors: list[set[int]]) -> int | None:
+        """The task every other task descends from (the click of a click -> cart -> purchase
+        funnel), given each task's ancestor set; None for a single task or several roots. (It is
+        the only task whose layers every task's loss reaches: a root has no ancestor.)"""
         T = len(ancestors)
-        common = [j for j in range(T) if all(j == k or j in ancestors[k] for k in range(T))]
-        return max(common, key=lambda j: len(ancestors[j])) if T > 1 and common else None
+        roots = [j for j in range(T) if not ancestors[j]]
+        if T > 1 and len(roots) == 1 and all(roots[0] in ancestors[k] for k in range(T) if k != roots[0]):
+            return roots[0]
+        return None
 
     def shared_inputs(self) -> list[int]:
         """Indices k of the task representations that several tasks' losses read (none for

@@ -90,13 +90,13 @@ class DBMTL(TaskGraph):
         return sorted({p for ps in self.parents for p in ps})
 
     def last_shared_layer(self) -> list[nn.Parameter]:
-        """The last head layer of the task every task descends from (its head feeds every
-        child's head), if any."""
+        """The last head layer of the root task when every task descends from it (its head
+        feeds every child's head)."""
         anc: list[set[int]] = [set() for _ in self.parents]
         for k in self.order:  # parents first
             for p in self.parents[k]:
                 anc[k] |= anc[p] | {p}
-        j = self.common_ancestor(anc)
+        j = self.common_root(anc)
         return [] if j is None else [self.heads[j].last_linear().weight]
 
     def losses(self, out: dict[str, torch.Tensor], labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -102,8 +102,8 @@ class ESMM(TaskGraph):
         return sorted({a for chain in self.ancestors for a in chain})
 
     def last_shared_layer(self) -> list[nn.Parameter]:
-        """The output layer of the tower of the task every task descends from (pCTR's), if any."""
-        j = self.common_ancestor([set(a) for a in self.ancestors])
+        """The output layer of the root task's tower (pCTR's) when every task descends from it."""
+        j = self.common_root([set(a) for a in self.ancestors])
         return [] if j is None else [self.towers[j][-1].weight]
 
     def forward(self, reps: list[torch.Tensor]) -> dict[str, torch.Tensor]:

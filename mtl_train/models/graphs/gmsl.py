@@ -62,8 +62,10 @@ class GMSL(SequentialGraph):
         return list(self.gru.parameters()) + early
 
     def last_shared_layer(self) -> list[nn.Parameter]:
-        """The GRU's input and recurrent weights (every step's output goes through them)."""
-        return [self.gru.weight_ih_l0, self.gru.weight_hh_l0] if len(self.towers) > 1 else []
+        """The GRU's input weights (every step's output goes through them). Not its recurrent
+        weights: the GRU starts from a zero state, so task 1's gradient on them is 0 by
+        construction, which would bias GradNorm's norms."""
+        return [self.gru.weight_ih_l0] if len(self.towers) > 1 else []
 
     def shared_inputs(self) -> list[int]:
         """All tasks but the last (their steps feed the GRU's later steps)."""
