@@ -1,5 +1,6 @@
 """dataset=parquet: schema, prepare cache, encoding, in-memory and streamed reading."""
 import json
+import math
 import os
 
 import numpy as np
@@ -256,6 +257,54 @@ def test_a_data_error_clears_the_progress_bar_first(data):
     line = next(l for l in r.stderr.split("\n") if "error:" in l)
     assert line.split("\r")[-1].startswith("mtl-train: error: dataset: categorical column 'hist'")
     assert "prepare" not in r.stderr.split("error:")[1]  # the bar is not drawn again after the error
+
+
+def _one_file(tmp_path, table, row_group_size=None, **over):
+    pq.write_table(table, tmp_path / "train.parquet", row_group_size=row_group_size)
+    f = str(tmp_path / "train.parquet")
+    return cfg(tmp_path, val_path=f, test_path=f, **over)
+
+
+@pytest.mark.parametrize("mode", ["memory", "stream"])
+@pytest.mark.parametrize("norm, fill", [("none", "mean"), ("standard", "zero"), ("minmax", "2.5")])
+def test_numeric_columns_without_nulls_encode(tmp_path, mode, norm, fill):
+    # a column without nulls comes out of pyarrow as a read-only zero-copy array; filling must not write to it
+    t = pa.table({"a": [1, 2, 3, 4], "v": pa.array([1.0, 2.0, 3.0, 5.0]), "n": pa.array([1, 2, 3, 5], pa.int64()),
+                  "y": [0.0, 1.0, 0.0, 1.0]})
+    c = _one_file(tmp_path, t, categorical=["a"], numeric=[{"name": "v", "norm": norm, "fill": fill},
+                                                           {"name": "n", "norm": norm, "fill": fill}],
+                  sequences=[], tasks=["y"], mode=mode)
+    b = pqd.load(c, seed=0)
+    dense = torch.cat([x["dense"] for x in b.val.batches(4)]) if mode == "stream" else b.val.dense
+    expected = {"none": [1.0, 2.0, 3.0, 5.0], "standard": [(v - 2.75) / math.sqrt(2.1875) for v in (1, 2, 3, 5)],
+                "minmax": [0.0, 0.25, 0.5, 1.0]}[norm]
+    assert np.allclose(dense[:, 0].numpy(), expected, atol=1e-6) and np.allclose(dense[:, 1].numpy(), expected, atol=1e-6)
+
+
+def test_numeric_statistics_of_a_large_mean_column_and_infinite_values(tmp_path):
+    # millisecond timestamps: sum(x^2)/n - mean^2 cancels in float64 (std came out 23x too large)
+    rng = np.random.default_rng(0)
+    ts = 1.7e12 + rng.normal(0, 1000, 4000)
+    v = rng.normal(0, 1, 4000)
+    v[[5, 17]] = [np.inf, -np.inf]  # infinite values are missing values: counted, filled, kept out of the statistics
+    t = pa.table({"a": np.arange(4000) % 7, "ts": ts, "v": v, "y": (np.arange(4000) % 2).astype(float)})
+    c = _one_file(tmp_path, t, categorical=["a"], numeric=[{"name": "ts", "norm": "standard"},
+                                                           {"name": "v", "norm": "standard", "fill": "mean"}],
+                  sequences=[], tasks=["y"], row_group_size=500)
+    b = pqd.load(c, seed=0)
+    x = b.train.dense.numpy().astype(np.float64)
+    assert abs(x[:, 0].mean()) < 1e-3 and abs(x[:, 0].std() - 1) < 1e-3
+    finite = np.isfinite(v)
+    assert np.isfinite(x).all() and x[5, 1] == 0.0 and x[17, 1] == 0.0
+    assert np.allclose(x[finite, 1], (v[finite] - v[finite].mean()) / v[finite].std(), atol=1e-5)
+    assert b.info["report"]["train"]["null_numeric"]["v"] == 2
+
+
+def test_an_infinite_regression_label_is_one_clear_error(tmp_path):
+    c = _one_file(tmp_path, pa.table({"a": [1, 2, 3], "s": [0.5, np.inf, 1.0]}), categorical=["a"], numeric=[],
+                  sequences=[], tasks=[{"name": "s", "type": "regression"}])
+    with pytest.raises(DataError, match="label column 's' of regression task 's' holds 1 infinite values"):
+        pqd.load(c, seed=0)
 
 
 def test_non_binary_label_is_rejected(tmp_path):

@@ -7,6 +7,7 @@ declares:
   values seen at least ``min_count`` times, or hashed into ``hash_buckets`` buckets;
 - ``numeric``: number columns with a normalisation (``standard``, ``minmax``, ``log``,
   ``none``) and a null fill (``mean``, ``zero`` or a number, applied before normalising);
+  infinite values count as nulls;
 - ``sequences``: list columns of ids (e.g. the last 20 item ids), vocabulary or hash like
   categorical columns, kept up to ``max_len`` ids and pooled by ``mean`` or ``sum``;
 - ``tasks``: one label column per task with its type (binary/regression) and parent.
@@ -294,6 +295,9 @@ def _label_array(col: pa.ChunkedArray | pa.Array, task: dict, where: str) -> np.
         if bad.any():
             raise DataError(f"{where}: label column '{task['label']}' of binary task '{task['name']}' holds "
                             f"{int(bad.sum())} values other than 0/1 (first: {y[bad][0]:g})")
+    elif np.isinf(y).any():
+        raise DataError(f"{where}: label column '{task['label']}' of regression task '{task['name']}' holds "
+                        f"{int(np.isinf(y).sum())} infinite values")
     return y
 
 
@@ -314,7 +318,7 @@ def prepare(cfg, spec: dict, sources: dict[str, SplitSource], progress: bool = T
     files = sorted({u.file for s in sources.values() for u in s.units})
     key_spec = {
         "schema": spec, "split": list(cfg.split), "split_seed": _split_seed(cfg), "min_count": cfg.min_count,
-        "paths": {k: cfg[f"{k}_path"] for k in SPLITS}, "version": 2,
+        "paths": {k: cfg[f"{k}_path"] for k in SPLITS}, "version": 3,
     }
     fp = cache.fingerprint(files, key_spec)
     root = _cache_dir(cfg, sources, fp)
@@ -326,7 +330,7 @@ def prepare(cfg, spec: dict, sources: dict[str, SplitSource], progress: bool = T
     id_cols = spec["categorical"] + spec["sequences"]
     seq_names = {c["name"] for c in spec["sequences"]}
     counters = {c["name"]: _Counter() for c in id_cols if c["hash_buckets"] is None}
-    num = {c["name"]: np.zeros(5) for c in spec["numeric"]}  # n, sum, sumsq, min, max (after log for norm=log)
+    num = {c["name"]: np.zeros(5) for c in spec["numeric"]}  # n, mean, M2, min, max (after log for norm=log)
     num_nulls = {c["name"]: 0 for c in spec["numeric"]}
     for v in num.values():
         v[3], v[4] = np.inf, -np.inf
@@ -375,10 +379,8 @@ def prepare(cfg, spec: dict, sources: dict[str, SplitSource], progress: bool = T
                     x = x[~nan]
                     if c["norm"] == "log":
                         x = np.sign(x) * np.log1p(np.abs(x))
-                    s = num[c["name"]]
                     if len(x):
-                        s[0] += len(x); s[1] += x.sum(); s[2] += (x * x).sum()
-                        s[3], s[4] = min(s[3], x.min()), max(s[4], x.max())
+                        _merge_moments(num[c["name"]], x)
             bar.update(unit.rows)
 
     root.mkdir(parents=True, exist_ok=True)
@@ -403,9 +405,8 @@ def prepare(cfg, spec: dict, sources: dict[str, SplitSource], progress: bool = T
         sizes[name] = vocabs[name].size
     stats = {}
     for c in spec["numeric"]:
-        n, s1, s2, lo, hi = num[c["name"]]
-        mean = s1 / n if n else 0.0
-        var = max(s2 / n - mean * mean, 0.0) if n else 1.0
+        n, mean, m2, lo, hi = num[c["name"]]
+        var = m2 / n if n else 1.0
         stats[c["name"]] = {"mean": mean, "std": math.sqrt(var) if var > 0 else 1.0,
                             "min": float(lo) if n else 0.0, "max": float(hi) if n else 1.0}
 
@@ -468,11 +469,28 @@ def _check_list(col, name: str) -> None:
         raise DataError(f"dataset: sequence column '{name}' is not a list column ({col.type})")
 
 
+def _merge_moments(s: np.ndarray, x: np.ndarray) -> None:
+    """Fold the values ``x`` into ``s`` = [n, mean, M2, min, max] (Chan, Golub and LeVeque's
+    pairwise update: exact for large-mean columns such as timestamps, where sum(x^2)/n - mean^2
+    cancels catastrophically)."""
+    n, nb = s[0], len(x)
+    mb = x.mean()
+    delta = mb - s[1]
+    s[0] = n + nb
+    s[1] += delta * nb / s[0]
+    s[2] += ((x - mb) ** 2).sum() + delta * delta * n * nb / s[0]
+    s[3], s[4] = min(s[3], x.min()), max(s[4], x.max())
+
+
 def _numeric(col, name: str) -> np.ndarray:
+    """A numeric column as a writable float64 array; nulls and non-finite values (inf, -inf,
+    NaN) are NaN, i.e. missing: counted and filled like nulls, never into the statistics."""
     try:
-        return np.asarray(pc.cast(col, pa.float64()).to_numpy(zero_copy_only=False), dtype=np.float64)
+        x = np.array(pc.cast(col, pa.float64()).to_numpy(zero_copy_only=False), dtype=np.float64, copy=True)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
         raise DataError(f"dataset: numeric column '{name}' is not numeric ({col.type})") from None
+    x[np.isinf(x)] = np.nan
+    return x
 
 
 def all_columns(spec: dict) -> list[str]:
