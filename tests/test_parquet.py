@@ -307,6 +307,27 @@ def test_an_infinite_regression_label_is_one_clear_error(tmp_path):
         pqd.load(c, seed=0)
 
 
+def test_id_columns_of_other_arrow_types_count_and_encode_alike(tmp_path):
+    # a pandas category column (dictionary type), and int32 in one training file next to int64 in another
+    d = tmp_path / "logs"
+    d.mkdir()
+    city = pa.array(["paris", "rome", "paris", None]).dictionary_encode()
+    pq.write_table(pa.table({"city": city, "u": pa.array([5, 6, 5, 7], pa.int32()), "y": [0.0, 1, 0, 1]}), d / "a.parquet")
+    pq.write_table(pa.table({"city": pa.array(["rome", "oslo", "paris", "rome"]), "u": pa.array([6, 6, 8, 5], pa.int64()),
+                             "y": [1.0, 0, 1, 0]}), d / "b.parquet")
+    val = pa.table({"city": pa.array(["rome", "lima", None]).dictionary_encode(), "u": pa.array([6, 9, 5], pa.int16()),
+                    "y": [0.0, 1, 0]})
+    pq.write_table(val, tmp_path / "val.parquet")
+    b = pqd.load(cfg(tmp_path, train_path=str(d), categorical=["city", "u"], numeric=[], sequences=[], tasks=["y"]), seed=0)
+    # vocabularies by count (ties by value): city paris 3, rome 3, oslo 1; u 5: 3, 6: 3, 7: 1, 8: 1
+    assert b.val.sparse.tolist() == [[3, 3], [1, 1], [0, 2]]
+    assert b.train.sparse[:, 1].tolist() == [2, 3, 2, 4, 3, 3, 5, 2]
+    pq.write_table(pa.table({"city": ["x"], "u": ["6"], "y": [1.0]}), d / "c.parquet")
+    with pytest.raises(DataError, match="id column 'u' holds (int64|string) values in one training file and (string|int64)"):
+        pqd.load(cfg(tmp_path, train_path=str(d), categorical=["city", "u"], numeric=[], sequences=[], tasks=["y"],
+                     cache_dir=str(tmp_path / "cache2")), seed=0)
+
+
 def test_non_binary_label_is_rejected(tmp_path):
     pq.write_table(pa.table({"a": [1, 2, 3], "y": [0.0, 2.0, 1.0]}), tmp_path / "train.parquet")
     c = cfg(tmp_path, val_path=str(tmp_path / "train.parquet"), test_path=str(tmp_path / "train.parquet"),

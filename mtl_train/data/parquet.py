@@ -254,14 +254,40 @@ class SplitSource:
 
 
 # ---- the prepare step --------------------------------------------------------------------------
-class _Counter:
-    """Value counts of one column accumulated over record batches (merged every few batches)."""
+def _id_values(col):
+    """Id values in one type per kind, so that files written with different Parquet types count
+    alike (int32 in one file, int64 in another; a pandas ``category`` column, stored as a
+    dictionary): dictionaries decoded, integers other than uint64 as int64, large strings as
+    strings."""
+    t = col.type
+    if pa.types.is_dictionary(t):
+        col, t = col.cast(t.value_type), t.value_type
+    if pa.types.is_integer(t) and t not in (pa.int64(), pa.uint64()):
+        col = col.cast(pa.int64())
+    elif pa.types.is_large_string(t):
+        col = col.cast(pa.string())
+    return col
 
-    def __init__(self):
+
+class _Counter:
+    """Value counts of one column accumulated over record batches (merged every few batches).
+
+    Raises:
+        DataError: the column's values have different types in different files (e.g. strings
+            in one, integers in another)."""
+
+    def __init__(self, name: str = ""):
+        self.name = name
         self.parts: list[pa.Table] = []
         self.size = 0
 
     def add(self, col) -> None:
+        col = _id_values(col)
+        if pa.types.is_null(col.type):  # a file where the column is all null: nothing to count
+            return
+        if self.parts and col.type != self.parts[0].schema.field("v").type:
+            raise DataError(f"dataset: id column '{self.name}' holds {col.type} values in one training file and "
+                            f"{self.parts[0].schema.field('v').type} in another; write it with one type")
         vc = pc.value_counts(col)
         if isinstance(vc, pa.ChunkedArray):
             vc = vc.combine_chunks()
@@ -329,7 +355,7 @@ def prepare(cfg, spec: dict, sources: dict[str, SplitSource], progress: bool = T
 
     id_cols = spec["categorical"] + spec["sequences"]
     seq_names = {c["name"] for c in spec["sequences"]}
-    counters = {c["name"]: _Counter() for c in id_cols if c["hash_buckets"] is None}
+    counters = {c["name"]: _Counter(c["name"]) for c in id_cols if c["hash_buckets"] is None}
     num = {c["name"]: np.zeros(5) for c in spec["numeric"]}  # n, mean, M2, min, max (after log for norm=log)
     num_nulls = {c["name"]: 0 for c in spec["numeric"]}
     for v in num.values():
@@ -428,7 +454,10 @@ def prepare(cfg, spec: dict, sources: dict[str, SplitSource], progress: bool = T
                         else:
                             _check_scalar(col, c["name"])
                         if c["name"] in vocabs:
-                            _, nulls, oov = vocabs[c["name"]].encode(col)
+                            try:
+                                _, nulls, oov = vocabs[c["name"]].encode(col)
+                            except DataError as e:
+                                raise DataError(f"{split} split: column '{c['name']}': {e}") from None
                             rep["null_ids"][c["name"]] += nulls
                             rep["oov_ids"][c["name"]] += oov
                         else:
@@ -545,9 +574,12 @@ class Encoder:
                      {}, torch.from_numpy(enc["seq"])), {}
 
     def _ids(self, col, c: dict) -> np.ndarray:
-        if c["hash_buckets"] is not None:
-            return hash_ids(col, int(c["hash_buckets"]), self.salts[c["name"]])[0]
-        return self.vocabs[c["name"]].encode(col)[0]
+        try:
+            if c["hash_buckets"] is not None:
+                return hash_ids(col, int(c["hash_buckets"]), self.salts[c["name"]])[0]
+            return self.vocabs[c["name"]].encode(col)[0]
+        except DataError as e:
+            raise DataError(f"dataset: column '{c['name']}': {e}") from None
 
     def encode(self, t: pa.Table) -> dict[str, np.ndarray]:
         n, spec = t.num_rows, self.spec
