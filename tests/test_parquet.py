@@ -191,7 +191,7 @@ def test_streamed_epoch_covers_every_row_once_matches_memory_and_resumes(data):
     for _ in range(3):
         next(it)
     state = first.state_dict()
-    assert state == {"epoch": 1, "batch": 3}
+    assert state == {"epoch": 1, "batch": 3, "kind": "stream"}
     again = StreamingLoader(st.train, 64, seed=3, shuffle_buffer=100)
     again.load_state_dict(state)
     assert again.state_dict() == state
@@ -201,6 +201,16 @@ def test_streamed_epoch_covers_every_row_once_matches_memory_and_resumes(data):
     assert len(shards[0]) == len(shards[1])
     n = sum(len(rows(s)[0]) for s in shards)
     assert n <= 500 and n > 500 - 2 * 32
+    with pytest.raises(ValueError, match="world size 9 exceeds the 8 row groups"):
+        StreamingLoader(st.train, 32, rank=0, world_size=9)
+    # in memory: every rank the same number of rows and batches, all but world_size - 1 rows in all
+    from mtl_train.data.loader import InMemoryLoader
+
+    for shuffle in (True, False):
+        parts = [InMemoryLoader(mem.train, 32, shuffle=shuffle, seed=3, rank=r, world_size=3) for r in range(3)]
+        assert len({len(p) for p in parts}) == 1
+        got = [torch.cat([b["sparse"] for b in p]) for p in parts]
+        assert len({len(g) for g in got}) == 1 and sum(len(g) for g in got) == len(mem.train) // 3 * 3
     # ordered reading for evaluation
     ev = torch.cat([b["sparse"] for b in st.val.batches(64)])
     assert torch.equal(ev, mem.val.sparse)

@@ -42,15 +42,20 @@ def test_loader_state_resumes_mid_epoch_with_the_same_batches():
     it = iter(a)
     first = [next(it)["sparse"].view(-1).tolist() for _ in range(4)]
     state = a.state_dict()
-    assert state == {"epoch": 2, "batch": 4}
+    assert state == {"epoch": 2, "batch": 4, "kind": "memory"}
     b = InMemoryLoader(table, 10, seed=3)
     b.load_state_dict(state)
     rest = [x["sparse"].view(-1).tolist() for x in b]
     assert first + rest == want
-    assert b.state_dict() == {"epoch": 2, "batch": 11}
+    assert b.state_dict() == {"epoch": 2, "batch": 11, "kind": "memory"}
     assert list(b) == []  # an exhausted epoch stays exhausted until set_epoch
-    with pytest.raises(ValueError):
+    with pytest.raises(DataError, match=r"batch 12 outside \[0, 11\]"):
         b.load_state_dict({"epoch": 0, "batch": 12})
+    # a position taken by the streaming loader (dataset.mode=auto chose otherwise) is refused
+    with pytest.raises(DataError, match="taken reading the train split streamed; this run reads it in memory: "
+                                        "resume with dataset.mode=stream"):
+        b.load_state_dict({"epoch": 0, "batch": 3, "kind": "stream"})
+    b.load_state_dict({"epoch": 0, "batch": 3})  # checkpoints of earlier versions hold no kind
 
 
 # ---- LR schedule ------------------------------------------------------------------------------
@@ -80,7 +85,7 @@ def test_scheduler_state_is_in_the_checkpoint_and_drives_the_optimizer(tmp_path)
     state = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=False)
     assert state["step"] == 32 and state["schedulers"][0]["last_epoch"] == 32
     assert state["optimizers"][0]["param_groups"][0]["lr"] == pytest.approx(1e-3 * 0.5 ** 3)
-    assert state["data"] == {"epoch": 0, "batch": 32} and state["done"] is True
+    assert state["data"] == {"epoch": 0, "batch": 32, "kind": "memory"} and state["done"] is True
     assert state["schema"].task_names == ["click", "purchase"]
 
 

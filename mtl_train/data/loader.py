@@ -6,6 +6,7 @@ from typing import Iterator
 import torch
 
 from mtl_train.data.schema import Table
+from mtl_train.errors import DataError
 
 
 class LoaderPosition:
@@ -24,20 +25,31 @@ class LoaderPosition:
         """Start epoch ``epoch`` at its first batch."""
         self.epoch, self.batch = int(epoch), 0
 
+    kind = "memory"  # how the split is read: a position means nothing to a loader of another kind
+
     def state_dict(self) -> dict:
-        """``{"epoch": e, "batch": b}``: ``b`` batches of epoch ``e`` handed out so far."""
-        return {"epoch": self.epoch, "batch": self.batch}
+        """``{"epoch": e, "batch": b, "kind": k}``: ``b`` batches of epoch ``e`` handed out so
+        far by a loader of kind ``k`` (``memory`` or ``stream``)."""
+        return {"epoch": self.epoch, "batch": self.batch, "kind": self.kind}
 
     def load_state_dict(self, state: dict) -> None:
         """Resume at batch ``state["batch"]`` of epoch ``state["epoch"]``: the next ``__iter__``
         regenerates that epoch's order and hands out its batches from that index on.
 
         Raises:
-            ValueError: the batch index is outside [0, len(self)] (the data changed)."""
+            DataError: the state was taken by a loader of the other kind (``dataset.mode=auto``
+                chose differently, e.g. on a machine with less memory: the same position would
+                repeat some rows and skip others), or the batch index is outside
+                [0, len(self)] (the data changed)."""
+        kind = state.get("kind", self.kind)
+        if kind != self.kind:
+            raise DataError(f"dataset.mode: the checkpoint's data position was taken reading the train split "
+                            f"{'in memory' if kind == 'memory' else 'streamed'}; this run reads it "
+                            f"{'in memory' if self.kind == 'memory' else 'streamed'}: resume with dataset.mode={kind}")
         epoch, batch = int(state["epoch"]), int(state["batch"])
         self.epoch = epoch  # len() may depend on the epoch (streamed shards)
         if not 0 <= batch <= len(self):
-            raise ValueError(f"loader state: batch {batch} outside [0, {len(self)}] (did the data change?)")
+            raise DataError(f"loader state: batch {batch} outside [0, {len(self)}] (did the data change?)")
         self.batch = batch
 
 
@@ -46,7 +58,10 @@ class InMemoryLoader(LoaderPosition):
 
     Each epoch draws ``torch.randperm`` from a generator seeded with (seed, epoch), so the
     order of every epoch is reproducible and independent of how many epochs ran before.
-    With ``rank``/``world_size`` each rank takes every world_size-th row of the permutation.
+    With ``rank``/``world_size`` each rank takes every world_size-th row of the permutation, the
+    same number of rows on every rank (floor(N / world_size): the at most world_size - 1 rows
+    left over, different ones each epoch, wait for a later epoch), so that all ranks run the
+    same number of steps.
 
     Data position (the interface every train loader implements, for exact resume):
     ``set_epoch(e)`` starts epoch ``e`` at its first batch; ``state_dict()`` is
@@ -66,16 +81,20 @@ class InMemoryLoader(LoaderPosition):
         self.epoch = 0
         self.batch = 0  # batches of self.epoch handed out so far
 
+    def _rows(self) -> int:
+        """Rows of this rank per epoch."""
+        return len(self.table) // self.world_size
+
     def _order(self) -> torch.Tensor | None:
-        n = len(self.table)
+        n, ws = len(self.table), self.world_size
         if not self.shuffle:
-            return torch.arange(self.rank, n, self.world_size) if self.world_size > 1 else None
+            return torch.arange(self.rank, self._rows() * ws, ws) if ws > 1 else None
         g = torch.Generator().manual_seed(self.seed * 100003 + self.epoch)
         perm = torch.randperm(n, generator=g)
-        return perm[self.rank::self.world_size] if self.world_size > 1 else perm
+        return perm[self.rank::ws][:self._rows()] if ws > 1 else perm
 
     def __len__(self) -> int:
-        n = (len(self.table) - self.rank + self.world_size - 1) // self.world_size
+        n = self._rows()
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:

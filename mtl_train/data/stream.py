@@ -156,7 +156,10 @@ class StreamingLoader(LoaderPosition):
     Epoch e: the row groups are permuted with ``numpy.random.default_rng([seed, e])``; with
     ``world_size`` > 1 rank r takes every world_size-th row group of that order (each rank
     reads only its own files), and every rank stops after the smallest rank's batch count, so
-    that all ranks run the same number of steps. Rows then pass through a shuffle buffer of
+    that all ranks run the same number of steps. Shards are whole row groups, so the rows a
+    rank reads beyond that count wait for a later epoch: up to a row group's worth per rank and
+    epoch (row groups much smaller than an epoch's rows per rank keep this small; a world
+    size above the number of row groups is refused). Rows then pass through a shuffle buffer of
     ``shuffle_buffer`` rows: once the buffer is full it is permuted
     (``default_rng([seed, e, rank])``), the rows beyond half of its size (whole batches only)
     are emitted and the other half is kept to mix with the next row groups; at the end of the
@@ -172,10 +175,15 @@ class StreamingLoader(LoaderPosition):
     split hash for carved splits).
     """
 
+    kind = "stream"
+
     def __init__(self, split: StreamSplit, batch_size: int, shuffle: bool = True, seed: int = 0, rank: int = 0,
                  world_size: int = 1, shuffle_buffer: int = 262144, num_workers: int = 0, drop_last: bool = False):
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} outside world size {world_size}")
+        if world_size > len(split.source.units):
+            raise ValueError(f"world size {world_size} exceeds the {len(split.source.units)} row groups of the split: "
+                             f"a rank would read no rows (shards are whole row groups; write smaller row groups)")
         self.split, self.batch_size, self.shuffle, self.seed = split, batch_size, shuffle, seed
         self.rank, self.world_size, self.drop_last = rank, world_size, drop_last
         self.shuffle_buffer = max(int(shuffle_buffer), batch_size)
