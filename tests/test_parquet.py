@@ -160,6 +160,22 @@ def test_prepare_is_cached_and_rebuilt_when_data_or_schema_change(data, monkeypa
     os.utime(tmp / "train.parquet", ns=(1, 1))
     b = pqd.load(cfg(tmp), seed=0)
     assert len(b.train) == 300 and len(sorted((tmp / "cache").glob("parquet-*"))) == 3
+    # rewritten with another value but the same size and modification time (cp -p, rsync -a): rebuilt too
+    f = tmp / "other.parquet"
+
+    def write(prices):
+        pq.write_table(pa.table({"user": [1, 2, 3, 4], "price": prices, "click": [0.0, 1, 0, 1]}), f,
+                       compression="none", use_dictionary=False)
+
+    write([1.0, 2.0, 3.0, 4.0])
+    st = os.stat(f)
+    c = cfg(tmp, train_path=str(f), val_path=str(f), test_path=str(f), categorical=["user"],
+            numeric=[{"name": "price", "norm": "standard"}], sequences=[], tasks=["click"])
+    first = pqd.load(c, seed=0).schema.encoders.stats["price"]["mean"]
+    write([1.0, 2.0, 3.0, 8.0])
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert os.stat(f).st_size == st.st_size and os.stat(f).st_mtime_ns == st.st_mtime_ns
+    assert (first, pqd.load(c, seed=0).schema.encoders.stats["price"]["mean"]) == (2.5, 3.5)
 
 
 def test_streamed_epoch_covers_every_row_once_matches_memory_and_resumes(data):

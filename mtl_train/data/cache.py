@@ -41,6 +41,23 @@ def fingerprint(paths: list[str], spec: dict | None = None) -> str:
     return h.hexdigest()[:16]
 
 
+def tail_digest(path: str, nbytes: int = 1 << 16) -> str:
+    """SHA-256 (16 hex digits) of the last ``nbytes`` bytes of ``path``: for a Parquet file its
+    footer (schema, row-group offsets and sizes, column statistics), so that a file rewritten
+    with the same size and modification time (``cp -p``, ``rsync -a``, coarse file-system clocks)
+    still gets a new key. Reads at most ``nbytes`` per file.
+
+    Raises:
+        DataError: the file cannot be read."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - nbytes))
+            return hashlib.sha256(f.read()).hexdigest()[:16]
+    except OSError as e:
+        raise DataError(f"{path}: cannot read ({e.strerror})") from None
+
+
 def _writable(folder: Path) -> bool:
     """True when ``folder`` may be written: it grants some write bit and this process may
     write it. (A folder with no write bit at all, like a read-only shared data folder, counts
