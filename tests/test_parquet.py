@@ -281,7 +281,7 @@ def test_a_data_error_clears_the_progress_bar_first(data):
                  "dataset.progress=true"], cwd=tmp, check=False)
     assert r.returncode == 2
     line = next(l for l in r.stderr.split("\n") if "error:" in l)
-    assert line.split("\r")[-1].startswith("mtl-train: error: dataset: categorical column 'hist'")
+    assert line.split("\r")[-1].startswith(f"mtl-train: error: {tmp / 'train.parquet'}: dataset: categorical column 'hist'")
     assert "prepare" not in r.stderr.split("error:")[1]  # the bar is not drawn again after the error
 
 

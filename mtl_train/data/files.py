@@ -6,6 +6,7 @@ before the first training step with a message a person can act on.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 
 import pyarrow as pa
@@ -73,3 +74,15 @@ def require_columns(have: list[str], needed: list[str], source: str, what: str =
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
         there = f"{have[:8]}{'...' if len(have) > 8 else ''}"
         raise DataError(f"{source}: missing {what} '{missing[0]}'{more}; have {there}")
+
+
+@contextlib.contextmanager
+def in_file(path: str):
+    """Prefix a DataError raised while reading ``path`` with the file's path (in a directory or
+    glob of many files: which one holds the bad value)."""
+    try:
+        yield
+    except DataError as e:
+        if str(e).startswith(f"{path}:"):
+            raise
+        raise DataError(f"{path}: {e}") from None

@@ -49,6 +49,7 @@ from omegaconf import OmegaConf
 
 from mtl_train.data import cache
 from mtl_train.data.encode import Vocabulary, hash_ids, splitmix64
+from mtl_train.data.files import in_file
 from mtl_train.data.schema import (
     NULL_ID, NUM_RESERVED_IDS, OOV_ID, DatasetBundle, DenseFeature, FeatureSchema, SequenceFeature, SparseFeature,
     Table, Task,
@@ -385,29 +386,30 @@ def prepare(cfg, spec: dict, sources: dict[str, SplitSource], progress: bool = T
     with _progress(total=total, desc="prepare: vocabularies and statistics (train)", unit="row",
                    disable=not progress, mininterval=1.0) as bar:
         for unit in train.units:
-            for t in train.tables(unit, columns):
-                rep = report["train"]
-                label_pass("train", t, rep)
-                for c in id_cols:
-                    col = t.column(c["name"])
-                    if c["name"] in seq_names:
-                        _check_list(col, c["name"])
-                        rep["null_ids"][c["name"]] += int(col.null_count) + int(_flat(col).null_count)
-                        col = _flat(col)
-                    else:
-                        _check_scalar(col, c["name"])
-                        rep["null_ids"][c["name"]] += int(col.null_count)
-                    if c["name"] in counters:
-                        counters[c["name"]].add(col)
-                for c in spec["numeric"]:
-                    x = _numeric(t.column(c["name"]), c["name"])
-                    nan = np.isnan(x)
-                    rep["null_numeric"][c["name"]] += int(nan.sum())
-                    x = x[~nan]
-                    if c["norm"] == "log":
-                        x = np.sign(x) * np.log1p(np.abs(x))
-                    if len(x):
-                        _merge_moments(num[c["name"]], x)
+            with in_file(unit.file):
+                for t in train.tables(unit, columns):
+                    rep = report["train"]
+                    label_pass("train", t, rep)
+                    for c in id_cols:
+                        col = t.column(c["name"])
+                        if c["name"] in seq_names:
+                            _check_list(col, c["name"])
+                            rep["null_ids"][c["name"]] += int(col.null_count) + int(_flat(col).null_count)
+                            col = _flat(col)
+                        else:
+                            _check_scalar(col, c["name"])
+                            rep["null_ids"][c["name"]] += int(col.null_count)
+                        if c["name"] in counters:
+                            counters[c["name"]].add(col)
+                    for c in spec["numeric"]:
+                        x = _numeric(t.column(c["name"]), c["name"])
+                        nan = np.isnan(x)
+                        rep["null_numeric"][c["name"]] += int(nan.sum())
+                        x = x[~nan]
+                        if c["norm"] == "log":
+                            x = np.sign(x) * np.log1p(np.abs(x))
+                        if len(x):
+                            _merge_moments(num[c["name"]], x)
             bar.update(unit.rows)
 
     root.mkdir(parents=True, exist_ok=True)
@@ -444,27 +446,28 @@ def prepare(cfg, spec: dict, sources: dict[str, SplitSource], progress: bool = T
                        disable=not progress, mininterval=1.0) as bar:
             rep = report[split]
             for unit in src.units:
-                for t in src.tables(unit, columns):
-                    label_pass(split, t, rep)
-                    for c in id_cols:
-                        col = t.column(c["name"])
-                        if c["name"] in seq_names:
-                            _check_list(col, c["name"])
-                            rep["null_ids"][c["name"]] += int(col.null_count)
-                            col = _flat(col)
-                        else:
-                            _check_scalar(col, c["name"])
-                        if c["name"] in vocabs:
-                            try:
-                                _, nulls, oov = vocabs[c["name"]].encode(col)
-                            except DataError as e:
-                                raise DataError(f"{split} split: column '{c['name']}': {e}") from None
-                            rep["null_ids"][c["name"]] += nulls
-                            rep["oov_ids"][c["name"]] += oov
-                        else:
-                            rep["null_ids"][c["name"]] += int(col.null_count)
-                    for c in spec["numeric"]:
-                        rep["null_numeric"][c["name"]] += int(np.isnan(_numeric(t.column(c["name"]), c["name"])).sum())
+                with in_file(unit.file):
+                    for t in src.tables(unit, columns):
+                        label_pass(split, t, rep)
+                        for c in id_cols:
+                            col = t.column(c["name"])
+                            if c["name"] in seq_names:
+                                _check_list(col, c["name"])
+                                rep["null_ids"][c["name"]] += int(col.null_count)
+                                col = _flat(col)
+                            else:
+                                _check_scalar(col, c["name"])
+                            if c["name"] in vocabs:
+                                try:
+                                    _, nulls, oov = vocabs[c["name"]].encode(col)
+                                except DataError as e:
+                                    raise DataError(f"{split} split: column '{c['name']}': {e}") from None
+                                rep["null_ids"][c["name"]] += nulls
+                                rep["oov_ids"][c["name"]] += oov
+                            else:
+                                rep["null_ids"][c["name"]] += int(col.null_count)
+                        for c in spec["numeric"]:
+                            rep["null_numeric"][c["name"]] += int(np.isnan(_numeric(t.column(c["name"]), c["name"])).sum())
                 bar.update(unit.rows)
     meta = {"rows": {s: report[s]["rows"] for s in sources}, "vocab": vocab_files, "sizes": sizes, "stats": stats,
             "report": report, "fingerprint": fp}

@@ -20,6 +20,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import torch
 
+from mtl_train.data.files import in_file
 from mtl_train.data.loader import LoaderPosition
 from mtl_train.data.schema import Table
 
@@ -72,7 +73,8 @@ def read_table(source, encoder, rows: int, spec: dict) -> Table:
     for unit in source.units:
         pf = pq.ParquetFile(unit.file)
         for t in source.tables(unit, encoder.columns, pf):
-            enc = encoder.encode(t)
+            with in_file(unit.file):
+                enc = encoder.encode(t)
             n = t.num_rows
             for k in BLOCKS:
                 out[k][at:at + n] = enc[k]
@@ -125,7 +127,9 @@ class StreamSplit:
                     handles.pop(next(iter(handles)))
                 pf = handles[unit.file] = pq.ParquetFile(unit.file)
             for t in self.source.tables(unit, self.encoder.columns, pf):
-                yield self.encoder.encode(t)
+                with in_file(unit.file):
+                    enc = self.encoder.encode(t)
+                yield enc
 
     def batches(self, batch_size: int) -> Iterator[dict[str, torch.Tensor]]:
         """Every row once, in file order, in batches of ``batch_size`` (the last may be shorter)."""
