@@ -102,6 +102,17 @@ def test_hash_ids_are_deterministic_in_range_and_null_aware():
     assert sliced.tolist() == ids[:2].tolist()
     ints, _ = hash_ids(pa.array([BIG, BIG, 7]), 1000)
     assert ints[0] == ints[1] and 2 <= ints.min() and ints.max() < 1002
+    # uint64 ids: the same bits as int64 below 2^63, and no overflow above
+    u, _ = hash_ids(pa.array([BIG, 7, 2**64 - 1, 2**63], pa.uint64()), 1000)
+    assert u[:2].tolist() == ints[1:].tolist() and (u >= 2).all() and (u < 1002).all()
+
+
+def test_hashed_ids_of_a_val_file_written_as_strings_hash_like_the_training_integers(tmp_path):
+    pq.write_table(pa.table({"u": pa.array([3, 7, 7, 9]), "y": [0.0, 1, 0, 1]}), tmp_path / "train.parquet")
+    pq.write_table(pa.table({"u": pa.array(["7", "9", None]), "y": [0.0, 1, 0]}), tmp_path / "val.parquet")
+    c = cfg(tmp_path, categorical=[{"name": "u", "hash_buckets": 50}], numeric=[], sequences=[], tasks=["y"])
+    b = pqd.load(c, seed=0)
+    assert b.val.sparse[:, 0].tolist() == [b.train.sparse[1, 0].item(), b.train.sparse[3, 0].item(), 0]
 
 
 def test_prepare_vocab_stats_report_and_encoding(data):

@@ -132,7 +132,9 @@ def hash_ids(column: pa.Array | pa.ChunkedArray, buckets: int, salt: int = 0) ->
         column = column.combine_chunks()
     t = column.type
     null = column.is_null().to_numpy(zero_copy_only=False)
-    if pa.types.is_integer(t) or pa.types.is_boolean(t):
+    if t == pa.uint64():  # its values >= 2^63 do not fit int64; below, the same bits as int64
+        x = column.fill_null(0).to_numpy(zero_copy_only=False).astype(np.uint64, copy=False)
+    elif pa.types.is_integer(t) or pa.types.is_boolean(t):
         x = column.cast(pa.int64()).fill_null(0).to_numpy(zero_copy_only=False).view(np.uint64)
     elif pa.types.is_string(t) or pa.types.is_binary(t) or pa.types.is_large_string(t) or pa.types.is_large_binary(t):
         x = _bytes_hash(column)

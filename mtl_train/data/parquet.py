@@ -270,6 +270,11 @@ def _id_values(col):
     return col
 
 
+def _id_kind(t: pa.DataType) -> str:
+    t = t.value_type if pa.types.is_dictionary(t) else t
+    return "integer" if pa.types.is_integer(t) or pa.types.is_boolean(t) else "string"
+
+
 class _Counter:
     """Value counts of one column accumulated over record batches (merged every few batches).
 
@@ -358,6 +363,7 @@ def prepare(cfg, spec: dict, sources: dict[str, SplitSource], progress: bool = T
     id_cols = spec["categorical"] + spec["sequences"]
     seq_names = {c["name"] for c in spec["sequences"]}
     counters = {c["name"]: _Counter(c["name"]) for c in id_cols if c["hash_buckets"] is None}
+    id_kinds: dict[str, str] = {}  # hashed columns: "integer" or "string", as in the training files
     num = {c["name"]: np.zeros(5) for c in spec["numeric"]}  # n, mean, M2, min, max (after log for norm=log)
     num_nulls = {c["name"]: 0 for c in spec["numeric"]}
     for v in num.values():
@@ -401,6 +407,8 @@ def prepare(cfg, spec: dict, sources: dict[str, SplitSource], progress: bool = T
                             rep["null_ids"][c["name"]] += int(col.null_count)
                         if c["name"] in counters:
                             counters[c["name"]].add(col)
+                        elif not pa.types.is_null(col.type):  # hashed: the values' type is part of the hash
+                            id_kinds.setdefault(c["name"], _id_kind(col.type))
                     for c in spec["numeric"]:
                         x = _numeric(t.column(c["name"]), c["name"])
                         nan = np.isnan(x)
@@ -470,6 +478,7 @@ def prepare(cfg, spec: dict, sources: dict[str, SplitSource], progress: bool = T
                             rep["null_numeric"][c["name"]] += int(np.isnan(_numeric(t.column(c["name"]), c["name"])).sum())
                 bar.update(unit.rows)
     meta = {"rows": {s: report[s]["rows"] for s in sources}, "vocab": vocab_files, "sizes": sizes, "stats": stats,
+            "id_kinds": id_kinds,
             "report": report, "fingerprint": fp}
     cache.cached_file(meta_path, lambda tmp: open(tmp, "w").write(json.dumps(meta, indent=1)))
     return meta
@@ -548,6 +557,7 @@ class Encoder:
             if f is not None:
                 self.vocabs[name] = Vocabulary(pq.read_table(os.path.join(root, f)).column("value").combine_chunks())
         self.stats = prep["stats"]
+        self.id_kinds = prep.get("id_kinds", {})
         self.salts = {c["name"]: zlib.crc32(c["name"].encode()) for c in spec["categorical"] + spec["sequences"]}
 
     def transform(self, tbl: pa.Table, name: str = "data", labels_required: bool = True):
@@ -580,6 +590,14 @@ class Encoder:
     def _ids(self, col, c: dict) -> np.ndarray:
         try:
             if c["hash_buckets"] is not None:
+                kind = self.id_kinds.get(c["name"])
+                if kind and not pa.types.is_null(col.type) and _id_kind(col.type) != kind:
+                    # "7" in this file, 7 in the training files: hash them alike
+                    try:
+                        col = _id_values(col).cast(pa.int64() if kind == "integer" else pa.string())
+                    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
+                        raise DataError(f"holds {col.type} values where the training files hold {kind} ids: "
+                                        f"{str(e).splitlines()[0]}") from None
                 return hash_ids(col, int(c["hash_buckets"]), self.salts[c["name"]])[0]
             return self.vocabs[c["name"]].encode(col)[0]
         except DataError as e:
