@@ -416,3 +416,22 @@ def test_reader_threads_auto_reads_inline_when_torch_uses_every_core(monkeypatch
     assert stream.reader_threads(None) == 0
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
     assert stream.reader_threads(None) == 1
+
+
+def test_memory_budget_is_a_quarter_of_the_lower_of_ram_and_the_cgroup_limit(monkeypatch):
+    import builtins
+
+    real_open = builtins.open
+
+    def fake_open(path, *a, **k):
+        if str(path) == "/sys/fs/cgroup/memory.max":
+            import io
+            return io.StringIO("2147483648\n")
+        if str(path).startswith("/sys/fs/cgroup/"):
+            raise OSError("no such file")
+        return real_open(path, *a, **k)
+
+    monkeypatch.setattr(builtins, "open", fake_open)
+    assert pqd.memory_budget(OmegaConf.create({"memory_budget_mb": None})) == min(
+        2 << 30, os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")) // 4
+    assert pqd.memory_budget(OmegaConf.create({"memory_budget_mb": 100})) == 100 << 20

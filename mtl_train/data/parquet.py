@@ -692,14 +692,23 @@ def make_sources(cfg, spec: dict) -> dict[str, SplitSource]:
 
 
 def memory_budget(cfg) -> int:
-    """Bytes the in-memory splits may take: ``memory_budget_mb``, or a quarter of the
-    machine's physical memory."""
+    """Bytes the in-memory splits may take: ``memory_budget_mb``, or a quarter of the memory
+    this process may use: the machine's physical memory, or the container's cgroup limit
+    (``memory.max``, cgroup v2; ``memory.limit_in_bytes``, v1) where that is lower."""
     if cfg.memory_budget_mb is not None:
         return int(cfg.memory_budget_mb) << 20
     try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 4
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError, AttributeError):  # pragma: no cover
-        return 4 << 30
+        total = 16 << 30
+    for f in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            limit = open(f).read().strip()
+        except OSError:
+            continue
+        if limit.isdigit():
+            total = min(total, int(limit))
+    return total // 4
 
 
 def load(cfg, seed: int) -> DatasetBundle:
