@@ -113,6 +113,23 @@ def test_hashed_ids_of_a_val_file_written_as_strings_hash_like_the_training_inte
     c = cfg(tmp_path, categorical=[{"name": "u", "hash_buckets": 50}], numeric=[], sequences=[], tasks=["y"])
     b = pqd.load(c, seed=0)
     assert b.val.sparse[:, 0].tolist() == [b.train.sparse[1, 0].item(), b.train.sparse[3, 0].item(), 0]
+    enc = b.schema.encoders
+    del enc.id_kinds  # an encoder pickled in a checkpoint before the kinds were recorded still encodes
+    assert enc.transform(pq.read_table(tmp_path / "train.parquet"))[0].sparse.tolist() == b.train.sparse.tolist()
+    # a val value that is no integer fails in the prepare step, naming the split and column
+    pq.write_table(pa.table({"u": pa.array(["7", "abc"]), "y": [0.0, 1]}), tmp_path / "val.parquet")
+    with pytest.raises(DataError, match=r"val.parquet: val split: column 'u': holds string values where the training "
+                                        r"files hold integer ids"):
+        pqd.load(c, seed=0)
+    # integers in one training file, strings in another
+    d = tmp_path / "logs"
+    d.mkdir()
+    pq.write_table(pa.table({"u": pa.array([3, 7]), "y": [0.0, 1]}), d / "a.parquet")
+    pq.write_table(pa.table({"u": pa.array(["x", "y"]), "y": [1.0, 0]}), d / "b.parquet")
+    with pytest.raises(DataError, match="b.parquet: dataset: id column 'u' holds string values in one training file and "
+                                        "integer ids in another"):
+        pqd.load(cfg(tmp_path, train_path=str(d), categorical=[{"name": "u", "hash_buckets": 50}], numeric=[],
+                     sequences=[], tasks=["y"]), seed=0)
 
 
 def test_prepare_vocab_stats_report_and_encoding(data):

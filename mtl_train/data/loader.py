@@ -37,16 +37,18 @@ class LoaderPosition:
         regenerates that epoch's order and hands out its batches from that index on.
 
         Raises:
-            DataError: the state was taken by a loader of the other kind (``dataset.mode=auto``
-                chose differently, e.g. on a machine with less memory: the same position would
-                repeat some rows and skip others), or the batch index is outside
+            DataError: a position inside an epoch taken by a loader of the other kind (the same
+                position would repeat some rows and skip others; a resumed run with
+                ``dataset.mode=auto`` reads the split as the interrupted run did, see
+                :func:`mtl_train.train.trainer.run`), or the batch index is outside
                 [0, len(self)] (the data changed)."""
         kind = state.get("kind", self.kind)
-        if kind != self.kind:
+        epoch, batch = int(state["epoch"]), int(state["batch"])
+        if kind != self.kind and batch > 0:
             raise DataError(f"dataset.mode: the checkpoint's data position was taken reading the train split "
                             f"{'in memory' if kind == 'memory' else 'streamed'}; this run reads it "
-                            f"{'in memory' if self.kind == 'memory' else 'streamed'}: resume with dataset.mode={kind}")
-        epoch, batch = int(state["epoch"]), int(state["batch"])
+                            f"{'in memory' if self.kind == 'memory' else 'streamed'}, where that position "
+                            f"means other rows")
         self.epoch = epoch  # len() may depend on the epoch (streamed shards)
         if not 0 <= batch <= len(self):
             raise DataError(f"loader state: batch {batch} outside [0, {len(self)}] (did the data change?)")

@@ -275,6 +275,21 @@ def _id_kind(t: pa.DataType) -> str:
     return "integer" if pa.types.is_integer(t) or pa.types.is_boolean(t) else "string"
 
 
+def _as_kind(col, kind: str | None):
+    """A hashed id column in the kind of the training files' ids (``"7"`` in this file, 7 in the
+    training files: hashed alike).
+
+    Raises:
+        DataError: a value that does not convert (a word where the training ids are integers)."""
+    if not kind or pa.types.is_null(col.type) or _id_kind(col.type) == kind:
+        return col
+    try:
+        return _id_values(col).cast(pa.int64() if kind == "integer" else pa.string())
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
+        raise DataError(f"holds {col.type} values where the training files hold {kind} ids: "
+                        f"{str(e).splitlines()[0]}") from None
+
+
 class _Counter:
     """Value counts of one column accumulated over record batches (merged every few batches).
 
@@ -408,7 +423,10 @@ def prepare(cfg, spec: dict, sources: dict[str, SplitSource], progress: bool = T
                         if c["name"] in counters:
                             counters[c["name"]].add(col)
                         elif not pa.types.is_null(col.type):  # hashed: the values' type is part of the hash
-                            id_kinds.setdefault(c["name"], _id_kind(col.type))
+                            kind = id_kinds.setdefault(c["name"], _id_kind(col.type))
+                            if _id_kind(col.type) != kind:
+                                raise DataError(f"dataset: id column '{c['name']}' holds {col.type} values in one "
+                                                f"training file and {kind} ids in another; write it with one type")
                     for c in spec["numeric"]:
                         x = _numeric(t.column(c["name"]), c["name"])
                         nan = np.isnan(x)
@@ -465,15 +483,15 @@ def prepare(cfg, spec: dict, sources: dict[str, SplitSource], progress: bool = T
                                 col = _flat(col)
                             else:
                                 _check_scalar(col, c["name"])
-                            if c["name"] in vocabs:
-                                try:
+                            try:
+                                if c["name"] in vocabs:
                                     _, nulls, oov = vocabs[c["name"]].encode(col)
-                                except DataError as e:
-                                    raise DataError(f"{split} split: column '{c['name']}': {e}") from None
-                                rep["null_ids"][c["name"]] += nulls
-                                rep["oov_ids"][c["name"]] += oov
-                            else:
-                                rep["null_ids"][c["name"]] += int(col.null_count)
+                                    rep["oov_ids"][c["name"]] += oov
+                                else:  # hashed: converted as the encoder will, so that a bad value fails here
+                                    nulls = int(_as_kind(col, id_kinds.get(c["name"])).null_count)
+                            except DataError as e:
+                                raise DataError(f"{split} split: column '{c['name']}': {e}") from None
+                            rep["null_ids"][c["name"]] += nulls
                         for c in spec["numeric"]:
                             rep["null_numeric"][c["name"]] += int(np.isnan(_numeric(t.column(c["name"]), c["name"])).sum())
                 bar.update(unit.rows)
@@ -590,14 +608,7 @@ class Encoder:
     def _ids(self, col, c: dict) -> np.ndarray:
         try:
             if c["hash_buckets"] is not None:
-                kind = self.id_kinds.get(c["name"])
-                if kind and not pa.types.is_null(col.type) and _id_kind(col.type) != kind:
-                    # "7" in this file, 7 in the training files: hash them alike
-                    try:
-                        col = _id_values(col).cast(pa.int64() if kind == "integer" else pa.string())
-                    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
-                        raise DataError(f"holds {col.type} values where the training files hold {kind} ids: "
-                                        f"{str(e).splitlines()[0]}") from None
+                col = _as_kind(col, getattr(self, "id_kinds", {}).get(c["name"]))  # encoders pickled before id_kinds
                 return hash_ids(col, int(c["hash_buckets"]), self.salts[c["name"]])[0]
             return self.vocabs[c["name"]].encode(col)[0]
         except DataError as e:

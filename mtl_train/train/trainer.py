@@ -523,6 +523,10 @@ class Trainer:
                     if stop:
                         break
                 self.logger.close_progress(bar)
+                if stop and self.loader.state_dict()["batch"] < len(self.loader):
+                    # stopped inside the epoch (max_steps, early stopping): the epoch and its data
+                    # position stay, so a resume with a larger trainer.max_steps continues right there
+                    break
                 self.epoch += 1
                 if not tcfg.eval_every_steps:
                     stop = self.validate() or stop
@@ -583,8 +587,7 @@ def _same_schema(a, b) -> bool:
 # keys a resumed run may change (they do not alter the trajectory, or extend it on purpose)
 RESUMABLE_KEYS = ("trainer.resume", "trainer.progress", "trainer.device", "trainer.num_threads",
                   "trainer.tune_malloc", "trainer.log_every_steps", "trainer.checkpoint_every_steps",
-                  "trainer.epochs", "trainer.max_steps", "trainer.patience", "mode", "checkpoint", "infer",
-                  "dataset.mode", "dataset.memory_budget_mb", "dataset.num_workers")  # how the data are read, not which
+                  "trainer.epochs", "trainer.max_steps", "trainer.patience", "mode", "checkpoint", "infer")
 
 
 def resume_config(stored: dict, current: DictConfig, overridden: list[str]) -> DictConfig:
@@ -646,6 +649,12 @@ def run(cfg: DictConfig, run_dir: str, overridden: list[str] = ()) -> dict:
         path = ckpt.find_checkpoint(cfg.trainer.resume, "trainer.resume")
         state = ckpt.load(path)
         cfg = resume_config(state["config"], cfg, list(overridden))
+        kind = (state.get("data") or {}).get("kind")
+        if kind and cfg.dataset.get("mode") == "auto":
+            # the data position depends on how the train split is read: read it as the interrupted
+            # run did, whatever dataset.mode=auto would choose with this machine's memory
+            cfg.dataset.mode = kind
+            log.info("resume: dataset.mode=%s, as the interrupted run read the train split", kind)
         log.info("resuming %s at step %d (epoch %d)", path, state["step"], state["epoch"])
         source = ckpt.run_dir_of(path)
         if source and os.path.realpath(source) != os.path.realpath(run_dir):
