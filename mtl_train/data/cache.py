@@ -42,18 +42,23 @@ def fingerprint(paths: list[str], spec: dict | None = None) -> str:
 
 
 def tail_digest(path: str, nbytes: int = 1 << 16) -> str:
-    """SHA-256 (16 hex digits) of the last ``nbytes`` bytes of ``path``: for a Parquet file its
-    footer (schema, row-group offsets and sizes, column statistics), so that a file rewritten
-    with the same size and modification time (``cp -p``, ``rsync -a``, coarse file-system clocks)
-    still gets a new key. Reads at most ``nbytes`` per file.
+    """SHA-256 (16 hex digits) of the end of ``path``: for a Parquet file its whole footer
+    (schema, row-group offsets and sizes, column statistics; its length is in the file's last 8
+    bytes), else the last ``nbytes`` bytes; so that a file rewritten with the same size and
+    modification time (``cp -p``, ``rsync -a``, coarse file-system clocks) still gets a new key.
 
     Raises:
         DataError: the file cannot be read."""
     try:
         with open(path, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            f.seek(max(0, f.tell() - nbytes))
-            return hashlib.sha256(f.read()).hexdigest()[:16]
+            size = f.seek(0, os.SEEK_END)
+            f.seek(max(0, size - 8))
+            end = f.read(8)
+            n = nbytes
+            if len(end) == 8 and end[4:] == b"PAR1":
+                n = min(size, int.from_bytes(end[:4], "little") + 8)
+            f.seek(max(0, size - n))
+            return hashlib.sha256(f.read(n)).hexdigest()[:16]
     except OSError as e:
         raise DataError(f"{path}: cannot read ({e.strerror})") from None
 

@@ -366,7 +366,7 @@ def prepare(cfg, spec: dict, sources: dict[str, SplitSource], progress: bool = T
     key_spec = {
         "schema": spec, "split": list(cfg.split), "split_seed": _split_seed(cfg), "min_count": cfg.min_count,
         "paths": {k: cfg[f"{k}_path"] for k in SPLITS}, "version": 3,
-        "footers": [cache.tail_digest(f) for f in files],  # same size and mtime, other content
+        "footers": [cache.tail_digest(f) for f in files],  # same size and mtime, other content (Parquet footers)
     }
     fp = cache.fingerprint(files, key_spec)
     root = _cache_dir(cfg, sources, fp)
