@@ -435,15 +435,24 @@ def test_reader_threads_auto_reads_inline_when_torch_uses_every_core(monkeypatch
     assert stream.reader_threads(None) == 1
 
 
-def test_memory_budget_is_a_quarter_of_the_lower_of_ram_and_the_cgroup_limit(monkeypatch):
+@pytest.mark.parametrize("proc, files", [
+    ("0::/\n", {"/sys/fs/cgroup/memory.max": "2147483648\n"}),  # the container's own cgroup view
+    ("0::/system.slice/job_7/step_0\n", {"/sys/fs/cgroup/memory.max": "max\n",  # Slurm-like nesting, v2
+                                          "/sys/fs/cgroup/system.slice/job_7/memory.max": "2147483648\n"}),
+    ("4:memory:/slurm/uid_0/job_7\n1:cpu:/\n", {"/sys/fs/cgroup/memory/slurm/uid_0/job_7/memory.limit_in_bytes":
+                                                 "2147483648\n"}),  # v1
+])
+def test_memory_budget_is_a_quarter_of_the_lower_of_ram_and_the_cgroup_limits(monkeypatch, proc, files):
     import builtins
+    import io
 
     real_open = builtins.open
 
     def fake_open(path, *a, **k):
-        if str(path) == "/sys/fs/cgroup/memory.max":
-            import io
-            return io.StringIO("2147483648\n")
+        if str(path) == "/proc/self/cgroup":
+            return io.StringIO(proc)
+        if str(path) in files:
+            return io.StringIO(files[str(path)])
         if str(path).startswith("/sys/fs/cgroup/"):
             raise OSError("no such file")
         return real_open(path, *a, **k)

@@ -702,17 +702,38 @@ def make_sources(cfg, spec: dict) -> dict[str, SplitSource]:
     return sources
 
 
+def _cgroup_limit_files() -> list[str]:
+    """The memory-limit files of this process's cgroup and of every cgroup above it (cgroup v2
+    ``memory.max``; v1 ``memory.limit_in_bytes``), read from /proc/self/cgroup: a batch
+    scheduler (Slurm, systemd slices) sets the limit on a nested cgroup."""
+    files = ["/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"]
+    try:
+        lines = open("/proc/self/cgroup").read().splitlines()
+    except OSError:
+        return files
+    for line in lines:
+        _, controllers, path = (line.split(":", 2) + ["", ""])[:3]
+        parts = [p for p in path.split("/") if p]
+        for k in range(len(parts), 0, -1):
+            sub = "/".join(parts[:k])
+            if controllers == "":  # v2
+                files.append(f"/sys/fs/cgroup/{sub}/memory.max")
+            elif "memory" in controllers.split(","):  # v1
+                files.append(f"/sys/fs/cgroup/memory/{sub}/memory.limit_in_bytes")
+    return files
+
+
 def memory_budget(cfg) -> int:
     """Bytes the in-memory splits may take: ``memory_budget_mb``, or a quarter of the memory
-    this process may use: the machine's physical memory, or the container's cgroup limit
-    (``memory.max``, cgroup v2; ``memory.limit_in_bytes``, v1) where that is lower."""
+    this process may use: the machine's physical memory, or the lowest memory limit of its
+    cgroups (see :func:`_cgroup_limit_files`) where that is lower."""
     if cfg.memory_budget_mb is not None:
         return int(cfg.memory_budget_mb) << 20
     try:
         total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError, AttributeError):  # pragma: no cover
         total = 16 << 30
-    for f in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+    for f in _cgroup_limit_files():
         try:
             limit = open(f).read().strip()
         except OSError:
