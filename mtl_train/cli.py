@@ -297,14 +297,17 @@ def _record_error(run_dir: str, err: Exception, foreign: bool = False) -> None:
             h.handle(record)
 
 
-def _job_failed(run_dir: str, err: Exception, foreign: bool = False) -> float:
-    """In a sweep, one job's bad input (e.g. ``loss=gradnorm`` with ``model=single_task``, which
-    shares no layer) must not end the other jobs: print the one-line error, keep it in the job's
-    directory (:func:`_record_error`), and return NaN, which Optuna records as a failed trial.
-    :func:`main` exits 2 after the sweep when any job failed."""
+def _run_failed(run_dir: str, err: Exception, foreign: bool, sweep: bool) -> float:
+    """A run's bad input: keep the one-line error in its directory (:func:`_record_error`); a
+    single run then exits 2 (:func:`_fail`). In a sweep, one job's bad input (e.g.
+    ``loss=gradnorm`` with ``model=single_task``, which shares no layer) must not end the other
+    jobs: print the error naming the job and return NaN, which Optuna records as a failed
+    trial; :func:`main` exits 2 after the sweep when any job failed."""
+    _record_error(run_dir, err, foreign)
+    if not sweep:
+        _fail(err)
     name = os.path.basename(os.path.normpath(run_dir))
     print(f"mtl-train: error: job {name}: {err}", file=sys.stderr)
-    _record_error(run_dir, err, foreign)
     _FAILED_JOBS.append(name)
     return math.nan
 
@@ -315,7 +318,7 @@ def app(cfg: DictConfig) -> float | None:
     ``objective``: a weighted sum of tasks' val metric, default the val monitor, see
     :mod:`mtl_train.objective`); ``mode=eval`` / ``mode=predict`` score a checkpoint (see
     :mod:`mtl_train.train.infer`) and return None. In a sweep, a job's bad input ends that job
-    only (:func:`_job_failed`)."""
+    only (:func:`_run_failed`)."""
     from mtl_train.config import validate
     from mtl_train.objective import objective_value
     from mtl_train.train.trainer import run
@@ -340,10 +343,7 @@ def app(cfg: DictConfig) -> float | None:
                 print(f"predictions: {out}")
             return None
     except MtlError as e:
-        if hc.mode != RunMode.MULTIRUN:
-            _record_error(run_dir, e, foreign)
-            _fail(e)
-        return _job_failed(run_dir, e, foreign)
+        return _run_failed(run_dir, e, foreign, hc.mode == RunMode.MULTIRUN)
     except RunInterrupted as e:
         # a graceful stop, not an error: one warning line (console and log file), exit 128 + signal
         log.warning("%s", e)
@@ -353,10 +353,7 @@ def app(cfg: DictConfig) -> float | None:
     try:
         return objective_value(results["val"], typed.get("objective"), typed.trainer.monitor)
     except MtlError as e:
-        if hc.mode != RunMode.MULTIRUN:
-            _record_error(run_dir, e, foreign)
-            _fail(e)
-        return _job_failed(run_dir, e, foreign)
+        return _run_failed(run_dir, e, foreign, hc.mode == RunMode.MULTIRUN)
 
 
 def main() -> None:

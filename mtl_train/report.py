@@ -9,7 +9,7 @@ A job is a sub-directory of the sweep with ``.hydra/config.yaml``; its metrics c
 ``.hydra/overrides.yaml``. The table's axes are the overrides whose values differ between jobs;
 ``seed``, when it is one of them, is averaged over: each row then holds mean +- std over the seeds
 (std: sample standard deviation, ``ddof=1``; empty for one seed) and ``n``, the number of seeds
-with a value. A job that failed (``error.txt``, see :func:`mtl_train.cli._job_failed`) or is
+with a value. A job that failed (``error.txt``, see :func:`mtl_train.cli._run_failed`) or is
 still running (no ``metrics.json``) counts in ``failed``/``missing`` and never in a mean.
 
 Files written (``--out PREFIX``, default ``<sweep dir>/report``): ``PREFIX.csv`` (one row per

@@ -34,7 +34,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_balancers import BATCH, REPO, bench_config, load_workload  # noqa: E402
-from bench_step import EXPERTS, FLOPS_PER_SAMPLE, H1, H2, INP, TASKS, TOWER  # noqa: E402
+from bench_step import EXPERTS, H1, H2, INP, TASKS, TOWER, roofline_budget  # noqa: E402
 
 from mtl_train.train.trainer import Trainer  # noqa: E402
 
@@ -54,10 +54,7 @@ def main() -> None:
     wt1, wt2 = torch.randn(TASKS, H2, TOWER, generator=g), torch.randn(TASKS, TOWER, 1, generator=g)
 
     def budget() -> float:
-        t0 = time.perf_counter()
-        for _ in range(4):
-            a @ w
-        return B * FLOPS_PER_SAMPLE / (2 * B * D * E * H1 * 4 / (time.perf_counter() - t0))
+        return roofline_budget(a, w, 4)
 
     def skeleton() -> None:
         y1 = torch.mm(x1, w1).relu_()

@@ -43,6 +43,16 @@ FLOPS_PER_SAMPLE = 3 * sum(2 * i * o for i, o in LAYERS)
 GEMM_OPS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm")
 
 
+def roofline_budget(a: torch.Tensor, w: torch.Tensor, gemms: int) -> float:
+    """Seconds one BATCH-sample step takes at the GEMM rate of this sample: roofline.py's GEMM
+    ``a`` [BATCH, INP] x ``w`` [INP, EXPERTS * H1], ``gemms`` times, against its FLOP count."""
+    t0 = time.perf_counter()
+    for _ in range(gemms):
+        a @ w
+    rate = 2 * BATCH * INP * EXPERTS * H1 * gemms / (time.perf_counter() - t0)
+    return BATCH * FLOPS_PER_SAMPLE / rate
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--bench-dir", default=str(REPO.parent / "shared" / "bench"))
@@ -70,12 +80,7 @@ def main() -> None:
         a, w = torch.randn(BATCH, INP), torch.randn(INP, EXPERTS * H1)
 
         def budget() -> float:
-            """Seconds one 2048-sample step takes at the GEMM rate of this sample."""
-            t0 = time.perf_counter()
-            for _ in range(args.gemms):
-                a @ w
-            rate = 2 * BATCH * INP * EXPERTS * H1 * args.gemms / (time.perf_counter() - t0)
-            return BATCH * FLOPS_PER_SAMPLE / rate
+            return roofline_budget(a, w, args.gemms)
 
         def step(k: int) -> float:
             t0 = time.perf_counter()

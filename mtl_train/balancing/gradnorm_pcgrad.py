@@ -7,7 +7,6 @@ Follows GradNorm (Chen et al., ICML 2018) for the weights and PCGrad (Yu et al.,
 from __future__ import annotations
 
 import numpy as np
-import torch
 
 from mtl_train.balancing.base import require_shared
 from mtl_train.balancing.gradients import (combine, cosine_logs, gram, pcgrad_coefficients, set_grad, task_gradients,

@@ -20,12 +20,11 @@ class LoaderPosition:
 
     epoch: int = 0
     batch: int = 0
+    kind = "memory"  # how the split is read: a position means nothing to a loader of another kind
 
     def set_epoch(self, epoch: int) -> None:
         """Start epoch ``epoch`` at its first batch."""
         self.epoch, self.batch = int(epoch), 0
-
-    kind = "memory"  # how the split is read: a position means nothing to a loader of another kind
 
     def state_dict(self) -> dict:
         """``{"epoch": e, "batch": b, "kind": k}``: ``b`` batches of epoch ``e`` handed out so

@@ -51,7 +51,7 @@ from mtl_train.data import cache
 from mtl_train.data.encode import Vocabulary, hash_ids, splitmix64
 from mtl_train.data.files import in_file
 from mtl_train.data.schema import (
-    NULL_ID, NUM_RESERVED_IDS, OOV_ID, DatasetBundle, DenseFeature, FeatureSchema, SequenceFeature, SparseFeature,
+    NUM_RESERVED_IDS, DatasetBundle, DenseFeature, FeatureSchema, SequenceFeature, SparseFeature,
     Table, Task,
 )
 from mtl_train.errors import ConfigError, DataError
@@ -270,6 +270,11 @@ def _id_values(col):
     return col
 
 
+def _mixed_types(name: str, here, other) -> DataError:
+    return DataError(f"dataset: id column '{name}' holds {here} values in one training file and {other} in "
+                     f"another; write it with one type")
+
+
 def _id_kind(t: pa.DataType) -> str:
     t = t.value_type if pa.types.is_dictionary(t) else t
     return "integer" if pa.types.is_integer(t) or pa.types.is_boolean(t) else "string"
@@ -307,8 +312,7 @@ class _Counter:
         if pa.types.is_null(col.type):  # a file where the column is all null: nothing to count
             return
         if self.parts and col.type != self.parts[0].schema.field("v").type:
-            raise DataError(f"dataset: id column '{self.name}' holds {col.type} values in one training file and "
-                            f"{self.parts[0].schema.field('v').type} in another; write it with one type")
+            raise _mixed_types(self.name, col.type, self.parts[0].schema.field("v").type)
         vc = pc.value_counts(col)
         if isinstance(vc, pa.ChunkedArray):
             vc = vc.combine_chunks()
@@ -380,7 +384,6 @@ def prepare(cfg, spec: dict, sources: dict[str, SplitSource], progress: bool = T
     counters = {c["name"]: _Counter(c["name"]) for c in id_cols if c["hash_buckets"] is None}
     id_kinds: dict[str, str] = {}  # hashed columns: "integer" or "string", as in the training files
     num = {c["name"]: np.zeros(5) for c in spec["numeric"]}  # n, mean, M2, min, max (after log for norm=log)
-    num_nulls = {c["name"]: 0 for c in spec["numeric"]}
     for v in num.values():
         v[3], v[4] = np.inf, -np.inf
     report = {s: {"rows": 0, "null_ids": {c["name"]: 0 for c in id_cols}, "oov_ids": {c["name"]: 0 for c in id_cols},
@@ -425,8 +428,7 @@ def prepare(cfg, spec: dict, sources: dict[str, SplitSource], progress: bool = T
                         elif not pa.types.is_null(col.type):  # hashed: the values' type is part of the hash
                             kind = id_kinds.setdefault(c["name"], _id_kind(col.type))
                             if _id_kind(col.type) != kind:
-                                raise DataError(f"dataset: id column '{c['name']}' holds {col.type} values in one "
-                                                f"training file and {kind} ids in another; write it with one type")
+                                raise _mixed_types(c["name"], col.type, f"{kind} ids")
                     for c in spec["numeric"]:
                         x = _numeric(t.column(c["name"]), c["name"])
                         nan = np.isnan(x)

@@ -116,12 +116,12 @@ def evaluate(model: MultiTaskModel, table: Table, device: torch.device, batch_si
             result[name] = regression_metrics(score, label, name=name, split=split)
         else:
             result[name] = binary_metrics(score, label, name=name, split=split)
-        if types[name] != "regression" and group_index is not None:
-            group = torch.cat([p[2] for p in parts]).numpy()
-            known = group > OOV_ID
-            result[name].update(group_auc(score[known], label[known], group[known]))
-            if not known.all():
-                left_out.append(f"{name} {int((~known).sum())}/{known.size}")
+            if group_index is not None:
+                group = torch.cat([p[2] for p in parts]).numpy()
+                known = group > OOV_ID
+                result[name].update(group_auc(score[known], label[known], group[known]))
+                if not known.all():
+                    left_out.append(f"{name} {int((~known).sum())}/{known.size}")
         if name in eval_only:  # scored against an evaluation-only column: never part of the monitor
             result[name]["eval_only"] = True
     if left_out:
