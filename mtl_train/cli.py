@@ -179,7 +179,8 @@ def precheck_overrides(args: list[str]) -> None:
     if sweeper is None and choices.get("experiment") in group_options("experiment"):
         sweeper = _experiment_choices(choices["experiment"]).get("hydra/sweeper")
     if sweeper == "optuna" and importlib.util.find_spec("hydra_plugins.hydra_optuna_sweeper") is None:
-        raise ConfigError('hydra/sweeper=optuna: the Optuna sweeper is not installed (in the mtl-train clone: pip install ".[optuna]")')
+        raise ConfigError('hydra/sweeper=optuna: the Optuna sweeper is not installed '
+                          '(in the mtl-train clone: pip install ".[optuna]")')
     experiment_groups = set(_experiment_choices(choices["experiment"])) if choices.get("experiment") in \
         group_options("experiment") else set()
     for group in GROUPS:  # a preset's own group choices (model=esmm -> graph=esmm), unless set on the command line

@@ -9,9 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Any, Dict, List, Optional
 
-from omegaconf import MISSING
-
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
 from mtl_train.errors import ConfigError
@@ -409,7 +407,8 @@ POSITIVE = {
     "temperature", "window_steps", "gru_hidden", "attention_dim", "val_fraction",
     "max_len", "hash_buckets", "shuffle_buffer", "memory_budget_mb",
 }
-NON_NEGATIVE = {"num_workers", "num_dense", "num_task_experts", "num_shared_experts", "weight_decay", "dropout", "alpha", "min_delta",
+NON_NEGATIVE = {"num_workers", "num_dense", "num_task_experts", "num_shared_experts", "weight_decay", "dropout", "alpha",
+                "min_delta",
                 "warmup_steps", "min_lr_ratio", "c", "default_weight", "order_weight", "calibrator_weight"}
 # string keys with a closed set of values: (group, key) -> allowed values
 CHOICES = {

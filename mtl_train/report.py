@@ -101,7 +101,8 @@ def load_jobs(sweep_dir: str | os.PathLike) -> list[Job]:
             except (OSError, ValueError) as e:
                 raise ReportError(f"{d / 'metrics.json'}: unreadable ({e})") from None
         elif (d / "error.txt").exists():
-            error = (d / "error.txt").read_text().strip().splitlines()[0] if (d / "error.txt").read_text().strip() else "failed"
+            text = (d / "error.txt").read_text().strip()
+            error = text.splitlines()[0] if text else "failed"
         jobs.append(Job(str(d.relative_to(root)), d, overrides, metrics, error))
     if not jobs:
         raise ReportError(f"{root}: no job directories (with .hydra/config.yaml) in this sweep")

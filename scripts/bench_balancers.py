@@ -11,8 +11,9 @@ on batches already in memory (loading is not part of the figure; every method ge
 batches).
 
 Noise control: one trainer per method (same initial weights), methods interleaved in a
-fresh random order each round (so no method always follows the same one), ``--rounds`` rounds of ``--steps`` timed steps each (after ``--warmup`` steps
-per method); a method's ratio in a round is its time per step over ``equal``'s in the same
+fresh random order each round (so no method always follows the same one), ``--rounds`` rounds of
+``--steps`` timed steps each (after ``--warmup`` steps per
+method); a method's ratio in a round is its time per step over ``equal``'s in the same
 round; the report gives the median over rounds of both (the pass/fail column uses the median
 ratio) and the ratio of the minimum times. Run at normal priority.
 

@@ -14,8 +14,8 @@ different speed phases. This script takes both sides in the same process, interl
 It prints the median and best of both and their ratios (roofline budget / step time: the
 "x roofline" of bench.py, without the loading), then profiles ``--profile-steps`` steps and
 reports the time the step spends in GEMMs (``aten::mm``/``addmm``/``bmm``/``baddbmm``) over the
-roofline budget of a sample taken just before each profiled step: the GEMMs at the model's real shapes can take longer than the roofline's
-single best shape, and whatever else the step does must fit in what is left.
+roofline budget of a sample taken just before each profiled step: the GEMMs at the model's real
+shapes can take longer than the roofline's single best shape, and whatever else the step does must fit in what is left.
 
 Usage: python scripts/bench_step.py [--pairs 40] [--bf16] [--threads N] [--json out.json]
 """

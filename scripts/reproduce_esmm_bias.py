@@ -61,7 +61,7 @@ def main() -> None:
             })
             print(name, seed, json.dumps({k: v for k, v in res[name][-1].items() if k != "command"}), flush=True)
     (out / "summary.json").write_text(json.dumps(res, indent=2))
-    print(f"\n| model | pCVR AUC, entire space vs purchase_if_click | CVR AUC, clicked rows | CTCVR AUC | CTR AUC |")
+    print("\n| model | pCVR AUC, entire space vs purchase_if_click | CVR AUC, clicked rows | CTCVR AUC | CTR AUC |")
     print("|---|---|---|---|---|")
     for name, rows in res.items():
         cells = []

@@ -1,10 +1,8 @@
 """The malloc tuning keeps step-sized buffers in the heap: no page faults once warm."""
-import resource
 import subprocess
 import sys
 
 import pytest
-import torch
 
 from mtl_train.train.allocator import tune_malloc
 

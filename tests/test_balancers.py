@@ -12,7 +12,7 @@ from mtl_train.balancing.base import BALANCERS, build_balancer
 from mtl_train.balancing.dwa import dwa_weights
 from mtl_train.balancing.gradients import cagrad_coefficients, min_norm_weights, pcgrad_coefficients
 from mtl_train.config import SCHEMAS
-from mtl_train.data.schema import FeatureSchema, SparseFeature, DenseFeature, Task
+from mtl_train.data.schema import DenseFeature, FeatureSchema, SparseFeature, Task
 from mtl_train.errors import ConfigError
 from mtl_train.models.builder import build_model
 
@@ -168,7 +168,8 @@ def test_dwa_windows_of_steps_drive_the_weights():
         if k < 3:  # first two windows: weights 1 (the paper's w(1) = w(2) = 1)
             assert bal.weights().tolist() == [1.0, 1.0]
         assert losses.grad.tolist() == [1.0, 1.0]
-    assert bal.weights().tolist() == pytest.approx(dwa_weights(torch.tensor([1.0, 1.0]), torch.tensor([2.0, 2.0]), 2).tolist())
+    expect = dwa_weights(torch.tensor([1.0, 1.0]), torch.tensor([2.0, 2.0]), 2)
+    assert bal.weights().tolist() == pytest.approx(expect.tolist())
     # a step where "b" has no row does not enter b's window mean
     bal = build_balancer(loss_cfg("dwa", window_steps=2), ["a", "b"], None)
     for l, n in [([1.0, 2.0], [4, 4]), ([1.0, 50.0], [4, 0]), ([2.0, 1.0], [4, 4]), ([2.0, 1.0], [4, 4])]:
@@ -455,9 +456,8 @@ def test_gradient_methods_refuse_a_model_without_shared_parameters(name):
 
 # ---- through the CLI: TensorBoard every N steps, balancer state in the checkpoint ---------------------
 def test_cli_logs_cosines_and_weights_every_n_steps_and_checkpoints_the_balancer(tmp_path):
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
     from conftest import find_run_dir, run_cli
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     run_cli(["loss=gradnorm_pcgrad", "loss.seed=3", "dataset.train_rows=1280", "dataset.val_rows=500",
              "dataset.test_rows=500", "trainer.batch_size=64", "trainer.epochs=1", "trainer.log_every_steps=5",
@@ -477,9 +477,8 @@ def test_cli_logs_cosines_and_weights_every_n_steps_and_checkpoints_the_balancer
 
 
 def test_cli_static_weights(tmp_path):
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
     from conftest import find_run_dir, run_cli
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     run_cli(["loss=static", "loss.weights={purchase: 5.0}", "dataset.train_rows=640", "dataset.val_rows=300",
              "dataset.test_rows=300", "trainer.batch_size=64", "trainer.epochs=1", "trainer.log_every_steps=5",

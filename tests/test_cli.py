@@ -1,7 +1,6 @@
 import json
 
 import pytest
-
 from conftest import CENSUS, find_run_dir, run_cli
 
 FAST = ["trainer.progress=false", "trainer.batch_size=64", "trainer.epochs=2", "model.expert_hidden=[16]",

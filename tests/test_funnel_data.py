@@ -3,12 +3,11 @@ the label checks and the synthetic click bias."""
 import json
 import math
 
-import numpy as np
 import pytest
 import torch
+from conftest import REPO, SHARED, find_run_dir, run_cli
 from omegaconf import OmegaConf
 
-from conftest import REPO, SHARED, find_run_dir, run_cli
 from mtl_train.config import validate_group
 from mtl_train.data.datasets import load_dataset
 from mtl_train.data.datasets.aliccp import convert_raw, write_raw

@@ -1,5 +1,4 @@
 import tomllib
-
 from conftest import REPO
 
 

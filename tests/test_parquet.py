@@ -8,14 +8,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+from conftest import find_run_dir, run_cli
 from omegaconf import OmegaConf
 
-from conftest import find_run_dir, run_cli
 from mtl_train.config import validate_group
 from mtl_train.data import parquet as pqd
 from mtl_train.data.encode import Vocabulary, hash_ids
 from mtl_train.data.schema import Table
-from mtl_train.data.stream import StreamSplit, StreamingLoader
+from mtl_train.data.stream import StreamingLoader, StreamSplit
 from mtl_train.errors import ConfigError, DataError
 
 BIG = 2**60 + 1  # an id that a float64 cannot hold exactly
@@ -157,7 +157,8 @@ def test_prepare_vocab_stats_report_and_encoding(data):
     # numeric: standardised with train statistics, null -> 0 (the mean)
     price = train.column("price").to_numpy(zero_copy_only=False)
     ok = ~np.isnan(price)
-    np.testing.assert_allclose(t.dense[ok, 0].numpy(), (price[ok] - price[ok].mean()) / price[ok].std(), rtol=1e-4, atol=1e-5)
+    expect = (price[ok] - price[ok].mean()) / price[ok].std()
+    np.testing.assert_allclose(t.dense[ok, 0].numpy(), expect, rtol=1e-4, atol=1e-5)
     assert (t.dense[~ok, 0] == 0).all()
     # labels: null -> NaN, never 0
     buy = train.column("buy")
@@ -221,7 +222,8 @@ def test_streamed_epoch_covers_every_row_once_matches_memory_and_resumes(data):
     loader.set_epoch(1)
     assert len(loader) == 8
     sp, sq, dn = rows(loader)
-    key = lambda s, q, d: sorted(map(tuple, torch.cat([s.double(), q.double(), d.double()], 1).tolist()))
+    def key(s, q, d):
+        return sorted(map(tuple, torch.cat([s.double(), q.double(), d.double()], 1).tolist()))
     assert key(sp, sq, dn) == key(mem.train.sparse, mem.train.seq, mem.train.dense)
     assert not torch.equal(sp, mem.train.sparse)  # shuffled
     # deterministic, independent of reader threads

@@ -1,13 +1,11 @@
 """trainer.precision=bf16: backbone in bfloat16 autocast, float32 master weights, towers and losses."""
 import pytest
 import torch
-from omegaconf import OmegaConf
+from test_models import MODELS, batch, graph_cfg, model_cfg, schema
 
-from mtl_train.config import validate_group
 from mtl_train.errors import ConfigError
 from mtl_train.models.builder import build_model
 from mtl_train.train.trainer import resolve_precision
-from test_models import MODELS, batch, graph_cfg, model_cfg, schema
 
 
 @pytest.fixture(autouse=True)

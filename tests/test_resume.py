@@ -9,7 +9,6 @@ import subprocess
 import sys
 
 import torch
-
 from conftest import run_cli
 
 ARGS = ["dataset.train_rows=3000", "dataset.val_rows=500", "dataset.test_rows=500", "dataset.vocab_sizes=[50,50,20]",

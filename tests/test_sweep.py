@@ -6,7 +6,6 @@ import statistics
 from pathlib import Path
 
 import pytest
-
 from conftest import CENSUS, REPO, run_cli
 
 TINY = ["dataset.train_rows=1500", "dataset.val_rows=400", "dataset.test_rows=400", "trainer.progress=false",

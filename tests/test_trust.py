@@ -9,9 +9,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+from conftest import CENSUS
 from hydra import compose, initialize_config_module
 
-from conftest import CENSUS
 from mtl_train.config import validate
 from mtl_train.errors import ConfigError, DataError, TrainingError
 
@@ -236,7 +236,8 @@ def test_precheck_knows_top_level_keys_and_infer():
     precheck_overrides(["--config-dir", "/tmp/cd=1", "--cfg", "job", "model=ple"])
     precheck_overrides(["-sc", "install=bash"])
     precheck_overrides(["-m", "model=mmoe,ple", "seed=range(3)", "trainer.lr=choice(0.1,0.01)", "+x=1", "~seed",
-                        "hydra/sweeper=basic", "dataset=parquet", "dataset.train_path='logs/day=*/p.parquet'", "graph.tower_hidden=[8,4]"])
+                        "hydra/sweeper=basic", "dataset=parquet", "dataset.train_path='logs/day=*/p.parquet'",
+                        "graph.tower_hidden=[8,4]"])
     with pytest.raises(ConfigError, match="Hydra cannot parse"):
         precheck_overrides(["--config-dir", "/tmp", "dataset.train_path=logs/day=*/p.parquet"])
 
@@ -337,12 +338,12 @@ def test_eval_reproduces_metrics_and_scored_predictions_give_the_same_auc(tmp_pa
 
 @pytest.mark.skipif(not CENSUS.exists(), reason="shared census data not present")
 def test_census_eval_and_predict_on_a_file_agree(tmp_path, monkeypatch):
+    import gzip
+
     from mtl_train.data import cache
     from mtl_train.metrics import binary_metrics
     from mtl_train.train.infer import run_eval, run_predict
     from mtl_train.train.trainer import run
-
-    import gzip
 
     lines = gzip.open(CENSUS, "rt").readlines()
     small, new = tmp_path / "census.csv", tmp_path / "new.csv"  # rows 0..3999 to train on, 4000..7999 as a new file
@@ -426,10 +427,10 @@ def test_a_parquet_run_resumed_where_mode_auto_would_stream_reads_as_the_interru
     # the data position {epoch, batch} depends on how the train split is read; a machine with less
     # memory would make dataset.mode=auto stream it, repeating some rows and skipping others
     from omegaconf import OmegaConf
+    from test_parquet import SCHEMA, write_log
 
     from mtl_train.data import parquet as pqd
     from mtl_train.train.trainer import run
-    from test_parquet import SCHEMA, write_log
 
     write_log(tmp_path / "train.parquet", 600, 0)
     write_log(tmp_path / "val.parquet", 200, 1)

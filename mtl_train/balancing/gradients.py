@@ -47,7 +47,9 @@ def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         a = a.coalesce() if a.is_sparse else a
         b = b.coalesce() if b.is_sparse else b
         if a.is_sparse and b.is_sparse:
-            return torch.sparse.sum(a * b).to(torch.float32) if a._nnz() and b._nnz() else a.new_zeros((), dtype=torch.float32)
+            if not (a._nnz() and b._nnz()):
+                return a.new_zeros((), dtype=torch.float32)
+            return torch.sparse.sum(a * b).to(torch.float32)
         s, d = (a, b) if a.is_sparse else (b, a)
         return (s._values() * d.reshape(s.shape)[s._indices()[0]]).sum()
     return torch.dot(a.reshape(-1), b.reshape(-1))

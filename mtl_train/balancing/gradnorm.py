@@ -88,7 +88,8 @@ class GradNorm(Balancer):
         if model is not None and self.target == "last_shared_layer" and not model.last_shared_layer():
             hint = ", or loss.target=shared_representation" if getattr(getattr(model, "backbone", None),
                                                                         "shared_output", False) else ""
-            raise ConfigError(f"loss={cfg.name}: this model shares no layer between tasks (use a model with shared layers{hint})")
+            raise ConfigError(f"loss={cfg.name}: this model shares no layer between tasks "
+                              f"(use a model with shared layers{hint})")
         self.min_weight = float(cfg.min_weight)
         self.w = torch.ones(self.num_tasks, requires_grad=True)
         self.initial = torch.full((self.num_tasks,), float("nan"))

@@ -9,8 +9,15 @@ from __future__ import annotations
 import numpy as np
 
 from mtl_train.balancing.base import require_shared
-from mtl_train.balancing.gradients import (combine, cosine_logs, gram, pcgrad_coefficients, set_grad, task_gradients,
-                                           valid_tasks)
+from mtl_train.balancing.gradients import (
+    combine,
+    cosine_logs,
+    gram,
+    pcgrad_coefficients,
+    set_grad,
+    task_gradients,
+    valid_tasks,
+)
 from mtl_train.balancing.gradnorm import GradNorm
 from mtl_train.balancing.surgery import make_generator
 

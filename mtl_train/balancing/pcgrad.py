@@ -2,8 +2,6 @@
 Learning", NeurIPS 2020)."""
 from __future__ import annotations
 
-import torch
-
 from mtl_train.balancing.gradients import pcgrad_coefficients
 from mtl_train.balancing.surgery import SharedGradientSurgery, make_generator
 from mtl_train.errors import ConfigError

@@ -10,8 +10,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from mtl_train.errors import DataError
 from mtl_train.data.schema import NULL_ID, NUM_RESERVED_IDS, OOV_ID
+from mtl_train.errors import DataError
 
 
 @dataclass

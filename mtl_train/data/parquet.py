@@ -51,8 +51,14 @@ from mtl_train.data import cache
 from mtl_train.data.encode import Vocabulary, hash_ids, splitmix64
 from mtl_train.data.files import in_file
 from mtl_train.data.schema import (
-    NUM_RESERVED_IDS, DatasetBundle, DenseFeature, FeatureSchema, SequenceFeature, SparseFeature,
-    Table, Task,
+    NUM_RESERVED_IDS,
+    DatasetBundle,
+    DenseFeature,
+    FeatureSchema,
+    SequenceFeature,
+    SparseFeature,
+    Table,
+    Task,
 )
 from mtl_train.errors import ConfigError, DataError
 
@@ -340,7 +346,8 @@ def _label_array(col: pa.ChunkedArray | pa.Array, task: dict, where: str) -> np.
     try:
         y = np.asarray(pc.cast(col, pa.float32()).to_numpy(zero_copy_only=False), dtype=np.float32)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-        raise DataError(f"{where}: label column '{task['label']}' of task '{task['name']}' is not numeric ({col.type})") from None
+        raise DataError(f"{where}: label column '{task['label']}' of task '{task['name']}' "
+                        f"is not numeric ({col.type})") from None
     if task["type"] == "binary":
         bad = ~np.isnan(y) & (y != 0) & (y != 1)
         if bad.any():

@@ -4,8 +4,8 @@ from __future__ import annotations
 import importlib
 
 import torch
-from omegaconf import DictConfig, OmegaConf
 import torch.nn as nn
+from omegaconf import DictConfig, OmegaConf
 
 from mtl_train.data.schema import FeatureSchema
 from mtl_train.errors import ConfigError

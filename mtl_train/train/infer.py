@@ -141,7 +141,8 @@ def run_eval(cfg: DictConfig, run_dir: str) -> dict:
 
 
 @torch.no_grad()
-def predict_table(model, table: Table, device: torch.device, batch_size: int) -> dict[str, tuple[np.ndarray, np.ndarray, str]]:
+def predict_table(model, table: Table, device: torch.device,
+                  batch_size: int) -> dict[str, tuple[np.ndarray, np.ndarray, str]]:
     """Scores of every evaluated output on every row of ``table``, in row order.
 
     Returns:

@@ -32,8 +32,8 @@ from omegaconf import DictConfig, OmegaConf
 from mtl_train.balancing.base import build_balancer
 from mtl_train.config import CHOICES
 from mtl_train.data.datasets import load_dataset
-from mtl_train.data.stream import train_loader
 from mtl_train.data.schema import OOV_ID, DatasetBundle, Table
+from mtl_train.data.stream import train_loader
 from mtl_train.errors import ConfigError, DataError, RunInterrupted, TrainingError
 from mtl_train.metrics import binary_metrics, group_auc, regression_metrics
 from mtl_train.models.builder import MultiTaskModel, build_model
@@ -628,7 +628,8 @@ def _check_labels(data: DatasetBundle) -> None:
         else:  # streamed: the prepare step counted them
             has_pos = data.info["report"]["train"]["positives"][task.name] > 0
         if task.type == "binary" and not has_pos:
-            raise DataError(f"dataset: task '{task.name}' (column '{task.label}') has no positive label in the training split")
+            raise DataError(f"dataset: task '{task.name}' (column '{task.label}') "
+                            "has no positive label in the training split")
 
 
 def run(cfg: DictConfig, run_dir: str, overridden: list[str] = ()) -> dict:

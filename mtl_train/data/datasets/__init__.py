@@ -4,8 +4,6 @@ from __future__ import annotations
 import importlib
 import logging
 
-import torch
-
 from mtl_train.data.schema import DatasetBundle
 from mtl_train.errors import ConfigError
 

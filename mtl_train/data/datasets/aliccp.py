@@ -215,7 +215,8 @@ def load(cfg, seed: int) -> DatasetBundle:
     """
     cache = cfg.cache_dir
     if cfg.raw_dir and not (cfg.train_path or cfg.test_path or cfg.val_path):
-        paths = {s: (os.path.join(cfg.raw_dir, f"sample_skeleton_{s}.csv"), os.path.join(cfg.raw_dir, f"common_features_{s}.csv"))
+        paths = {s: (os.path.join(cfg.raw_dir, f"sample_skeleton_{s}.csv"),
+                     os.path.join(cfg.raw_dir, f"common_features_{s}.csv"))
                  for s in ("train", "test")}
         for s, (a, b) in paths.items():
             for p in (a, b):

@@ -25,7 +25,6 @@ from __future__ import annotations
 import logging
 import os
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv

@@ -15,10 +15,10 @@ so purchase only happens inside click, and ``task_correlation`` sets how strongl
 tasks share their structure. ``click_bias`` (default 0) makes the click model select on the
 conversion score itself: the clicked population is then a biased sample of the impressions
 (sample-selection bias, the problem ESMM (Ma et al., SIGIR 2018) addresses): with
-``click_bias`` > 0 the clicked rows are those likelier to convert, with < 0 the unlikely ones. ``purchase_if_click`` (would this impression convert if
-clicked) is kept as an evaluation-only column, never a feature. Everything is
-deterministic from ``seed``: the hidden weights from ``seed``, and each split's rows from
-``seed`` plus the split's index.
+``click_bias`` > 0 the clicked rows are those likelier to convert, with < 0 the unlikely ones.
+``purchase_if_click`` (would this impression convert if clicked) is kept as an
+evaluation-only column, never a feature. Everything is deterministic from ``seed``: the hidden
+weights from ``seed``, and each split's rows from ``seed`` plus the split's index.
 """
 from __future__ import annotations
 

@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 import torch
+from torch import nn
 
 from mtl_train.errors import ConfigError
 from mtl_train.models.backbones.base import Backbone, BackboneOutput
 from mtl_train.models.layers import MLP, check_dims
-from torch import nn
 
 
 class SingleTask(Backbone):

@@ -13,7 +13,8 @@ from mtl_train.models.graphs.independent import make_tower
 from mtl_train.models.layers import check_dims
 
 
-def chain_log_probs(logits: torch.Tensor, parent_index: list[int | None], order: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+def chain_log_probs(logits: torch.Tensor, parent_index: list[int | None],
+                    order: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
     """Log-space probabilities along a funnel (a forest of tasks given by ``parent_index``).
 
     Task k's head outputs the conditional logit a_k of P(y_k | all ancestors positive, x);
