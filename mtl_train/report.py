@@ -489,14 +489,16 @@ def main(argv: list[str] | None = None) -> None:
     note = rep.note()
     holds = rep.sources()
     holds = "" if holds == "1 sweep" else f" ({holds})"
-    print(f"{rep.sweep_dir}: {len(rep.jobs)} job{'s' * (len(rep.jobs) != 1)}{holds}, axes: {', '.join(rep.axes) or '(none)'}; {note}")
+    jobs = f"{len(rep.jobs)} job{'s' * (len(rep.jobs) != 1)}"
+    axes = ", ".join(rep.axes) or "(none)"
+    print(f"{rep.sweep_dir}: {jobs}{holds}, axes: {axes}; {note}")
     if rep.skipped:
         names = ", ".join(str(p.relative_to(rep.sweep_dir)) for p in rep.skipped)
         print(f"left out {len(rep.skipped)} eval/predict run(s): {names}")
     print(format_text(header, cells))
     out = Path(args.out) if args.out else rep.sweep_dir / "report"
     out.parent.mkdir(parents=True, exist_ok=True)
-    md = f"{len(rep.jobs)} job{'s' * (len(rep.jobs) != 1)} of `{rep.sweep_dir.name}`{holds}, axes: {', '.join(rep.axes) or '(none)'}; {note}.\n\n"
+    md = f"{jobs} of `{rep.sweep_dir.name}`{holds}, axes: {axes}; {note}.\n\n"
     out.with_suffix(".md").write_text(md + format_markdown(header, cells) + "\n")
     write_csv(rep, out.with_suffix(".csv"))
     write_runs_csv(rep, out.with_name(out.name + "_runs.csv"))
