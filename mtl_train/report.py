@@ -1,4 +1,4 @@
-"""``mtl-report <sweep dir>``: the runs of a sweep as one table, CSV files and a plot.
+"""``mtl-report <folder>``: the runs of a sweep (or of any folder of runs) as one table, CSV files and a plot.
 
     mtl-train -m experiment=census_compare hydra.sweep.dir=multirun/census_compare
     mtl-report multirun/census_compare                      # table on stdout; report.{md,csv,png} + runs.csv there
@@ -12,11 +12,19 @@ A job is a sub-directory of the sweep with ``.hydra/config.yaml``; its metrics c
 with a value. A job that failed (``error.txt``, see :func:`mtl_train.cli._run_failed`) or is
 still running (no ``metrics.json``) counts in ``failed``/``missing`` and never in a mean.
 
+The folder may also hold single runs (``outputs/``), several sweeps, or a sweep plus single runs.
+A job without an override compares with its effective value (its config group option or composed
+config value: ``mtl-train`` and ``mtl-train model=mmoe`` ran the same model). A row only averages
+jobs with different seeds; jobs that share every value, seed included (the same command run
+twice, a single run repeating a sweep's job), come from different sources and get a row each,
+named in a ``source`` column (the sweep directory, or the run's directory). The first line says
+what the folder holds (``2 single runs, no sweep``). Eval and predict runs are left out (named).
+
 Files written (``--out PREFIX``, default ``<sweep dir>/report``): ``PREFIX.csv`` (one row per
 table row: axes, n, failed, missing, ``<split>/<metric>/<task>`` mean and std), ``PREFIX_runs.csv``
 (one row per job), ``PREFIX.md`` (the table in Markdown) and ``PREFIX.png`` (per-task
 ``--plot-metric`` on ``--plot-split`` by the first axis, one marker per value of the other axes,
-error bars = std over seeds; needs matplotlib: ``pip install ".[report]"`` in the clone, or ``pip install matplotlib``).
+error bars = std over seeds; matplotlib, a dependency of mtl-train, draws it).
 
 Errors (one line ``mtl-report: error: ...``, exit status 2): a missing sweep directory, a
 directory without jobs, an unreadable ``metrics.json``.
@@ -33,7 +41,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from mtl_train.errors import MtlError
 from mtl_train.metrics import METRICS
@@ -47,18 +55,72 @@ class ReportError(MtlError):
 
 @dataclass
 class Job:
-    """One job of a sweep: its directory, swept values and metrics."""
+    """One job of a sweep, or one single run: its directory, overrides, composed config and metrics."""
 
     name: str
     path: Path
     overrides: dict[str, str]
     metrics: dict | None  # {"val"|"test": {task: {"auc": ..., ...}}}; None: failed or missing
     error: str | None = None
+    config: object = None  # the composed config (.hydra/config.yaml), None when unreadable
+    choices: dict[str, str] = field(default_factory=dict)  # config group -> option (.hydra/hydra.yaml)
+    source: str = "."  # the sweep directory of a sweep job, the run directory of a single run (relative)
+    single: bool = False  # a single run (Hydra mode RUN), not a job of a sweep
+
+    def value(self, key: str):
+        """The value ``key`` had in this job, as a comparable string (JSON), or None when unknown:
+        the job's override if it has one, else its config group option, else its composed config's
+        value. So a run that left ``trainer.epochs`` at its default compares equal to one that set
+        it to that default."""
+        if key in self.overrides:
+            return _canonical(_override_value(key, self.overrides[key]))
+        if key in self.choices:
+            return _canonical(self.choices[key])
+        if self.config is None:
+            return None
+        try:
+            node = OmegaConf.select(self.config, key, throw_on_missing=False)
+            if node is None or (isinstance(node, DictConfig) and not self.choices):
+                return None  # unknown (or a config group of a job without hydra.yaml)
+            return _canonical(OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node)
+        except Exception:  # an interpolation that cannot resolve outside the run
+            return None
+
+    def shown(self, key: str) -> str:
+        """``key``'s value as the table shows it: the override's text, else the effective value."""
+        if key in self.overrides:
+            return self.overrides[key]
+        v = self.value(key)
+        if v is None:
+            return ""
+        v = json.loads(v)
+        return v if isinstance(v, str) else "null" if v is None else json.dumps(v).replace('"', "")
+
+
+_PARSER = None
+
+
+def _override_value(key: str, text: str):
+    """The value of ``key=text`` as Hydra parses it (``1e-3`` -> 0.001), the text when it does not parse."""
+    global _PARSER
+    try:
+        if _PARSER is None:
+            from hydra.core.override_parser.overrides_parser import OverridesParser
+
+            _PARSER = OverridesParser.create()
+        return _PARSER.parse_overrides([f"{key}={text}"])[0].value()
+    except Exception:
+        return text
+
+
+def _canonical(value) -> str:
+    return json.dumps(value, sort_keys=True, default=str)
 
 
 @dataclass
 class Row:
-    """One row of the table: the jobs that share every axis value but the seed."""
+    """One row of the table: the jobs that share every axis value but the seed (each with its own
+    seed; jobs that repeat a seed with the same values come from different sources and get a row each)."""
 
     key: tuple[str, ...]
     jobs: list[Job] = field(default_factory=list)
@@ -72,9 +134,19 @@ def _parse_override(text: str) -> tuple[str, str] | None:
     return key.lstrip("+"), value
 
 
-def load_jobs(sweep_dir: str | os.PathLike) -> list[Job]:
-    """Every job under ``sweep_dir`` (directories holding ``.hydra/config.yaml``), in the order of
-    their Hydra job number (the leading ``<num>_`` of the directory name), else by name.
+def _load_yaml(path: Path):
+    try:
+        return OmegaConf.load(path) if path.exists() else None
+    except Exception:  # a half-written file of a running job: the report goes on without it
+        return None
+
+
+def load_jobs(sweep_dir: str | os.PathLike, skipped: list[Path] | None = None) -> list[Job]:
+    """Every training run under ``sweep_dir`` (directories holding ``.hydra/config.yaml``): the jobs
+    of one or more sweeps, single runs, or both. A sweep job's source is its sweep directory, a
+    single run's (``hydra.mode: RUN`` in its ``.hydra/hydra.yaml``) its own directory. Eval and
+    predict runs (``mode=eval|predict``) are left out and appended to ``skipped``. Jobs come in the
+    order of their Hydra job number (the leading ``<num>_`` of the directory name), else by name.
 
     Raises:
         ReportError: no such directory, no job in it, or an unreadable ``metrics.json``.
@@ -87,6 +159,19 @@ def load_jobs(sweep_dir: str | os.PathLike) -> list[Job]:
         d = cfg.parent.parent
         if d == root:
             continue
+        config = _load_yaml(cfg)
+        if config is not None and config.get("mode", "train") not in ("train", None):
+            if skipped is not None:
+                skipped.append(d)
+            continue
+        hydra_cfg = _load_yaml(d / ".hydra" / "hydra.yaml")
+        choices, single = {}, False
+        if hydra_cfg is not None:
+            h = hydra_cfg.get("hydra", {})
+            single = str(h.get("mode", "")) == "RUN"
+            choices = {k: v for k, v in (OmegaConf.to_container(h.get("runtime", {}).get("choices", {})) or {}).items()
+                       if "/" not in k}
+        source = d if single else d.parent
         ov_path = d / ".hydra" / "overrides.yaml"
         overrides = {}
         if ov_path.exists():
@@ -103,25 +188,27 @@ def load_jobs(sweep_dir: str | os.PathLike) -> list[Job]:
         elif (d / "error.txt").exists():
             text = (d / "error.txt").read_text().strip()
             error = text.splitlines()[0] if text else "failed"
-        jobs.append(Job(str(d.relative_to(root)), d, overrides, metrics, error))
+        jobs.append(Job(str(d.relative_to(root)), d, overrides, metrics, error, config, choices,
+                        str(source.relative_to(root)), single))
     if not jobs:
         raise ReportError(f"{root}: no job directories (with .hydra/config.yaml) in this sweep")
 
-    def order(j: Job):
-        head = j.name.split("_", 1)[0]
-        return (0, int(head), j.name) if head.isdigit() else (1, 0, j.name)
+    def order(j: Job):  # a sweep's jobs by job number (10_ after 9_), also in a folder of several sweeps
+        head = j.path.name.split("_", 1)[0]
+        return (j.source, 0, int(head), j.name) if head.isdigit() else (j.source, 1, 0, j.name)
 
     return sorted(jobs, key=order)
 
 
 def sweep_axes(jobs: list[Job]) -> list[str]:
-    """The override keys whose values differ between jobs, in the order they first appear."""
+    """The override keys whose values differ between jobs, in the order they first appear. A job
+    without that override counts with its effective value (:meth:`Job.value`)."""
     keys: list[str] = []
     for j in jobs:
         for k in j.overrides:
             if k not in keys:
                 keys.append(k)
-    return [k for k in keys if len({j.overrides.get(k) for j in jobs}) > 1]
+    return [k for k in keys if len({j.value(k) for j in jobs}) > 1]
 
 
 def metric_columns(jobs: list[Job]) -> list[str]:
@@ -147,13 +234,46 @@ def job_value(job: Job, column: str) -> float | None:
     return None if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)
 
 
-def group_rows(jobs: list[Job], axes: list[str], over: str = "seed") -> list[Row]:
-    """Jobs grouped by every axis but ``over``, rows in the order of their first job."""
-    rows: dict[tuple, Row] = {}
+def group_rows(jobs: list[Job], axes: list[str], over: str = "seed") -> tuple[list[Row], bool]:
+    """Jobs grouped by every axis but ``over``, rows in the order of their first job.
+
+    A row averages over ``over`` only: where two jobs of a group share its value too (two single
+    runs of the same command, a sweep and a run that repeats one of its jobs), they are not
+    replicates, and the group is split by source (sweep directory or single run), a row each.
+    Returns the rows (their key: the shown value of each axis but ``over``, then the source when
+    split) and whether any group was split (the table then has a ``source`` column).
+    """
+    group_axes = [a for a in axes if a != over]
+    groups: dict[tuple, list[Job]] = {}
     for j in jobs:
-        key = tuple(j.overrides.get(a, "") for a in axes if a != over)
-        rows.setdefault(key, Row(key)).jobs.append(j)
-    return list(rows.values())
+        groups.setdefault(tuple(j.value(a) for a in group_axes), []).append(j)
+    parts: list[list[Job]] = []
+    split = False
+    for members in groups.values():
+        if len({j.value(over) for j in members}) == len(members):
+            parts.append(members)
+            continue
+        split = True
+        by_source: dict[str, list[Job]] = {}
+        for j in members:
+            by_source.setdefault(j.source, []).append(j)
+        for sub in by_source.values():
+            if len({j.value(over) for j in sub}) == len(sub):
+                parts.append(sub)
+            else:  # one source repeating a value of `over` (hand-made directories): a row per job
+                parts += [[j] for j in sub]
+    parts.sort(key=lambda part: jobs.index(part[0]))
+    rows = []
+    for part in parts:
+        key = tuple(part[0].shown(a) for a in group_axes)
+        if split:
+            key += (", ".join(dict.fromkeys(_source_name(j) for j in part)),)
+        rows.append(Row(key, part))
+    return rows, split
+
+
+def _source_name(job: Job) -> str:
+    return job.source if job.source != "." else job.path.parent.name
 
 
 def mean_std(values: list[float]) -> tuple[float | None, float | None]:
@@ -168,21 +288,46 @@ class Report:
     sweep_dir: Path
     jobs: list[Job]
     axes: list[str]          # swept keys, seed included when swept
-    group_axes: list[str]    # the axes of a row (seed excluded)
+    group_axes: list[str]    # the columns naming a row: the axes but seed, then "source" when a group was split
     columns: list[str]       # <split>/<metric>/<task>
     rows: list[Row]
+    skipped: list[Path] = field(default_factory=list)  # eval/predict runs left out
 
     def stats(self, row: Row, column: str) -> tuple[float | None, float | None, int]:
         vals = [v for v in (job_value(j, column) for j in row.jobs) if v is not None]
         m, s = mean_std(vals)
         return m, s, len(vals)
 
+    def sources(self) -> str:
+        """What the folder holds: "1 sweep", or e.g. "2 single runs, no sweep", "1 sweep and 1 single run"."""
+        sweeps = len({j.source for j in self.jobs if not j.single})
+        singles = sum(j.single for j in self.jobs)
+        parts = ([f"{sweeps} sweep{'s' * (sweeps != 1)}"] if sweeps else []) + (
+            [f"{singles} single run{'s' * (singles != 1)}"] if singles else [])
+        return " and ".join(parts) + ("" if sweeps else ", no sweep")
+
+    def note(self) -> str:
+        """What a row's numbers are: one job each, or mean +- std over the seeds of its jobs."""
+        seeds = sorted({j.shown("seed") for r in self.rows if len(r.jobs) > 1 for j in r.jobs})
+        if not seeds:
+            return "one job per row; n = jobs with metrics / jobs"
+        return f"mean ± std (sample, ddof=1) over seeds {', '.join(seeds)}; n = jobs with metrics / jobs"
+
 
 def build_report(sweep_dir: str | os.PathLike) -> Report:
-    jobs = load_jobs(sweep_dir)
+    """The jobs under ``sweep_dir``, their axes and rows (see :func:`group_rows`).
+
+    Raises:
+        ReportError: see :func:`load_jobs`.
+    """
+    skipped: list[Path] = []
+    jobs = load_jobs(sweep_dir, skipped)
     axes = sweep_axes(jobs)
+    rows, split = group_rows(jobs, axes)
     group_axes = [a for a in axes if a != "seed"]
-    return Report(Path(sweep_dir), jobs, axes, group_axes, metric_columns(jobs), group_rows(jobs, axes))
+    if split:
+        group_axes.append("source" if "source" not in group_axes else "source_dir")
+    return Report(Path(sweep_dir), jobs, axes, group_axes, metric_columns(jobs), rows, skipped)
 
 
 def _fmt(m: float | None, s: float | None) -> str:
@@ -310,7 +455,7 @@ def write_plot(rep: Report, path: Path, split: str = "test", metric: str = "auc"
         ax.set_xticklabels(xs, rotation=30 if len(xs) > 4 else 0, ha="right" if len(xs) > 4 else "center")
         ax.set_xlabel(first or "")
         ax.grid(axis="y", alpha=0.3)
-    seeds = "mean ± std over seeds" if "seed" in rep.axes else "one run per point"
+    seeds = "mean ± std over seeds" if any(len(r.jobs) > 1 for r in rep.rows) else "one run per point"
     fig.suptitle(f"{rep.sweep_dir.name}: {split} {metric} per task ({seeds})", fontsize=10)
     if len(hues) > 1 or rep.group_axes[1:]:
         axes[0][-1].legend(fontsize=8, loc="best")
@@ -322,8 +467,10 @@ def write_plot(rep: Report, path: Path, split: str = "test", metric: str = "auc"
 
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point (``mtl-report``)."""
-    p = argparse.ArgumentParser(prog="mtl-report", description="Table, CSV and plot of an mtl-train sweep.")
-    p.add_argument("sweep_dir", help="the sweep directory (hydra.sweep.dir, e.g. multirun/2026-01-01/12-00-00_123)")
+    p = argparse.ArgumentParser(prog="mtl-report",
+                                description="Table, CSV and plot of an mtl-train sweep, or of any folder of runs.")
+    p.add_argument("sweep_dir", help="the sweep directory (hydra.sweep.dir, e.g. multirun/2026-01-01/12-00-00_123), "
+                                     "or any folder of runs (e.g. outputs)")
     p.add_argument("--out", help="prefix of the files written (default <sweep dir>/report)")
     p.add_argument("--splits", default="val,test", help="splits shown in the printed table (default val,test)")
     p.add_argument("--metrics", default="auc,gauc,logloss",
@@ -339,14 +486,19 @@ def main(argv: list[str] | None = None) -> None:
     splits, metrics = args.splits.split(","), args.metrics.split(",")
     shown = [c for c in rep.columns if c.split("/")[0] in splits and c.split("/")[1] in metrics]
     header, cells = table_rows(rep, shown)
-    seeds = sorted({j.overrides.get("seed", "") for j in rep.jobs}) if "seed" in rep.axes else []
-    note = (f"mean ± std (sample, ddof=1) over seeds {', '.join(seeds)}; n = jobs with metrics / jobs"
-            if seeds else "one job per row; n = jobs with metrics / jobs")
-    print(f"{rep.sweep_dir}: {len(rep.jobs)} jobs, axes: {', '.join(rep.axes) or '(none)'}; {note}")
+    note = rep.note()
+    holds = rep.sources()
+    holds = "" if holds == "1 sweep" else f" ({holds})"
+    jobs = f"{len(rep.jobs)} job{'s' * (len(rep.jobs) != 1)}"
+    axes = ", ".join(rep.axes) or "(none)"
+    print(f"{rep.sweep_dir}: {jobs}{holds}, axes: {axes}; {note}")
+    if rep.skipped:
+        names = ", ".join(str(p.relative_to(rep.sweep_dir)) for p in rep.skipped)
+        print(f"left out {len(rep.skipped)} eval/predict run(s): {names}")
     print(format_text(header, cells))
     out = Path(args.out) if args.out else rep.sweep_dir / "report"
     out.parent.mkdir(parents=True, exist_ok=True)
-    md = f"{len(rep.jobs)} jobs of `{rep.sweep_dir.name}`, axes: {', '.join(rep.axes) or '(none)'}; {note}.\n\n"
+    md = f"{jobs} of `{rep.sweep_dir.name}`{holds}, axes: {axes}; {note}.\n\n"
     out.with_suffix(".md").write_text(md + format_markdown(header, cells) + "\n")
     write_csv(rep, out.with_suffix(".csv"))
     write_runs_csv(rep, out.with_name(out.name + "_runs.csv"))
