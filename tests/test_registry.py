@@ -86,3 +86,27 @@ def test_register_refuses_a_name_twice_and_a_non_dataclass():
         registry.register("loss", "x", dict)
     with pytest.raises(ValueError, match="unknown group"):
         registry.register("losses", "x", TrainerConfig)
+
+
+def test_precheck_leans_on_hydras_public_api(monkeypatch):
+    """The command-line precheck composes with Hydra's public API (no ``hydra._internal``) and
+    turns Hydra's own missing-option error into one line (here: the Optuna sweeper not installed)."""
+    import hydra
+    from hydra.errors import MissingConfigException
+
+    from mtl_train import cli
+
+    assert "hydra._internal" not in (REPO / "mtl_train" / "cli.py").read_text()
+
+    def missing(*args, **kwargs):
+        raise MissingConfigException("In 'hydra/config': Could not find 'hydra/sweeper/optuna'\n\nAvailable options...",
+                                     "hydra/sweeper/optuna", ["basic"])
+
+    monkeypatch.setattr(hydra, "compose", missing)
+    with pytest.raises(ConfigError) as e:
+        cli.precheck_overrides(["experiment=census_optuna"])
+    assert str(e.value) == ('hydra/sweeper=optuna: the Optuna sweeper is not installed '
+                            '(in the mtl-train clone: pip install ".[optuna]")')
+    with pytest.raises(ConfigError, match="loss.temperature: unknown key 'temperature' for loss=rlw"):
+        monkeypatch.undo()
+        cli.precheck_overrides(["loss=rlw", "loss.temperature=3"])
