@@ -97,9 +97,7 @@ class PLE(Backbone):
                  expert_hidden, activation: str = "relu", dropout: float = 0.0):
         super().__init__()
         hidden = check_dims("model.expert_hidden", expert_hidden)
-        if num_levels < 1:
-            raise ConfigError(f"model.num_levels: must be >= 1, got {num_levels}")
-        if num_task_experts < 0 or num_shared_experts < 0 or num_task_experts + num_shared_experts == 0:
+        if num_task_experts + num_shared_experts == 0:  # each >= 0 and num_levels >= 1: checked by config validation
             raise ConfigError(
                 f"model: need experts, got num_task_experts={num_task_experts}, num_shared_experts={num_shared_experts}"
             )
