@@ -15,7 +15,6 @@ how to resume.
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import logging
 import math
 import os
@@ -59,45 +58,6 @@ def group_options(group: str) -> list[str]:
     return sorted(p.name[:-5] for p in d.iterdir() if p.name.endswith(".yaml")) if d.is_dir() else []
 
 
-def _default_choices() -> dict[str, str]:
-    root = OmegaConf.load(str(_conf_root() / "config.yaml"))
-    out = {}
-    for item in root.get("defaults", []):
-        if isinstance(item, DictConfig):
-            for k, v in item.items():
-                out[str(k)] = str(v)
-    return out
-
-
-def _experiment_choices(name: str) -> dict[str, str]:
-    """``{group: option}`` from the ``override /<group>: <option>`` defaults of ``conf/experiment/<name>.yaml``."""
-    exp = OmegaConf.load(str(_conf_root() / "experiment" / f"{name}.yaml"))
-    out = {}
-    for item in exp.get("defaults", []) or []:
-        if isinstance(item, DictConfig):
-            for k, v in item.items():
-                k = str(k).removeprefix("override ").strip().lstrip("/")
-                out[k] = str(v)
-    return out
-
-
-def _preset_choices(group: str, option: str) -> dict[str, str]:
-    """Group choices a preset selects in its defaults list (``override /graph@_global_.graph: esmm``
-    in ``model/esmm.yaml``): {"graph": "esmm"}."""
-    path = _conf_root() / group / f"{option}.yaml"
-    if option not in group_options(group):
-        return {}
-    out = {}
-    for item in OmegaConf.load(str(path)).get("defaults", []) or []:
-        if isinstance(item, DictConfig):
-            for k, v in item.items():
-                k = str(k)
-                if k.startswith("override "):
-                    target = k[len("override "):].strip().lstrip("/").split("@", 1)[0]
-                    out[target] = str(v)
-    return out
-
-
 def _check_grammar(args: list[str]) -> None:
     """Every ``key=value`` argument must parse in Hydra's override grammar; Hydra itself would
     print a parser message without the key and exit 1. The commonest case is a value holding
@@ -123,38 +83,87 @@ def _check_grammar(args: list[str]) -> None:
                               f"commas or brackets needs quotes that reach Hydra{example}") from None
 
 
-def _overrides(args: list[str]) -> list[str]:
-    """The config overrides among the command-line ``args``, as Hydra's own argument parser
-    separates them from its flags and their values (``--config-dir DIR``); none with
-    ``-sc``/``--shell-completion``, whose ``install=bash`` is Hydra's command, not an override."""
-    from hydra._internal.utils import get_args_parser
+# Hydra's own command-line flags that take a value (Hydra 1.3's ``--help`` lists them); what
+# follows one is the flag's value, not a config override
+_VALUE_FLAGS = {"--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd", "--cfg", "-c", "--package", "-p",
+                "--experimental-rerun"}
+_INFO_TOPICS = {"all", "config", "defaults", "defaults-tree", "plugins", "searchpath"}  # --info [TOPIC]
 
-    parsed = get_args_parser().parse_known_args(args)[0]
-    return [] if parsed.shell_completion else list(parsed.overrides or [])
+
+def _overrides(args: list[str]) -> list[str]:
+    """The config overrides among the command-line ``args``: the arguments that are neither
+    Hydra's flags nor their values (``--config-dir DIR``); none with ``-sc``/``--shell-completion``,
+    whose ``install=bash`` is Hydra's command, not an override."""
+    out, i = [], 0
+    while i < len(args):
+        a = args[i]
+        if a in ("-sc", "--shell-completion"):
+            return []
+        if a in _VALUE_FLAGS or (a in ("-i", "--info") and i + 1 < len(args) and args[i + 1] in _INFO_TOPICS):
+            i += 2
+            continue
+        if not a.startswith("-"):
+            out.append(a)
+        i += 1
+    return out
+
+
+def _unknown_option(group: str, option: str, options) -> ConfigError:
+    if group == "hydra/sweeper" and option == "optuna":
+        return ConfigError('hydra/sweeper=optuna: the Optuna sweeper is not installed '
+                           '(in the mtl-train clone: pip install ".[optuna]")')
+    return ConfigError(f"{group}={option}: unknown {group} '{option}' (choose from {', '.join(options)})")
+
+
+def _compose(overrides: list[str]) -> DictConfig:
+    """The config Hydra composes from ``conf/`` with these group ``overrides`` (its defaults lists,
+    experiments and presets resolved by Hydra itself), Hydra's own node included.
+
+    Raises:
+        ConfigError: one line for Hydra's own error (a missing option, e.g. an experiment's
+            ``override /hydra/sweeper: optuna`` without the plugin).
+    """
+    from hydra import compose, initialize_config_module
+    from hydra.errors import HydraException, MissingConfigException
+
+    try:
+        with initialize_config_module(config_module="mtl_train.conf", version_base="1.3"):
+            return compose(config_name="config", overrides=overrides, return_hydra_config=True)
+    except MissingConfigException as e:
+        group, _, option = (e.missing_cfg_file or "").rpartition("/")
+        if group and e.options is not None:
+            raise _unknown_option(group, option, e.options) from None
+        raise ConfigError(str(e).strip().splitlines()[0]) from None
+    except HydraException as e:
+        raise ConfigError(str(e).strip().splitlines()[0]) from None
 
 
 def precheck_overrides(args: list[str]) -> None:
-    """Catch the commonest command-line mistakes before Hydra composes the config, so that
-    each gets one clear line: an override Hydra cannot parse (:func:`_check_grammar`), an
-    unknown option of a group (``model=mmeo``) and an unknown key of a group
-    (``model.num_expert=4``, ``trainr.lr=1``).
+    """Catch the commonest command-line mistakes before Hydra runs the app, so that each gets
+    one clear line: an override Hydra cannot parse (:func:`_check_grammar`), an unknown option
+    of a group (``model=mmeo``), an unknown key of a group (``model.num_expert=4``,
+    ``trainr.lr=1``) and a sweeper that is not installed.
 
-    Sweep values (``model=mmoe,ple``) are checked one by one; overrides with ``+``/``~``
-    prefixes, Hydra's own (``hydra/...``, ``hydra.*``) and sweep functions are left to Hydra
-    and the typed schemas.
+    The options each group ends up with (after experiments and presets such as ``model=esmm``,
+    which selects ``graph=esmm``) are Hydra's own: the group overrides are composed by Hydra's
+    public compose API and the keys checked against the composed config. Sweep values
+    (``model=mmoe,ple``) are checked one by one, the first one composed; overrides with
+    ``+``/``~`` prefixes, Hydra's keys (``hydra.*``) and sweep functions are left to Hydra and
+    the typed schemas.
 
     Raises:
         ConfigError: naming the group and option, or the key.
     """
     args = _overrides(args)
     _check_grammar(args)
-    choices = _default_choices()
-    cli_groups: set[str] = set()
-    dotted = []
+    groups, dotted = [], []
     for arg in args:
-        if arg.startswith("-") or "=" not in arg or arg[0] in "+~":
+        if "=" not in arg or arg[0] in "+~":
             continue
         key, value = arg.split("=", 1)
+        if key.startswith("hydra/") and "(" not in value:  # Hydra's groups (hydra/sweeper=optuna): composed
+            groups.append(f"{key}={value.split(',')[0]}")
+            continue
         if key.startswith("hydra") or "/" in key or "(" in value:
             continue
         if key in GROUPS or key == "experiment":
@@ -162,31 +171,15 @@ def precheck_overrides(args: list[str]) -> None:
             values = value.split(",")
             for v in values:
                 if v not in options:
-                    raise ConfigError(f"{key}={v}: unknown {key} '{v}' (choose from {', '.join(options)})")
-            choices[key] = values[0]
-            cli_groups.add(key)
+                    raise _unknown_option(key, v, options)
+            groups.append(f"{key}={values[0]}")
         elif "." in key:
             dotted.append(key)
         elif key not in ("seed", "mode", "checkpoint"):
             raise ConfigError(f"{key}: unknown config key (groups: {', '.join(GROUPS)}; "
                               f"top-level keys: seed, mode, checkpoint, infer, objective)")
-    if choices.get("experiment") in group_options("experiment"):
-        # an experiment's `override /<group>: <option>` picks the option unless the command line does
-        for group, option in _experiment_choices(choices["experiment"]).items():
-            if group not in cli_groups:
-                choices[group] = option
-    sweeper = next((a.split("=", 1)[1] for a in args if a.startswith("hydra/sweeper=")), None)
-    if sweeper is None and choices.get("experiment") in group_options("experiment"):
-        sweeper = _experiment_choices(choices["experiment"]).get("hydra/sweeper")
-    if sweeper == "optuna" and importlib.util.find_spec("hydra_plugins.hydra_optuna_sweeper") is None:
-        raise ConfigError('hydra/sweeper=optuna: the Optuna sweeper is not installed '
-                          '(in the mtl-train clone: pip install ".[optuna]")')
-    experiment_groups = set(_experiment_choices(choices["experiment"])) if choices.get("experiment") in \
-        group_options("experiment") else set()
-    for group in GROUPS:  # a preset's own group choices (model=esmm -> graph=esmm), unless set on the command line
-        for target, option in _preset_choices(group, choices.get(group, "")).items():  # or by the experiment
-            if target not in cli_groups and target not in experiment_groups:
-                choices[target] = option
+    cfg = _compose(groups)
+    chosen = cfg.hydra.runtime.choices
     for key in dotted:
         group, sub = key.split(".", 1)
         if group in SECTIONS:
@@ -197,15 +190,9 @@ def precheck_overrides(args: list[str]) -> None:
         if group not in GROUPS:
             raise ConfigError(f"{key}: unknown config group '{group}' (choose from {', '.join(GROUPS)})")
         first = sub.split(".", 1)[0]
-        option = choices.get(group)
-        if option is None or option not in group_options(group):
-            continue
-        known = OmegaConf.load(str(_conf_root() / group / f"{option}.yaml"))
-        known.pop("defaults", None)
-        if first not in known:
-            raise ConfigError(
-                f"{key}: unknown key '{first}' for {group}={option} (known keys: {', '.join(map(str, known.keys()))})"
-            )
+        if first not in cfg[group]:
+            raise ConfigError(f"{key}: unknown key '{first}' for {group}={chosen.get(group)} "
+                              f"(known keys: {', '.join(map(str, cfg[group].keys()))})")
 
 
 def _last_value(args: list[str], key: str) -> str | None:

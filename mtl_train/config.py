@@ -1,8 +1,11 @@
 """Typed config schemas: the composed config is checked against them before anything runs.
 
-Every config group option has a dataclass; an unknown key, a value of the wrong type or a
-size that is zero or negative fails with a one-line :class:`ConfigError` naming the key.
-A new option registers its schema in ``SCHEMAS`` (group -> selector value -> dataclass).
+Every option of the groups dataset, model, graph and loss declares its typed config beside
+its class and registers it (:mod:`mtl_train.registry`); ``trainer``, ``infer`` and
+``objective`` are declared here. An unknown option or key, a value of the wrong type, a value
+outside a field's closed set of choices or a size that is zero or negative (the constraints
+:func:`~mtl_train.registry.param` puts on a field) fails here, once, with a one-line
+:class:`ConfigError` naming the key; the code that runs later does not check them again.
 """
 from __future__ import annotations
 
@@ -12,77 +15,13 @@ from typing import Any, Dict, List, Optional
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
+from mtl_train import registry
 from mtl_train.errors import ConfigError
 from mtl_train.metrics import METRICS
+from mtl_train.registry import param
 
 
-# ---- dataset ----------------------------------------------------------------------------
-@dataclass
-class SyntheticData:
-    name: str = "synthetic"
-    train_rows: int = 100_000
-    val_rows: int = 20_000
-    test_rows: int = 20_000
-    vocab_sizes: List[int] = field(default_factory=lambda: [10_000, 10_000, 1000, 1000, 1000, 100, 100, 10])
-    num_dense: int = 4
-    zipf_a: float = 1.2
-    click_rate: float = 0.1
-    cvr_rate: float = 0.1
-    signal: float = 1.5
-    task_correlation: float = 0.5
-    click_bias: float = 0.0
-
-
-@dataclass
-class HillstromData:
-    name: str = "hillstrom"
-    path: Optional[str] = None
-    tasks: List[str] = field(default_factory=lambda: ["visit", "conversion"])
-    split: List[float] = field(default_factory=lambda: [0.6, 0.2, 0.2])
-    split_seed: Optional[int] = None
-    min_count: int = 1
-    max_rows: Optional[int] = None
-    cache_dir: Optional[str] = None
-
-
-@dataclass
-class AliCCPData:
-    name: str = "aliccp"
-    train_path: Optional[str] = None
-    val_path: Optional[str] = None
-    test_path: Optional[str] = None
-    raw_dir: Optional[str] = None
-    split_seed: Optional[int] = None
-    min_count: int = 1
-    max_rows: Optional[int] = None
-    cache_dir: Optional[str] = None
-
-
-@dataclass
-class AliExpressData:
-    name: str = "aliexpress"
-    train_path: Optional[str] = None
-    test_path: Optional[str] = None
-    val_fraction: float = 0.1
-    split_seed: Optional[int] = None
-    min_count: int = 1
-    max_rows: Optional[int] = None
-    cache_dir: Optional[str] = None
-
-
-@dataclass
-class CensusData:
-    name: str = "census"
-    path: Optional[str] = None
-    train_path: Optional[str] = None
-    test_path: Optional[str] = None
-    tasks: List[str] = field(default_factory=lambda: ["income", "marital"])
-    split: List[float] = field(default_factory=lambda: [0.6, 0.2, 0.2])
-    split_seed: Optional[int] = None
-    min_count: int = 1
-    max_rows: Optional[int] = None
-
-
+# ---- dataset: the Parquet column schema (the option dataclasses live beside their loaders) --
 @dataclass
 class CategoricalColumn:
     name: str = MISSING
@@ -124,24 +63,6 @@ class ParquetSchema:
     tasks: List[TaskColumn] = field(default_factory=list)
 
 
-@dataclass
-class ParquetData(ParquetSchema):
-    name: str = "parquet"
-    train_path: Optional[str] = None
-    val_path: Optional[str] = None
-    test_path: Optional[str] = None
-    split: List[float] = field(default_factory=lambda: [0.8, 0.1, 0.1])
-    split_seed: Optional[int] = None
-    schema_file: Optional[str] = None
-    min_count: int = 1
-    mode: str = "auto"                    # auto, memory, stream
-    memory_budget_mb: Optional[int] = None
-    shuffle_buffer: int = 262144
-    num_workers: Optional[int] = None  # null: auto (see data.stream.reader_threads)
-    cache_dir: Optional[str] = None
-    progress: bool = True
-
-
 def _normalise_parquet(cfg: DictConfig) -> DictConfig:
     from mtl_train.data.parquet import normalise_columns
 
@@ -174,202 +95,54 @@ def validate_schema_file(path: str) -> dict:
     return OmegaConf.to_container(typed)
 
 
-# ---- model ------------------------------------------------------------------------------
-@dataclass
-class _ModelBase:
-    name: str = ""
-    backbone: str = ""
-    embedding_dim: int = 8
-    sparse_embedding: Optional[bool] = None  # null: on where it is faster (CPU, loss-weighting balancers)
-    activation: str = "relu"
-    dropout: float = 0.0
-
-
-@dataclass
-class SharedEmbeddingModel(_ModelBase):
-    """Shared embeddings only (the ESMM/AITM presets): no backbone layer to size."""
-
-
-@dataclass
-class MLPModel(_ModelBase):
-    hidden: List[int] = field(default_factory=lambda: [128, 64])
-
-
-@dataclass
-class MoEModel(_ModelBase):
-    num_experts: int = 8
-    expert_hidden: List[int] = field(default_factory=lambda: [64, 32])
-    num_gates: Optional[int] = None
-
-
-@dataclass
-class PLEModel(_ModelBase):
-    num_levels: int = 2
-    num_task_experts: int = 2
-    num_shared_experts: int = 2
-    expert_hidden: List[int] = field(default_factory=lambda: [64, 32])
-
-
-# ---- graph ------------------------------------------------------------------------------
-@dataclass
-class IndependentGraph:
-    name: str = "independent"
-    tower_hidden: List[int] = field(default_factory=lambda: [32])
-    activation: str = "relu"
-    dropout: float = 0.0
-    parent_positive_only: bool = False
-
-
-@dataclass
-class ESMMGraph:
-    name: str = "esmm"
-    tower_hidden: List[int] = field(default_factory=lambda: [200, 80])
-    activation: str = "relu"
-    dropout: float = 0.0
-
-
-@dataclass
-class DBMTLGraph:
-    name: str = "dbmtl"
-    tower_hidden: List[int] = field(default_factory=lambda: [64])
-    head_hidden: List[int] = field(default_factory=lambda: [32])
-    activation: str = "relu"
-    dropout: float = 0.0
-    parents: Optional[Dict[str, List[str]]] = None
-
-
-@dataclass
-class GMSLGraph:
-    name: str = "gmsl"
-    tower_hidden: List[int] = field(default_factory=lambda: [64, 32])
-    gru_hidden: int = 32
-    activation: str = "relu"
-    dropout: float = 0.0
-    order_weight: float = 0.0
-
-
-@dataclass
-class AITMGraph:
-    name: str = "aitm"
-    tower_hidden: List[int] = field(default_factory=lambda: [128, 64, 32])
-    attention_dim: int = 32
-    activation: str = "relu"
-    dropout: float = 0.0
-    calibrator_weight: float = 0.6
-
-
-# ---- loss -------------------------------------------------------------------------------
-@dataclass
-class EqualLoss:
-    name: str = "equal"
-
-
-@dataclass
-class StaticLoss:
-    name: str = "static"
-    weights: Optional[Dict[str, float]] = None
-    default_weight: float = 1.0
-
-
-@dataclass
-class UncertaintyLoss:
-    name: str = "uncertainty"
-    form: str = "auto"
-    lr: float = 1e-3
-    init_log_var: float = 0.0
-
-
-@dataclass
-class DWALoss:
-    name: str = "dwa"
-    temperature: float = 2.0
-    window_steps: int = 100
-
-
-@dataclass
-class GradNormLoss:
-    name: str = "gradnorm"
-    alpha: float = 1.5
-    lr: float = 0.025
-    target: str = "last_shared_layer"
-    initial_loss: str = "first_step"
-    min_weight: float = 1e-3
-
-
-@dataclass
-class PCGradLoss:
-    name: str = "pcgrad"
-    reduction: str = "sum"
-    seed: int = 0
-
-
-@dataclass
-class CAGradLoss:
-    name: str = "cagrad"
-    c: float = 0.4
-    rescale: int = 1
-
-
-@dataclass
-class MGDALoss:
-    name: str = "mgda"
-    normalization: str = "loss+"
-
-
-@dataclass
-class GradNormPCGradLoss(GradNormLoss):
-    name: str = "gradnorm_pcgrad"
-    seed: int = 0
-
-
-# ---- trainer ----------------------------------------------------------------------------
+# ---- trainer, infer, objective --------------------------------------------------------
 @dataclass
 class TrainerConfig:
-    device: str = "auto"
-    epochs: int = 5
-    batch_size: int = 1024
-    eval_batch_size: int = 16384
-    optimizer: str = "adam"
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    eval_every_steps: Optional[int] = None
-    monitor: str = "auc/mean"
-    monitor_mode: str = "max"
-    # a categorical feature (e.g. user_id) whose ids group rows for GAUC (metrics.group_auc)
-    gauc_by: Optional[str] = None
-    min_delta: float = 0.0
-    patience: Optional[int] = 2
-    max_steps: Optional[int] = None
-    log_every_steps: int = 50
-    progress: bool = True
-    num_threads: Optional[int] = None
-    # keep step-sized buffers in the heap instead of mmap/munmap per step (train/allocator.py)
-    tune_malloc: bool = True
-    # fp32, or bf16: embedding + backbone under torch.autocast (see Trainer.autocast)
-    precision: str = "fp32"
-    # learning-rate schedule, stepped once per optimizer step (see trainer.lr_factor)
-    scheduler: str = "none"
-    warmup_steps: int = 0
-    min_lr_ratio: float = 0.0
-    step_size: int = 1000
-    gamma: float = 0.1
-    # checkpoints and resume
-    checkpoint_every_steps: Optional[int] = None
-    resume: Optional[str] = None
-    # non-finite loss: stop (keep the last good checkpoint) or skip the batch (counted)
-    nonfinite: str = "stop"
+    device: str = param("auto", "auto, cpu, cuda, cuda:1")
+    epochs: int = param(5, "passes over the train split", positive=True)
+    batch_size: int = param(1024, "rows per training step", positive=True)
+    eval_batch_size: int = param(16384, "rows per evaluation batch", positive=True)
+    optimizer: str = param("adam", "adam, adamw, sgd", choices=("adam", "adamw", "sgd"))
+    lr: float = param(1e-3, "learning rate", positive=True)
+    weight_decay: float = param(0.0, "weight decay of the dense parameters", non_negative=True)
+    eval_every_steps: Optional[int] = param(None, "null: evaluate on val after every epoch", positive=True)
+    monitor: str = param("auc/mean", "<metric>/<output> or <metric>/mean, on val")
+    monitor_mode: str = param("max", "max or min", choices=("max", "min"))
+    gauc_by: Optional[str] = param(None, "a categorical feature (e.g. user_id) whose ids group rows for GAUC "
+                                         "(metrics.group_auc)")
+    min_delta: float = param(0.0, "smallest change of the monitor that counts as an improvement", non_negative=True)
+    patience: Optional[int] = param(2, "evaluations without improvement before stopping; null: never", positive=True)
+    max_steps: Optional[int] = param(None, "stop after this many optimizer steps", positive=True)
+    log_every_steps: int = param(50, "steps between logged training scalars", positive=True)
+    progress: bool = param(True, "progress bars")
+    num_threads: Optional[int] = param(None, "torch intra-op threads; null: torch's default", positive=True)
+    tune_malloc: bool = param(True, "keep step-sized buffers in the heap instead of mmap/munmap per step "
+                                    "(train/allocator.py)")
+    precision: str = param("fp32", "fp32, or bf16: embedding + backbone under torch.autocast (see Trainer.autocast)",
+                           choices=("fp32", "bf16"))
+    scheduler: str = param("none", "learning-rate schedule, stepped once per optimizer step (see trainer.lr_factor)",
+                           choices=("none", "cosine", "step"))
+    warmup_steps: int = param(0, "linear warmup over the first N optimizer steps (any scheduler)", non_negative=True)
+    min_lr_ratio: float = param(0.0, "cosine: final lr = min_lr_ratio * lr", non_negative=True)
+    step_size: int = param(1000, "step: optimizer steps between decays", positive=True)
+    gamma: float = param(0.1, "step: decay factor", positive=True)
+    checkpoint_every_steps: Optional[int] = param(None, "also write checkpoints/last.pt every N steps", positive=True)
+    resume: Optional[str] = param(None, "a run directory or checkpoint file: continue that run (in its directory)")
+    nonfinite: str = param("stop", "a non-finite loss: stop (keep the last good checkpoint) or skip the batch (counted)",
+                           choices=("stop", "skip"))
 
 
 @dataclass
 class InferConfig:
     """``mode=eval`` / ``mode=predict``: what to score and where to write it."""
 
-    split: str = "test"
-    input: Optional[str] = None
-    output: Optional[str] = None
-    overwrite: bool = False
-    id_columns: Optional[List[str]] = None
-    batch_size: Optional[int] = None
+    split: str = param("test", "the split of the checkpoint's dataset to score (when input is null)",
+                       choices=("train", "val", "test"))
+    input: Optional[str] = param(None, "or a data file in the dataset's format")
+    output: Optional[str] = param(None, "eval: JSON, predict: Parquet or CSV; null: in this run's directory")
+    overwrite: bool = param(False, "an existing infer.output is refused unless true")
+    id_columns: Optional[List[str]] = param(None, "predict: columns copied next to the probabilities")
+    batch_size: Optional[int] = param(None, "null: the checkpoint's trainer.eval_batch_size", positive=True)
 
 
 @dataclass
@@ -377,82 +150,67 @@ class Objective:
     """What the app returns to a sweeper (see :mod:`mtl_train.objective`): the sum over ``tasks``
     of weight * val ``metric``; ``tasks: null`` returns the val monitor (``trainer.monitor``)."""
 
-    metric: str = "auc"
-    tasks: Optional[Dict[str, float]] = None
+    metric: str = param("auc", "the val metric summed over tasks", choices=METRICS)
+    tasks: Optional[Dict[str, float]] = param(None, "{task: weight}; null: the val monitor (trainer.monitor)")
 
 
-# group -> (selector key, {selector value: schema})
-SCHEMAS: dict[str, tuple[str, dict[str, type]]] = {
-    "dataset": ("name", {"synthetic": SyntheticData, "census": CensusData, "hillstrom": HillstromData,
-                         "aliccp": AliCCPData, "aliexpress": AliExpressData, "parquet": ParquetData}),
-    "model": ("backbone", {"single_task": MLPModel, "shared_bottom": MLPModel, "mmoe": MoEModel, "ple": PLEModel,
-                           "shared_embedding": SharedEmbeddingModel}),
-    "graph": ("name", {"independent": IndependentGraph, "esmm": ESMMGraph, "dbmtl": DBMTLGraph, "gmsl": GMSLGraph,
-                       "aitm": AITMGraph}),
-    "loss": ("name", {
-        "equal": EqualLoss, "static": StaticLoss, "uncertainty": UncertaintyLoss, "dwa": DWALoss,
-        "gradnorm": GradNormLoss, "pcgrad": PCGradLoss, "cagrad": CAGradLoss, "mgda": MGDALoss,
-        "gradnorm_pcgrad": GradNormPCGradLoss,
-    }),
-    "trainer": ("", {"": TrainerConfig}),
-}
+# the groups whose options register themselves (mtl_train.registry.GROUPS), then trainer (one schema)
+GROUPS = (*registry.GROUPS, "trainer")
+
+
+def schemas() -> dict[str, tuple[str, dict[str, type]]]:
+    """group -> (selector key, {selector value: config dataclass}), derived from the registry."""
+    out = {g: (selector, {name: e.config for name, e in registry.options(g).items()})
+           for g, (_, selector) in registry.GROUPS.items()}
+    out["trainer"] = ("", {"": TrainerConfig})
+    return out
+
+
+def __getattr__(name: str):
+    if name == "SCHEMAS":  # a derived view, computed on use (it imports every registered module)
+        return schemas()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 # top-level dict-valued keys that are not config groups (no options, one schema)
 SECTIONS: dict[str, type] = {"infer": InferConfig, "objective": Objective}
-
-# keys that must be > 0 where set (None allowed where the schema is Optional)
-POSITIVE = {
-    "train_rows", "val_rows", "test_rows", "embedding_dim", "num_experts", "num_levels", "epochs", "batch_size",
-    "eval_batch_size", "lr", "eval_every_steps", "max_steps", "log_every_steps", "num_threads", "min_count",
-    "max_rows", "min_weight", "patience", "num_gates", "step_size", "checkpoint_every_steps", "gamma",
-    "temperature", "window_steps", "gru_hidden", "attention_dim", "val_fraction",
-    "max_len", "hash_buckets", "shuffle_buffer", "memory_budget_mb",
-}
-NON_NEGATIVE = {"num_workers", "num_dense", "num_task_experts", "num_shared_experts", "weight_decay", "dropout", "alpha",
-                "min_delta",
-                "warmup_steps", "min_lr_ratio", "c", "default_weight", "order_weight", "calibrator_weight"}
-# string keys with a closed set of values: (group, key) -> allowed values
-CHOICES = {
-    ("trainer", "scheduler"): ("none", "cosine", "step"),
-    ("trainer", "nonfinite"): ("stop", "skip"),
-    ("trainer", "monitor_mode"): ("max", "min"),
-    ("trainer", "optimizer"): ("adam", "adamw", "sgd"),
-    ("trainer", "precision"): ("fp32", "bf16"),
-    ("infer", "split"): ("train", "val", "test"),
-    ("objective", "metric"): METRICS,
-}
 MODES = ("train", "eval", "predict")
 TOP_LEVEL = ("seed", "mode", "checkpoint", "infer", "objective", "experiment")
 # per group option: a function applied to its config before the schema merge (short forms)
 NORMALISERS = {("dataset", "parquet"): _normalise_parquet}
 
 
-def _check_values(group: str, cfg: DictConfig) -> None:
-    for key in cfg:
-        v = cfg[key]
+def _check_values(group: str, cfg: DictConfig, schema: type) -> None:
+    """The constraints :func:`~mtl_train.registry.param` declared on the fields of ``schema``."""
+    metas = [(f.name, registry.field_meta(schema, f.name)) for f in fields(schema)]
+    for key, meta in metas:
+        v = cfg.get(key)
         if isinstance(v, bool) or not isinstance(v, (int, float)):
             continue
-        if key in POSITIVE and v <= 0:
+        if meta["positive"] and v <= 0:
             raise ConfigError(f"{group}.{key}: must be positive, got {v}")
-        if key in NON_NEGATIVE and v < 0:
+        if meta["non_negative"] and v < 0:
             raise ConfigError(f"{group}.{key}: must not be negative, got {v}")
-    for (g, key), allowed in CHOICES.items():
-        if g == group and key in cfg and cfg[key] not in allowed:
-            raise ConfigError(f"{group}.{key}: '{cfg[key]}' is not one of {', '.join(allowed)}")
+    for key, meta in metas:
+        allowed = meta["choices"]
+        if allowed is not None and key in cfg and cfg[key] not in allowed:
+            raise ConfigError(f"{group}.{key}: '{cfg[key]}' is not one of {', '.join(map(str, allowed))}")
 
 
 def validate_group(group: str, cfg: DictConfig) -> DictConfig:
     """Check one group's config against its schema and return the typed config.
 
     Raises:
-        ConfigError: unknown option, unknown key, wrong type, or a non-positive size.
+        ConfigError: unknown option, unknown key, wrong type, or a value its field's
+            constraints refuse (:func:`_check_values`).
     """
-    selector, options = SCHEMAS[group]
     if "defaults" in cfg:  # a preset's Hydra defaults list (e.g. model=esmm selects graph=esmm): not a value
         cfg = OmegaConf.create({k: v for k, v in cfg.items() if k != "defaults"})
-    choice = cfg.get(selector, "") if selector else ""
-    if choice not in options:
-        raise ConfigError(f"{group}.{selector}: unknown value '{choice}' (choose from {sorted(options)})")
-    schema = options[choice]
+    if group == "trainer":
+        choice, schema = "", TrainerConfig
+    else:
+        choice = cfg.get(registry.GROUPS[group][1], "")
+        schema = registry.get(group, choice).config
     if (group, choice) in NORMALISERS:
         cfg = NORMALISERS[(group, choice)](cfg)
     try:
@@ -464,7 +222,7 @@ def validate_group(group: str, cfg: DictConfig) -> DictConfig:
         raise ConfigError(f"{group}.{e.full_key}: {e.msg.splitlines()[0]}") from None
     except OmegaConfBaseException as e:  # pragma: no cover - any other OmegaConf complaint
         raise ConfigError(f"{group}: {str(e).splitlines()[0]}") from None
-    _check_values(group, typed)
+    _check_values(group, typed, schema)
     return typed
 
 
@@ -478,7 +236,7 @@ def _typed(key: str, schema: type, cfg) -> DictConfig:
         raise ConfigError(f"{key}.{e.full_key}: {e.msg.splitlines()[0]}") from None
     except OmegaConfBaseException as e:  # pragma: no cover
         raise ConfigError(f"{key}: {str(e).splitlines()[0]}") from None
-    _check_values(key, typed)
+    _check_values(key, typed, schema)
     return typed
 
 
@@ -499,7 +257,7 @@ def validate_objective(cfg: Any) -> DictConfig:
 def validate(cfg: DictConfig) -> DictConfig:
     """Validate every group of the composed config; returns a new, typed config.
 
-    Top-level keys: the groups of ``SCHEMAS``, ``seed`` (int), ``mode`` (train, eval or
+    Top-level keys: the groups (``GROUPS``), ``seed`` (int), ``mode`` (train, eval or
     predict), ``checkpoint`` (str or null: the checkpoint or run directory of eval/predict)
     and the sections ``infer`` (:class:`InferConfig`) and ``objective`` (:class:`Objective`).
 
@@ -509,7 +267,7 @@ def validate(cfg: DictConfig) -> DictConfig:
     """
     out: dict[str, Any] = {}
     for key in cfg:
-        if key in SCHEMAS:
+        if key in GROUPS:
             out[key] = validate_group(key, cfg[key])
         elif key == "objective":
             out[key] = validate_objective(cfg[key])
@@ -518,8 +276,8 @@ def validate(cfg: DictConfig) -> DictConfig:
         elif key in TOP_LEVEL:
             out[key] = cfg[key]
         else:
-            raise ConfigError(f"{key}: unknown top-level config key (known: {', '.join(TOP_LEVEL + tuple(SCHEMAS))})")
-    missing = [g for g in SCHEMAS if g not in out]
+            raise ConfigError(f"{key}: unknown top-level config key (known: {', '.join(TOP_LEVEL + GROUPS)})")
+    missing = [g for g in GROUPS if g not in out]
     if missing:
         raise ConfigError(f"config: missing group(s) {missing}")
     if not isinstance(out.get("seed"), int) or isinstance(out.get("seed"), bool):

@@ -107,7 +107,33 @@ def param(default: Any = dataclasses.MISSING, doc: str = "", *, factory: Optiona
     :func:`mtl_train.config.validate`): ``positive`` (> 0 where set), ``non_negative`` (>= 0),
     ``choices`` (a closed set of values). ``factory`` gives a mutable default (a list, a dict).
     """
-    meta = {"doc": doc, "positive": positive, "non_negative": non_negative, "choices": choices}
+    meta = {"doc": doc, "positive": positive, "non_negative": non_negative,
+            "choices": tuple(choices) if choices is not None else None}
     if factory is not None:
         return dataclasses.field(default_factory=factory, metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
+
+
+def field_meta(config: type, name: str) -> dict:
+    """What :func:`param` declared for field ``name`` of the dataclass ``config``: ``doc``,
+    ``positive``, ``non_negative`` and ``choices`` (empty values for a plain field).
+
+    Raises:
+        KeyError: ``config`` has no field ``name``.
+    """
+    for f in dataclasses.fields(config):
+        if f.name == name:
+            return {"doc": "", "positive": False, "non_negative": False, "choices": None, **f.metadata}
+    raise KeyError(f"{config.__name__} has no field '{name}'")
+
+
+def defaults(config: type) -> dict[str, Any]:
+    """The default of every field of the dataclass ``config`` ({name: value}; a required field,
+    one without default, is left out)."""
+    out = {}
+    for f in dataclasses.fields(config):
+        if f.default is not dataclasses.MISSING:
+            out[f.name] = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            out[f.name] = f.default_factory()
+    return out

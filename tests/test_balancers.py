@@ -8,10 +8,10 @@ import torch
 import torch.nn as nn
 from omegaconf import OmegaConf
 
-from mtl_train.balancing.base import BALANCERS, build_balancer
+from mtl_train import registry
+from mtl_train.balancing.base import build_balancer
 from mtl_train.balancing.dwa import dwa_weights
 from mtl_train.balancing.gradients import cagrad_coefficients, min_norm_weights, pcgrad_coefficients
-from mtl_train.config import SCHEMAS
 from mtl_train.data.schema import DenseFeature, FeatureSchema, SparseFeature, Task
 from mtl_train.errors import ConfigError
 from mtl_train.models.builder import build_model
@@ -21,7 +21,7 @@ GRADIENT_METHODS = ["gradnorm", "pcgrad", "cagrad", "mgda", "gradnorm_pcgrad"]
 
 def loss_cfg(name, **over):
     """The typed default config of ``loss=name`` with overrides."""
-    cfg = OmegaConf.structured(SCHEMAS["loss"][1][name])
+    cfg = OmegaConf.structured(registry.get("loss", name).config)
     return OmegaConf.merge(cfg, over)
 
 
@@ -355,7 +355,7 @@ def test_surgery_without_conflict_gives_the_plain_gradient(name):
             assert torch.allclose(p.grad, r, atol=1e-6)
 
 
-@pytest.mark.parametrize("name", sorted(BALANCERS))
+@pytest.mark.parametrize("name", sorted(registry.options("loss")))
 def test_a_task_without_rows_is_left_out(name):
     model = small_model(3)
     bal = build_balancer(loss_cfg(name, **({"window_steps": 2} if name == "dwa" else {})), ["a", "b", "r"], model)
@@ -385,7 +385,7 @@ def test_a_task_without_rows_is_left_out(name):
         opt.step()
 
 
-@pytest.mark.parametrize("name", sorted(BALANCERS))
+@pytest.mark.parametrize("name", sorted(registry.options("loss")))
 def test_state_round_trip_gives_identical_weights(name):
     over = {"window_steps": 2} if name == "dwa" else {}
     bs = batches(3, 8, seed=1)

@@ -6,23 +6,10 @@ about task weights and gradient surgery, and its state is part of the checkpoint
 """
 from __future__ import annotations
 
-import importlib
-
 import torch
 
+from mtl_train import registry
 from mtl_train.errors import ConfigError
-
-BALANCERS = {
-    "equal": "mtl_train.balancing.equal:Equal",
-    "static": "mtl_train.balancing.static:Static",
-    "uncertainty": "mtl_train.balancing.uncertainty:Uncertainty",
-    "dwa": "mtl_train.balancing.dwa:DWA",
-    "gradnorm": "mtl_train.balancing.gradnorm:GradNorm",
-    "pcgrad": "mtl_train.balancing.pcgrad:PCGrad",
-    "cagrad": "mtl_train.balancing.cagrad:CAGrad",
-    "mgda": "mtl_train.balancing.mgda:MGDA",
-    "gradnorm_pcgrad": "mtl_train.balancing.gradnorm_pcgrad:GradNormPCGrad",
-}
 
 
 class Balancer:
@@ -37,11 +24,18 @@ class Balancer:
     that a run resumed from a checkpoint continues with identical weights.
 
     Attributes:
+        needs_task_gradients: class attribute; True where the method takes each task's own
+            gradient of the shared parameters, the embedding table included (gradient surgery,
+            MGDA), so that table's gradient must be dense; False where it only weights the task
+            losses (GradNorm too: its gradient norms are taken at one layer W, not the table).
+            ``model.sparse_embedding: null`` reads it (see ``sparse_embedding_default``).
         log_due: True when the coming :meth:`backward` belongs to a step that the run logger
             writes (the trainer sets it before each step from ``trainer.log_every_steps``);
             methods compute their diagnostic logs (e.g. gradient cosines) only then. True by
             default, so direct callers always get logs.
     """
+
+    needs_task_gradients: bool = False
 
     def __init__(self, loss_names: list[str], cfg, model=None):
         self.loss_names = list(loss_names)
@@ -100,12 +94,9 @@ def task_kinds(model, loss_names: list[str]) -> list[str]:
 
 
 def build_balancer(cfg, loss_names: list[str], model) -> Balancer:
-    """The balancer named by ``cfg.name``.
+    """The balancer registered as ``loss`` option ``cfg.name`` (see :mod:`mtl_train.registry`).
 
     Raises:
         ConfigError: unknown method, or a method the model cannot support.
     """
-    if cfg.name not in BALANCERS:
-        raise ConfigError(f"loss.name: unknown balancing method '{cfg.name}' (choose from {sorted(BALANCERS)})")
-    module, name = BALANCERS[cfg.name].split(":")
-    return getattr(importlib.import_module(module), name)(loss_names, cfg, model)
+    return registry.get("loss", cfg.name).target(loss_names, cfg, model)

@@ -2,11 +2,22 @@
 Learning", NeurIPS 2021)."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from mtl_train.balancing.gradients import cagrad_coefficients
 from mtl_train.balancing.surgery import SharedGradientSurgery
 from mtl_train.errors import ConfigError
+from mtl_train.registry import param, register
 
 
+@dataclass
+class CAGradLoss:
+    name: str = "cagrad"
+    c: float = param(0.4, "radius of the ball around the mean gradient, relative to its norm", non_negative=True)
+    rescale: int = param(1, "1: divide by 1 + c^2 (authors' default), 2: by 1 + c, 0: none")
+
+
+@register("loss", "cagrad", CAGradLoss)
 class CAGrad(SharedGradientSurgery):
     """Update the shared parameters along d, the direction within a ball of radius c ||g0||
     around the mean gradient g0 that maximises the worst task's improvement.
@@ -35,8 +46,8 @@ class CAGrad(SharedGradientSurgery):
 
     def __init__(self, loss_names, cfg, model=None):
         super().__init__(loss_names, cfg, model)
-        self.c = float(cfg.get("c", 0.4))
-        self.rescale = int(cfg.get("rescale", 1))
+        self.c = float(cfg.c)
+        self.rescale = int(cfg.rescale)
         if self.rescale not in (0, 1, 2):
             raise ConfigError(f"loss.rescale: must be 0, 1 or 2, got {self.rescale}")
 

@@ -3,10 +3,12 @@ Attention", CVPR 2019, Eq. 7)."""
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 
 from mtl_train.balancing.base import Balancer
+from mtl_train.registry import param, register
 
 
 def dwa_weights(prev: torch.Tensor, prev2: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -27,6 +29,14 @@ def dwa_weights(prev: torch.Tensor, prev2: torch.Tensor, temperature: float) -> 
     return (len(r) * torch.softmax(r / temperature, 0)).float()
 
 
+@dataclass
+class DWALoss:
+    name: str = "dwa"
+    temperature: float = param(2.0, "T of the softmax over loss-descent rates", positive=True)
+    window_steps: int = param(100, "steps averaged into one L_k(t) (the paper: one epoch)", positive=True)
+
+
+@register("loss", "dwa", DWALoss)
 class DWA(Balancer):
     """L = sum_k w_k L_k with w recomputed from the rate of descent of each task's loss.
 
@@ -45,8 +55,8 @@ class DWA(Balancer):
 
     def __init__(self, loss_names, cfg, model=None):
         super().__init__(loss_names, cfg, model)
-        self.temperature = float(cfg.get("temperature", 2.0))
-        self.window_steps = int(cfg.get("window_steps", 100))
+        self.temperature = float(cfg.temperature)
+        self.window_steps = int(cfg.window_steps)
         T = self.num_tasks
         self.w = torch.ones(T)
         self.sum = torch.zeros(T, dtype=torch.float64)

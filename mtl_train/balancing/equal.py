@@ -1,11 +1,20 @@
 """Equal weighting: the plain sum of the task losses."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from mtl_train.balancing.base import Balancer
+from mtl_train.registry import register
 
 
+@dataclass
+class EqualLoss:
+    name: str = "equal"
+
+
+@register("loss", "equal", EqualLoss)
 class Equal(Balancer):
     """L = sum_i L_i over the tasks with at least one valid row in the batch (weights all 1)."""
 

@@ -3,6 +3,7 @@ Adaptive Loss Balancing in Deep Multitask Networks", ICML 2018)."""
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -11,10 +12,23 @@ from mtl_train.balancing.base import Balancer, task_kinds
 from mtl_train.balancing.gradients import combine, cosine_logs, gram, masked_step, set_grad, valid_tasks
 from mtl_train.errors import ConfigError
 from mtl_train.models.layers import BatchedExperts
+from mtl_train.registry import param, register
 
 DERIVE_MIN_WEIGHT = 0.05  # below this largest weight, the derived task gets its own backward
 
 
+@dataclass
+class GradNormLoss:
+    name: str = "gradnorm"
+    alpha: float = param(1.5, "restoring-force strength", non_negative=True)
+    lr: float = param(0.025, "learning rate of the task weights' own Adam optimizer", positive=True)
+    target: str = param("last_shared_layer", "W: last_shared_layer or shared_representation",
+                        choices=("last_shared_layer", "shared_representation"))
+    initial_loss: str = param("first_step", "L_i(0): first_step or log2", choices=("first_step", "log2"))
+    min_weight: float = param(1e-3, "weights are clamped to at least this before renormalising to T", positive=True)
+
+
+@register("loss", "gradnorm", GradNormLoss)
 class GradNorm(Balancer):
     """Learn task weights w_i so that the gradient norms at a shared layer W train at equal rates.
 
@@ -72,19 +86,13 @@ class GradNorm(Balancer):
     ``grad_cos/<a>/<b>``, the cosine between the tasks' gradients at W.
 
     Raises:
-        ConfigError: the model has no shared layer (e.g. ``model=single_task``), or a bad option.
+        ConfigError: the model has no shared layer (e.g. ``model=single_task``).
     """
 
     def __init__(self, loss_names, cfg, model=None):
         super().__init__(loss_names, cfg, model)
         self.alpha = float(cfg.alpha)
         self.target = cfg.target
-        if self.target not in ("last_shared_layer", "shared_representation"):
-            raise ConfigError(f"loss.target: '{self.target}' is not one of last_shared_layer, shared_representation")
-        if cfg.initial_loss not in ("first_step", "log2"):
-            raise ConfigError(f"loss.initial_loss: '{cfg.initial_loss}' is not one of first_step, log2")
-        if cfg.lr <= 0:
-            raise ConfigError(f"loss.lr: must be positive, got {cfg.lr}")
         if model is not None and self.target == "last_shared_layer" and not model.last_shared_layer():
             hint = ", or loss.target=shared_representation" if getattr(getattr(model, "backbone", None),
                                                                         "shared_output", False) else ""

@@ -6,6 +6,8 @@ Follows GradNorm (Chen et al., ICML 2018) for the weights and PCGrad (Yu et al.,
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from mtl_train.balancing.base import require_shared
@@ -18,10 +20,18 @@ from mtl_train.balancing.gradients import (
     task_gradients,
     valid_tasks,
 )
-from mtl_train.balancing.gradnorm import GradNorm
+from mtl_train.balancing.gradnorm import GradNorm, GradNormLoss
 from mtl_train.balancing.surgery import make_generator
+from mtl_train.registry import param, register
 
 
+@dataclass
+class GradNormPCGradLoss(GradNormLoss):
+    name: str = "gradnorm_pcgrad"
+    seed: int = param(0, "seed of PCGrad's random task order (its state is checkpointed)")
+
+
+@register("loss", "gradnorm_pcgrad", GradNormPCGradLoss)
 class GradNormPCGrad(GradNorm):
     """PCGrad applied to the GradNorm-weighted task gradients w_i g_i on the shared parameters.
 
@@ -44,8 +54,10 @@ class GradNormPCGrad(GradNorm):
     the tasks' gradients on all shared parameters.
 
     Raises:
-        ConfigError: a model without shared parameters or shared layer; GradNorm's option errors.
+        ConfigError: a model without shared parameters or shared layer.
     """
+
+    needs_task_gradients = True
 
     def __init__(self, loss_names, cfg, model=None):
         super().__init__(loss_names, cfg, model)
@@ -53,7 +65,7 @@ class GradNormPCGrad(GradNorm):
         if self.experts is not None:  # GradNorm's fast path is not used here: keep the fused experts
             self.experts.record_last = False
             self.experts = None
-        self.generator = make_generator(cfg.get("seed", 0))
+        self.generator = make_generator(cfg.seed)
 
     def backward(self, losses, counts, model, out):
         valid = counts > 0

@@ -3,6 +3,7 @@ NeurIPS 2018)."""
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -10,10 +11,18 @@ import torch
 from mtl_train.balancing.base import Balancer, require_shared
 from mtl_train.balancing.gradients import cosine_logs, gram, min_norm_weights, valid_tasks
 from mtl_train.errors import ConfigError
+from mtl_train.registry import param, register
 
 NORMALIZATIONS = ("none", "l2", "loss", "loss+")
 
 
+@dataclass
+class MGDALoss:
+    name: str = "mgda"
+    normalization: str = param("loss+", "gradient normalisation: loss+, loss, l2 or none", choices=NORMALIZATIONS)
+
+
+@register("loss", "mgda", MGDALoss)
 class MGDA(Balancer):
     """Weights a on the simplex that minimise ||sum_i a_i grad_Z L_i||, Z the shared representation.
 
@@ -43,9 +52,10 @@ class MGDA(Balancer):
     Logs (on logged steps): ``grad_cos/<a>/<b>`` on Z, before normalisation.
 
     Raises:
-        ConfigError: a model without shared parameters or shared representation; unknown
-            ``loss.normalization``.
+        ConfigError: a model without shared parameters or shared representation.
     """
+
+    needs_task_gradients = True
 
     def __init__(self, loss_names, cfg, model=None):
         super().__init__(loss_names, cfg, model)
@@ -53,9 +63,7 @@ class MGDA(Balancer):
         if model is not None and not getattr(getattr(model, "backbone", None), "shared_output", True):
             raise ConfigError("loss=mgda: this model has no shared representation for MGDA-UB "
                               "(e.g. model=single_task, or PLE/CGC without shared experts)")
-        self.normalization = cfg.get("normalization", "loss+")
-        if self.normalization not in NORMALIZATIONS:
-            raise ConfigError(f"loss.normalization: '{self.normalization}' is not one of {', '.join(NORMALIZATIONS)}")
+        self.normalization = cfg.normalization
         self.a = torch.full((self.num_tasks,), 1.0 / self.num_tasks)
 
     def weights(self) -> torch.Tensor:

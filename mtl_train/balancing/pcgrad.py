@@ -2,11 +2,21 @@
 Learning", NeurIPS 2020)."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from mtl_train.balancing.gradients import pcgrad_coefficients
 from mtl_train.balancing.surgery import SharedGradientSurgery, make_generator
-from mtl_train.errors import ConfigError
+from mtl_train.registry import param, register
 
 
+@dataclass
+class PCGradLoss:
+    name: str = "pcgrad"
+    reduction: str = param("sum", "sum (the paper) or mean of the projected task gradients", choices=("sum", "mean"))
+    seed: int = param(0, "seed of the random task order (its state is checkpointed)")
+
+
+@register("loss", "pcgrad", PCGradLoss)
 class PCGrad(SharedGradientSurgery):
     """Project each task's gradient on the normal plane of every task gradient it conflicts with.
 
@@ -28,15 +38,13 @@ class PCGrad(SharedGradientSurgery):
     - tasks with no valid rows in the batch are left out of the projection.
 
     Raises:
-        ConfigError: unknown ``loss.reduction``; a model without shared parameters.
+        ConfigError: a model without shared parameters.
     """
 
     def __init__(self, loss_names, cfg, model=None):
         super().__init__(loss_names, cfg, model)
-        self.reduction = cfg.get("reduction", "sum")
-        if self.reduction not in ("sum", "mean"):
-            raise ConfigError(f"loss.reduction: '{self.reduction}' is not one of sum, mean")
-        self.generator = make_generator(cfg.get("seed", 0))
+        self.reduction = cfg.reduction
+        self.generator = make_generator(cfg.seed)
 
     def coefficients(self, K, idx, losses, grads, num_params, shared):
         C = pcgrad_coefficients(K, self.generator)

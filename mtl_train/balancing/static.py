@@ -1,12 +1,24 @@
 """Static weighting: fixed per-task weights from the config."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Dict, Optional
+
 import torch
 
 from mtl_train.balancing.base import Balancer
 from mtl_train.errors import ConfigError
+from mtl_train.registry import param, register
 
 
+@dataclass
+class StaticLoss:
+    name: str = "static"
+    weights: Optional[Dict[str, float]] = param(None, "{loss name: weight}; names not listed get default_weight")
+    default_weight: float = param(1.0, "weight of the loss terms not named in weights", non_negative=True)
+
+
+@register("loss", "static", StaticLoss)
 class Static(Balancer):
     """L = sum_i w_i L_i over the tasks with at least one valid row, w fixed by the config.
 
@@ -21,11 +33,11 @@ class Static(Balancer):
 
     def __init__(self, loss_names, cfg, model=None):
         super().__init__(loss_names, cfg, model)
-        given = dict(cfg.get("weights") or {})
+        given = dict(cfg.weights or {})
         unknown = [k for k in given if k not in self.loss_names]
         if unknown:
             raise ConfigError(f"loss.weights.{unknown[0]}: not a loss term of this model (have {self.loss_names})")
-        default = float(cfg.get("default_weight", 1.0))
+        default = float(cfg.default_weight)
         w = [float(given.get(n, default)) for n in self.loss_names]
         for n, v in zip(self.loss_names, w):
             if not (v >= 0 and v < float("inf")):

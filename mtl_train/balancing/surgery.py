@@ -29,6 +29,8 @@ class SharedGradientSurgery(Balancer):
         ConfigError: the model shares no parameter between tasks (``model=single_task``).
     """
 
+    needs_task_gradients = True
+
     def __init__(self, loss_names, cfg, model=None):
         super().__init__(loss_names, cfg, model)
         require_shared(model, cfg.name)

@@ -2,13 +2,25 @@
 Uncertainty to Weigh Losses for Scene Geometry and Semantics", CVPR 2018)."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from mtl_train.balancing.base import Balancer, task_kinds
 from mtl_train.balancing.gradients import masked_step
-from mtl_train.errors import ConfigError
+from mtl_train.registry import param, register
 
 
+@dataclass
+class UncertaintyLoss:
+    name: str = "uncertainty"
+    form: str = param("auto", "auto (binary -> classification, regression -> regression), classification, regression",
+                      choices=("auto", "classification", "regression"))
+    lr: float = param(1e-3, "learning rate of log sigma^2's own Adam optimizer", positive=True)
+    init_log_var: float = param(0.0, "initial log sigma^2 of every task")
+
+
+@register("loss", "uncertainty", UncertaintyLoss)
 class Uncertainty(Balancer):
     """Learn s_i = log sigma_i^2 per task and minimise sum_i (c_i exp(-s_i) L_i + s_i / 2).
 
@@ -30,24 +42,19 @@ class Uncertainty(Balancer):
       the model's gradients are computed (the paper optimises it jointly with the network);
     - a task with no valid row in a batch is left out of the sum, and its s_i and its Adam
       moments are left untouched that step.
-
-    Raises:
-        ConfigError: unknown ``loss.form``.
     """
 
     def __init__(self, loss_names, cfg, model=None):
         super().__init__(loss_names, cfg, model)
-        form = cfg.get("form", "auto")
-        if form not in ("auto", "classification", "regression"):
-            raise ConfigError(f"loss.form: '{form}' is not one of auto, classification, regression")
+        form = cfg.form
         if form == "auto":
             kinds = ["regression" if k == "regression" else "classification" for k in task_kinds(model, loss_names)]
         else:
             kinds = [form] * self.num_tasks
         self.kinds = kinds
         self.c = torch.tensor([0.5 if k == "regression" else 1.0 for k in kinds])
-        self.lr = float(cfg.get("lr", 1e-3))
-        self.log_var = torch.full((self.num_tasks,), float(cfg.get("init_log_var", 0.0)), requires_grad=True)
+        self.lr = float(cfg.lr)
+        self.log_var = torch.full((self.num_tasks,), float(cfg.init_log_var), requires_grad=True)
         self.opt = torch.optim.Adam([self.log_var], lr=self.lr)
 
     def to(self, device):

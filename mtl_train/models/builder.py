@@ -1,50 +1,24 @@
 """Model assembly: FeatureEmbedding -> Backbone -> TaskGraph, from the ``model`` and ``graph`` configs."""
 from __future__ import annotations
 
-import importlib
+from dataclasses import fields
 
 import torch
 import torch.nn as nn
 from omegaconf import DictConfig, OmegaConf
 
+from mtl_train import registry
 from mtl_train.data.schema import FeatureSchema
-from mtl_train.errors import ConfigError
-from mtl_train.models.backbones.base import Backbone
+from mtl_train.models.backbones.base import MODEL_KEYS, Backbone
 from mtl_train.models.embedding import FeatureEmbedding
 from mtl_train.models.graphs.base import TaskGraph
 
-# model.backbone -> (class path, config keys passed as keyword arguments)
-BACKBONES = {
-    "single_task": ("mtl_train.models.backbones.simple:SingleTask", ["hidden", "activation", "dropout"]),
-    "shared_embedding": ("mtl_train.models.backbones.simple:SharedEmbedding", []),
-    "shared_bottom": ("mtl_train.models.backbones.simple:SharedBottom", ["hidden", "activation", "dropout"]),
-    "mmoe": ("mtl_train.models.backbones.moe:MMoE",
-             ["num_experts", "expert_hidden", "activation", "dropout", "num_gates"]),
-    "ple": ("mtl_train.models.backbones.moe:PLE",
-            ["num_levels", "num_task_experts", "num_shared_experts", "expert_hidden", "activation", "dropout"]),
-}
-# graph.name -> (class path, config keys)
-GRAPHS = {
-    "independent": ("mtl_train.models.graphs.independent:Independent",
-                    ["tower_hidden", "activation", "dropout", "parent_positive_only"]),
-    "esmm": ("mtl_train.models.graphs.esmm:ESMM", ["tower_hidden", "activation", "dropout"]),
-    "dbmtl": ("mtl_train.models.graphs.dbmtl:DBMTL",
-              ["tower_hidden", "head_hidden", "activation", "dropout", "parents"]),
-    "gmsl": ("mtl_train.models.graphs.gmsl:GMSL",
-             ["tower_hidden", "gru_hidden", "activation", "dropout", "order_weight"]),
-    "aitm": ("mtl_train.models.graphs.aitm:AITM",
-             ["tower_hidden", "attention_dim", "activation", "dropout", "calibrator_weight"]),
-}
 
-
-def _resolve(path: str):
-    module, name = path.split(":")
-    return getattr(importlib.import_module(module), name)
-
-
-def _kwargs(cfg, keys: list[str]) -> dict:
+def _kwargs(cfg, config: type, skip: tuple[str, ...]) -> dict:
+    """The fields of the dataclass ``config`` (the option's typed config) other than ``skip``,
+    with their values in ``cfg``: the keyword arguments of the option's constructor."""
     c = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
-    return {k: c[k] for k in keys if k in c}
+    return {f.name: c[f.name] for f in fields(config) if f.name not in skip and f.name in c}
 
 
 class MultiTaskModel(nn.Module):
@@ -106,7 +80,9 @@ class MultiTaskModel(nn.Module):
 
 
 def build_model(schema: FeatureSchema, model_cfg, graph_cfg, sparse_default: bool = False) -> MultiTaskModel:
-    """Build the model named by ``model_cfg.backbone`` with the graph ``graph_cfg.name``.
+    """Build the backbone registered as ``model_cfg.backbone`` with the graph registered as
+    ``graph_cfg.name`` (see :mod:`mtl_train.registry`); each constructor gets the fields of its
+    option's typed config as keyword arguments.
 
     ``model_cfg.sparse_embedding`` (true/false) chooses sparse embedding gradients; null
     takes ``sparse_default`` (see :func:`mtl_train.train.trainer.sparse_embedding_default`).
@@ -114,18 +90,14 @@ def build_model(schema: FeatureSchema, model_cfg, graph_cfg, sparse_default: boo
     Raises:
         ConfigError: unknown backbone or graph, or an invalid size.
     """
-    if model_cfg.backbone not in BACKBONES:
-        raise ConfigError(f"model.backbone: unknown backbone '{model_cfg.backbone}' (choose from {sorted(BACKBONES)})")
-    if graph_cfg.name not in GRAPHS:
-        raise ConfigError(f"graph.name: unknown graph '{graph_cfg.name}' (choose from {sorted(GRAPHS)})")
     T = len(schema.tasks)
-    cls_path, keys = BACKBONES[model_cfg.backbone]
-    cls = _resolve(cls_path)
+    entry = registry.get("model", model_cfg.backbone)
+    cls = entry.target
     n_emb = T if cls.separate_inputs else 1
     sparse_grad = model_cfg.get("sparse_embedding", None)
     sparse_grad = bool(sparse_default) if sparse_grad is None else bool(sparse_grad)
     embeddings = nn.ModuleList(FeatureEmbedding(schema, model_cfg.embedding_dim, sparse_grad) for _ in range(n_emb))
-    backbone = cls(embeddings[0].out_dim, T, **_kwargs(model_cfg, keys))
-    g_path, g_keys = GRAPHS[graph_cfg.name]
-    graph = _resolve(g_path)(schema, backbone.out_dims, **_kwargs(graph_cfg, g_keys))
+    backbone = cls(embeddings[0].out_dim, T, **_kwargs(model_cfg, entry.config, MODEL_KEYS))
+    g = registry.get("graph", graph_cfg.name)
+    graph = g.target(schema, backbone.out_dims, **_kwargs(graph_cfg, g.config, ("name",)))
     return MultiTaskModel(schema, embeddings, backbone, graph)

@@ -29,8 +29,9 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from mtl_train import registry
 from mtl_train.balancing.base import build_balancer
-from mtl_train.config import CHOICES
+from mtl_train.config import TrainerConfig
 from mtl_train.data.datasets import load_dataset
 from mtl_train.data.schema import OOV_ID, DatasetBundle, Table
 from mtl_train.data.stream import train_loader
@@ -166,7 +167,7 @@ def lr_factor(step: int, tcfg, total_steps: int) -> float:
     return 1.0
 
 
-PRECISIONS = CHOICES[("trainer", "precision")]  # the values config validation accepts
+PRECISIONS = registry.field_meta(TrainerConfig, "precision")["choices"]  # the values config validation accepts
 
 
 def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
@@ -228,11 +229,6 @@ def build_optimizer(model: torch.nn.Module, cfg) -> list[torch.optim.Optimizer]:
     return opts
 
 
-# balancers that only weight the task losses: they never need per-task gradients of the
-# embedding table, so its gradient may be sparse
-LOSS_WEIGHTING = ("equal", "static", "uncertainty", "dwa", "gradnorm")
-
-
 def sparse_embedding_default(cfg, device: torch.device) -> bool:
     """Whether ``model.sparse_embedding: null`` means sparse embedding gradients: on CPU with
     plain Adam (no weight decay) and a loss-weighting balancer, where the bench measured it
@@ -240,7 +236,7 @@ def sparse_embedding_default(cfg, device: torch.device) -> bool:
     off on GPU and for gradient-surgery balancers, which need dense per-task gradients."""
     t = cfg.trainer
     return (device.type == "cpu" and t.optimizer == "adam" and not t.weight_decay
-            and cfg.loss.name in LOSS_WEIGHTING)
+            and not registry.get("loss", cfg.loss.name).target.needs_task_gradients)
 
 
 class Trainer:

@@ -1,22 +1,13 @@
-"""Dataset registry: ``dataset.name`` -> loader returning a :class:`~mtl_train.data.schema.DatasetBundle`."""
+"""The datasets: each module of this package registers its loader, a function
+``(cfg, seed) -> DatasetBundle``, with its typed config (``@register("dataset", name, Config)``,
+see :mod:`mtl_train.registry`)."""
 from __future__ import annotations
 
 import importlib
 import logging
 
+from mtl_train import registry
 from mtl_train.data.schema import DatasetBundle
-from mtl_train.errors import ConfigError
-
-# name -> "module:function"; modules are imported on use so that one dataset's
-# dependencies never slow down another's start.
-LOADERS = {
-    "synthetic": "mtl_train.data.datasets.synthetic:generate",
-    "census": "mtl_train.data.datasets.census:load",
-    "hillstrom": "mtl_train.data.datasets.hillstrom:load",
-    "aliccp": "mtl_train.data.datasets.aliccp:load",
-    "aliexpress": "mtl_train.data.datasets.aliexpress:load",
-    "parquet": "mtl_train.data.parquet:load",
-}
 
 log = logging.getLogger(__name__)
 
@@ -48,15 +39,12 @@ def funnel_violations(bundle: DatasetBundle) -> dict[str, dict[str, int]]:
 
 
 def load_dataset(cfg, seed: int) -> DatasetBundle:
-    """Build the dataset named by ``cfg.name`` with its config group ``cfg``.
+    """Build the dataset registered as ``cfg.name`` with its config group ``cfg``.
 
     Raises:
         ConfigError: unknown dataset name.
     """
-    if cfg.name not in LOADERS:
-        raise ConfigError(f"dataset.name: unknown dataset '{cfg.name}' (choose from {sorted(LOADERS)})")
-    module, fn = LOADERS[cfg.name].split(":")
-    bundle = getattr(importlib.import_module(module), fn)(cfg, seed)
+    bundle = registry.get("dataset", cfg.name).target(cfg, seed)
     bundle.info["funnel_violations"] = funnel_violations(bundle)
     return bundle
 
@@ -74,8 +62,9 @@ def read_file(cfg, path: str):
     """
     from mtl_train.data.files import check_readable, read_parquet
 
-    if cfg.name in LOADERS:
-        module = importlib.import_module(LOADERS[cfg.name].split(":")[0])
+    entry = registry.options("dataset").get(cfg.name)
+    if entry is not None:  # the module that defines the loader (parquet: mtl_train.data.parquet)
+        module = importlib.import_module(entry.target.__module__)
         if hasattr(module, "read_file"):
             return module.read_file(cfg, path)
         if hasattr(module, "convert_file"):

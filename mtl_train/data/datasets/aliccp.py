@@ -30,6 +30,8 @@ from __future__ import annotations
 
 import logging
 import os
+from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 import pyarrow as pa
@@ -41,6 +43,21 @@ from mtl_train.data.datasets.common import head, prepared_parquet, read_columns,
 from mtl_train.data.encode import encode_splits, split_indices
 from mtl_train.data.schema import DatasetBundle, Task
 from mtl_train.errors import ConfigError, DataError
+from mtl_train.registry import param, register
+
+
+@dataclass
+class AliCCPData:
+    name: str = "aliccp"
+    train_path: Optional[str] = param(None, "preprocessed train CSV")
+    val_path: Optional[str] = param(None, "null: a seeded half of the test file is val, the other half test")
+    test_path: Optional[str] = param(None, "preprocessed test CSV")
+    raw_dir: Optional[str] = param(None, "or the raw Tianchi release: sample_skeleton_* and common_features_* CSVs")
+    split_seed: Optional[int] = param(None, "null: use the run's seed")
+    min_count: int = param(1, "values seen fewer times in train map to the out-of-vocabulary id", positive=True)
+    max_rows: Optional[int] = param(None, "read only the first N rows of each file (quick checks)", positive=True)
+    cache_dir: Optional[str] = param(None, "null: next to the data if writable, else ~/.cache/mtl-train")
+
 
 log = logging.getLogger(__name__)
 
@@ -206,6 +223,7 @@ def read_file(cfg, path: str) -> pa.Table:
     return read_parquet(path) if path.endswith(".parquet") else _convert_csv(path)
 
 
+@register("dataset", "aliccp", AliCCPData)
 def load(cfg, seed: int) -> DatasetBundle:
     """Load and encode Ali-CCP from the preprocessed CSVs or the raw release (module docstring).
 

@@ -14,6 +14,8 @@ the test file is test.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
+from typing import Optional
 
 import pyarrow as pa
 
@@ -21,6 +23,20 @@ from mtl_train.data.datasets.common import head, prepared_parquet, read_columns,
 from mtl_train.data.encode import encode_splits, split_indices
 from mtl_train.data.schema import DatasetBundle, Task
 from mtl_train.errors import ConfigError
+from mtl_train.registry import param, register
+
+
+@dataclass
+class AliExpressData:
+    name: str = "aliexpress"
+    train_path: Optional[str] = param(None, "train CSV of one country")
+    test_path: Optional[str] = param(None, "test CSV of the same country")
+    val_fraction: float = param(0.1, "val = a seeded fraction of the train file", positive=True)
+    split_seed: Optional[int] = param(None, "null: use the run's seed")
+    min_count: int = param(1, "values seen fewer times in train map to the out-of-vocabulary id", positive=True)
+    max_rows: Optional[int] = param(None, "read only the first N rows of each file (quick checks)", positive=True)
+    cache_dir: Optional[str] = param(None, "null: next to the data if writable, else ~/.cache/mtl-train")
+
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +57,7 @@ def convert_file(path: str) -> pa.Table:
     return read_columns(path, types, CATEGORICAL + NUMERIC + LABELS)
 
 
+@register("dataset", "aliexpress", AliExpressData)
 def load(cfg, seed: int) -> DatasetBundle:
     """Load and encode the AliExpress train/test CSVs (see the module docstring).
 

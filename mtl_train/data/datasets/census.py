@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import logging
 import os
+from dataclasses import dataclass
+from typing import List, Optional
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -32,6 +34,21 @@ import pyarrow.csv as pacsv
 from mtl_train.data.encode import encode_splits, split_indices
 from mtl_train.data.schema import DatasetBundle, Task
 from mtl_train.errors import ConfigError, DataError
+from mtl_train.registry import param, register
+
+
+@dataclass
+class CensusData:
+    name: str = "census"
+    path: Optional[str] = param(None, "one file, split by a seeded permutation (split)")
+    train_path: Optional[str] = param(None, "or train_path + test_path: the paper's protocol")
+    test_path: Optional[str] = param(None, "split half/half into val and test")
+    tasks: List[str] = param(doc="income, marital, education", factory=lambda: ["income", "marital"])
+    split: List[float] = param(doc="train/val/test fractions when path is given", factory=lambda: [0.6, 0.2, 0.2])
+    split_seed: Optional[int] = param(None, "null: use the run's seed")
+    min_count: int = param(1, "values seen fewer times in train map to the out-of-vocabulary id", positive=True)
+    max_rows: Optional[int] = param(None, "read only the first N rows of each file (quick checks)", positive=True)
+
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +132,7 @@ def read_file(cfg, path: str) -> pa.Table:
     return _with_labels(read_raw(path, key="infer.input"), cfg.tasks)
 
 
+@register("dataset", "census", CensusData)
 def load(cfg, seed: int) -> DatasetBundle:
     """Load Census-Income from ``cfg.path`` or ``cfg.train_path`` + ``cfg.test_path``.
 

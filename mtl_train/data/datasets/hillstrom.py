@@ -16,6 +16,8 @@ vocabularies and statistics fitted on train only.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
+from typing import List, Optional
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -24,6 +26,21 @@ from mtl_train.data.datasets.common import head, prepared_parquet, read_columns,
 from mtl_train.data.encode import encode_splits, split_indices
 from mtl_train.data.schema import DatasetBundle, Task
 from mtl_train.errors import ConfigError
+from mtl_train.registry import param, register
+
+
+@dataclass
+class HillstromData:
+    name: str = "hillstrom"
+    path: Optional[str] = param(None, "hillstrom.csv")
+    tasks: List[str] = param(doc="visit, conversion, spend (regression: log1p(spend in $))",
+                             factory=lambda: ["visit", "conversion"])
+    split: List[float] = param(doc="train/val/test fractions", factory=lambda: [0.6, 0.2, 0.2])
+    split_seed: Optional[int] = param(None, "null: use the run's seed")
+    min_count: int = param(1, "values seen fewer times in train map to the out-of-vocabulary id", positive=True)
+    max_rows: Optional[int] = param(None, "read only the first N rows of each file (quick checks)", positive=True)
+    cache_dir: Optional[str] = param(None, "null: next to the data if writable, else ~/.cache/mtl-train")
+
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +70,7 @@ def convert_file(path: str) -> pa.Table:
     return pa.table(cols)
 
 
+@register("dataset", "hillstrom", HillstromData)
 def load(cfg, seed: int) -> DatasetBundle:
     """Load, split and encode the Hillstrom CSV (see the module docstring).
 

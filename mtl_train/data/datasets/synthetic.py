@@ -22,11 +22,32 @@ weights from ``seed``, and each split's rows from ``seed`` plus the split's inde
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import List
+
 import numpy as np
 import torch
 
 from mtl_train.data.schema import NUM_RESERVED_IDS, DatasetBundle, DenseFeature, FeatureSchema, SparseFeature, Table, Task
 from mtl_train.errors import ConfigError
+from mtl_train.registry import param, register
+
+
+@dataclass
+class SyntheticData:
+    name: str = "synthetic"
+    train_rows: int = param(100_000, "rows of the train split", positive=True)
+    val_rows: int = param(20_000, "rows of the val split", positive=True)
+    test_rows: int = param(20_000, "rows of the test split", positive=True)
+    vocab_sizes: List[int] = param(doc="vocabulary size of each categorical feature",
+                                   factory=lambda: [10_000, 10_000, 1000, 1000, 1000, 100, 100, 10])
+    num_dense: int = param(4, "numeric features", non_negative=True)
+    zipf_a: float = param(1.2, "Zipf exponent of id frequencies")
+    click_rate: float = param(0.1, "base rate of click (before the signal shifts it)")
+    cvr_rate: float = param(0.1, "base rate of purchase given click")
+    signal: float = param(1.5, "scale of the hidden logistic scores (higher = more learnable)")
+    task_correlation: float = param(0.5, "correlation of the click and conversion scores, in [-1, 1]")
+    click_bias: float = param(0.0, "weight of the conversion score in the click model: != 0 biases the clicked population")
 
 
 def _logit(p: float) -> float:
@@ -37,6 +58,7 @@ def _standardise(x: np.ndarray) -> np.ndarray:
     return (x - x.mean()) / (x.std() + 1e-12)
 
 
+@register("dataset", "synthetic", SyntheticData)
 def generate(cfg, seed: int) -> DatasetBundle:
     """Generate train/val/test tables from the config (see the module docstring).
 

@@ -2,9 +2,30 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 import torch.nn as nn
+
+from mtl_train.registry import param
+
+
+@dataclass
+class ModelConfig:
+    """The keys every ``model`` option has. The model builder reads the first four itself
+    (:data:`MODEL_KEYS`) and passes every other field of the option's config to the backbone's
+    constructor as a keyword argument."""
+
+    name: str = param("", "the option's name (a preset's own name, e.g. omoe or cgc)")
+    backbone: str = param("", "the registered backbone this option builds")
+    embedding_dim: int = param(8, "width of each feature's embedding", positive=True)
+    sparse_embedding: Optional[bool] = param(None, "null: on where it is faster (CPU, loss-weighting balancers)")
+    activation: str = param("relu", "activation of every hidden layer")
+    dropout: float = param(0.0, "dropout after every hidden layer", non_negative=True)
+
+
+# the fields of ModelConfig that the builder reads itself (not backbone constructor arguments)
+MODEL_KEYS = ("name", "backbone", "embedding_dim", "sparse_embedding")
 
 
 @dataclass

@@ -1,14 +1,38 @@
 """Mixture-of-experts backbones: OMoE, MMoE, CGC and PLE."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import List, Optional
+
 import torch
 import torch.nn as nn
 
 from mtl_train.errors import ConfigError
-from mtl_train.models.backbones.base import Backbone, BackboneOutput
+from mtl_train.models.backbones.base import Backbone, BackboneOutput, ModelConfig
 from mtl_train.models.layers import BatchedExperts, Gate, check_dims, gate_probabilities, mix_experts
+from mtl_train.registry import param, register
 
 
+@dataclass
+class MMoEModel(ModelConfig):
+    name: str = "mmoe"
+    backbone: str = "mmoe"
+    num_experts: int = param(8, "expert MLPs shared by all tasks", positive=True)
+    expert_hidden: List[int] = param(doc="hidden layer sizes of each expert", factory=lambda: [64, 32])
+    num_gates: Optional[int] = param(None, "null: one gate per task (MMoE); 1: OMoE", positive=True)
+
+
+@dataclass
+class PLEModel(ModelConfig):
+    name: str = "ple"
+    backbone: str = "ple"
+    num_levels: int = param(2, "extraction levels (1: CGC)", positive=True)
+    num_task_experts: int = param(2, "experts per task at each level", non_negative=True)
+    num_shared_experts: int = param(2, "shared experts at each level", non_negative=True)
+    expert_hidden: List[int] = param(doc="hidden layer sizes of each expert", factory=lambda: [64, 32])
+
+
+@register("model", "mmoe", MMoEModel)
 class MMoE(Backbone):
     """Multi-gate Mixture-of-Experts (Ma et al., "Modeling Task Relationships in Multi-task
     Learning with Multi-gate Mixture-of-Experts", KDD 2018).
@@ -53,6 +77,7 @@ class MMoE(Backbone):
         return list(self.gates[k].parameters()) if len(self.gates) > 1 else []
 
 
+@register("model", "ple", PLEModel)
 class PLE(Backbone):
     """Progressive Layered Extraction (Tang et al., "Progressive Layered Extraction (PLE): A Novel
     Multi-Task Learning (MTL) Model for Personalized Recommendations", RecSys 2020).
@@ -72,9 +97,7 @@ class PLE(Backbone):
                  expert_hidden, activation: str = "relu", dropout: float = 0.0):
         super().__init__()
         hidden = check_dims("model.expert_hidden", expert_hidden)
-        if num_levels < 1:
-            raise ConfigError(f"model.num_levels: must be >= 1, got {num_levels}")
-        if num_task_experts < 0 or num_shared_experts < 0 or num_task_experts + num_shared_experts == 0:
+        if num_task_experts + num_shared_experts == 0:  # each >= 0 and num_levels >= 1: checked by config validation
             raise ConfigError(
                 f"model: need experts, got num_task_experts={num_task_experts}, num_shared_experts={num_shared_experts}"
             )

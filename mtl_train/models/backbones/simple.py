@@ -1,14 +1,41 @@
 """Backbones without experts: one network per task, and hard parameter sharing."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import List
+
 import torch
 from torch import nn
 
 from mtl_train.errors import ConfigError
-from mtl_train.models.backbones.base import Backbone, BackboneOutput
+from mtl_train.models.backbones.base import Backbone, BackboneOutput, ModelConfig
 from mtl_train.models.layers import MLP, check_dims
+from mtl_train.registry import param, register
 
 
+@dataclass
+class SingleTaskModel(ModelConfig):
+    name: str = "single_task"
+    backbone: str = "single_task"
+    hidden: List[int] = param(doc="hidden layer sizes of each task's network", factory=lambda: [128, 64])
+
+
+@dataclass
+class SharedBottomModel(ModelConfig):
+    name: str = "shared_bottom"
+    backbone: str = "shared_bottom"
+    hidden: List[int] = param(doc="hidden layer sizes of the shared bottom MLP", factory=lambda: [128, 64])
+
+
+@dataclass
+class SharedEmbeddingModel(ModelConfig):
+    """Shared embeddings only (the ESMM/AITM/DBMTL/GMSL presets): no backbone layer to size."""
+
+    name: str = "shared_embedding"
+    backbone: str = "shared_embedding"
+
+
+@register("model", "single_task", SingleTaskModel)
 class SingleTask(Backbone):
     """A separate network per task, embeddings included: the baseline every MTL paper reports.
 
@@ -34,6 +61,7 @@ class SingleTask(Backbone):
         return list(self.nets[k].parameters())
 
 
+@register("model", "shared_bottom", SharedBottomModel)
 class SharedBottom(Backbone):
     """Hard parameter sharing (Caruana, 1997): one bottom MLP whose output feeds every tower.
 
@@ -60,6 +88,7 @@ class SharedBottom(Backbone):
         return list(self.bottom.parameters())
 
 
+@register("model", "shared_embedding", SharedEmbeddingModel)
 class SharedEmbedding(Backbone):
     """Shared embeddings only: every task's representation is the embedded input itself, with
     no shared hidden layer. This is the sharing of the ESMM (Ma et al., SIGIR 2018) and AITM
@@ -68,10 +97,11 @@ class SharedEmbedding(Backbone):
 
     Shapes: [B, D] -> T outputs [B, D] (the same tensor); shared representation = the input.
     ``last_shared_layer`` is empty (the only shared layer is the embedding table, which the
-    model reports in ``shared_parameters``).
+    model reports in ``shared_parameters``). ``activation`` and ``dropout`` (the keys every
+    model option has) are accepted and unused: there is no layer to apply them to.
     """
 
-    def __init__(self, in_dim: int, num_tasks: int):
+    def __init__(self, in_dim: int, num_tasks: int, activation: str = "relu", dropout: float = 0.0):
         super().__init__()
         self.num_tasks = num_tasks
         self.out_dims = [in_dim] * num_tasks

@@ -4,6 +4,8 @@ Learning in Targeted Display Advertising", KDD 2021)."""
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import List
 
 import torch
 import torch.nn as nn
@@ -12,6 +14,7 @@ from mtl_train.data.schema import FeatureSchema
 from mtl_train.errors import ConfigError
 from mtl_train.models.graphs.sequential import SequentialGraph
 from mtl_train.models.layers import MLP, check_dims
+from mtl_train.registry import param, register
 
 
 class AIT(nn.Module):
@@ -39,6 +42,17 @@ class AIT(nn.Module):
         return (w.unsqueeze(-1) * self.h3(u)).sum(1)
 
 
+@dataclass
+class AITMGraph:
+    name: str = "aitm"
+    tower_hidden: List[int] = param(doc="hidden layer sizes of each task's tower", factory=lambda: [128, 64, 32])
+    attention_dim: int = param(32, "width of the attention over transferred and own vectors", positive=True)
+    activation: str = param("relu", "activation of every hidden layer")
+    dropout: float = param(0.0, "dropout after every hidden layer", non_negative=True)
+    calibrator_weight: float = param(0.6, "behavioural expectation calibrator weight", non_negative=True)
+
+
+@register("graph", "aitm", AITMGraph)
 class AITM(SequentialGraph):
     """AITM on any backbone, over the dataset's tasks in funnel (declared) order.
 

@@ -2,6 +2,9 @@
 Multi-Target Learning for Recommender Systems", arXiv:1902.09154, 2019; Taobao Live)."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Dict, List, Optional
+
 import torch
 import torch.nn as nn
 
@@ -9,6 +12,7 @@ from mtl_train.data.schema import FeatureSchema
 from mtl_train.errors import ConfigError
 from mtl_train.models.graphs.base import EvalOutput, TaskGraph, masked_task_losses, topological_order
 from mtl_train.models.layers import MLP, check_dims
+from mtl_train.registry import param, register
 
 
 def resolve_parents(schema: FeatureSchema, override: dict | None) -> dict[str, list[str]]:
@@ -34,6 +38,19 @@ def resolve_parents(schema: FeatureSchema, override: dict | None) -> dict[str, l
     return parents
 
 
+@dataclass
+class DBMTLGraph:
+    name: str = "dbmtl"
+    tower_hidden: List[int] = param(doc="hidden layer sizes of each task's tower", factory=lambda: [64])
+    head_hidden: List[int] = param(doc="hidden layer sizes of each task's head (what children read)",
+                                   factory=lambda: [32])
+    activation: str = param("relu", "activation of every hidden layer")
+    dropout: float = param(0.0, "dropout after every hidden layer", non_negative=True)
+    parents: Optional[Dict[str, List[str]]] = param(
+        None, "null: the dataset's declared parents; e.g. {purchase: [click, cart]} overrides per task (a DAG)")
+
+
+@register("graph", "dbmtl", DBMTLGraph)
 class DBMTL(TaskGraph):
     """The Bayesian multi-target network: P(t1, t2, t3 | x) = P(t3 | t1, t2, x) P(t2 | t1, x) P(t1 | x),
     each directed link parameterised by hidden layers.

@@ -2,6 +2,9 @@
 Multi-Task Model: An Effective Approach for Estimating Post-Click Conversion Rate", SIGIR 2018)."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import List
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -11,6 +14,7 @@ from mtl_train.errors import ConfigError
 from mtl_train.models.graphs.base import EvalOutput, TaskGraph, masked_mean
 from mtl_train.models.graphs.independent import make_tower
 from mtl_train.models.layers import check_dims
+from mtl_train.registry import param, register
 
 
 def chain_log_probs(logits: torch.Tensor, parent_index: list[int | None],
@@ -49,6 +53,16 @@ def chain_log_probs(logits: torch.Tensor, parent_index: list[int | None],
     return torch.stack(log_p, 1), torch.stack(log_not, 1)
 
 
+@dataclass
+class ESMMGraph:
+    name: str = "esmm"
+    tower_hidden: List[int] = param(doc="hidden layer sizes of each task's tower (the paper: 200, 80)",
+                                    factory=lambda: [200, 80])
+    activation: str = param("relu", "activation of every hidden layer")
+    dropout: float = param(0.0, "dropout after every hidden layer", non_negative=True)
+
+
+@register("graph", "esmm", ESMMGraph)
 class ESMM(TaskGraph):
     """ESMM on any backbone: one tower per task; a task with a parent predicts the conditional
     probability (pCVR = P(purchase | click, x)), and its entire-space probability is the

@@ -3,14 +3,30 @@ GRU in funnel order, one step per task (the project's seed brief; the same GRU-o
 with a descending-probability regulariser is SEQ+MD, Wang et al., arXiv:2408.13357, 2024)."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import List
+
 import torch
 import torch.nn as nn
 
 from mtl_train.data.schema import FeatureSchema
 from mtl_train.models.graphs.sequential import SequentialGraph
 from mtl_train.models.layers import MLP, check_dims
+from mtl_train.registry import param, register
 
 
+@dataclass
+class GMSLGraph:
+    name: str = "gmsl"
+    tower_hidden: List[int] = param(doc="hidden layer sizes of each task's network", factory=lambda: [64, 32])
+    gru_hidden: int = param(32, "hidden size of the GRU over the tasks", positive=True)
+    activation: str = param("relu", "activation of every hidden layer")
+    dropout: float = param(0.0, "dropout after every hidden layer", non_negative=True)
+    order_weight: float = param(0.0, "> 0: add order_weight * mean(max(p_k - p_(k-1), 0)) to task k's loss",
+                                non_negative=True)
+
+
+@register("graph", "gmsl", GMSLGraph)
 class GMSL(SequentialGraph):
     """Per-task networks on the shared representation, then a GRU over the tasks.
 

@@ -1,6 +1,9 @@
 """Independent towers: each task's logit from its own tower, no cross-task structure."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import List
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -9,6 +12,7 @@ from mtl_train.data.schema import FeatureSchema
 from mtl_train.errors import ConfigError
 from mtl_train.models.graphs.base import EvalOutput, TaskGraph, masked_task_losses
 from mtl_train.models.layers import MLP, check_dims
+from mtl_train.registry import param, register
 
 
 def make_tower(in_dim: int, hidden: list[int], activation: str, dropout: float) -> nn.Sequential:
@@ -16,6 +20,16 @@ def make_tower(in_dim: int, hidden: list[int], activation: str, dropout: float) 
     return nn.Sequential(MLP(in_dim, hidden, activation, dropout), nn.Linear(hidden[-1] if hidden else in_dim, 1))
 
 
+@dataclass
+class IndependentGraph:
+    name: str = "independent"
+    tower_hidden: List[int] = param(doc="hidden layer sizes of each task's tower", factory=lambda: [32])
+    activation: str = param("relu", "activation of every hidden layer")
+    dropout: float = param(0.0, "dropout after every hidden layer", non_negative=True)
+    parent_positive_only: bool = param(False, "true: train a child task (cvr) only where its parent (click) is 1")
+
+
+@register("graph", "independent", IndependentGraph)
 class Independent(TaskGraph):
     """One tower per task: MLP(tower_hidden) then a linear layer to one logit.
 
