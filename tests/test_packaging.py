@@ -2,6 +2,7 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import tomllib
 from conftest import REPO
@@ -33,9 +34,10 @@ def test_scripts_run_from_the_repository_root_with_a_non_editable_install(tmp_pa
     --no-build-isolation, from a copy of the sources so that no build/ lands in the checkout),
     then ``python -m mtl_train --help`` and the cheapest script that starts ``python -m
     mtl_train``, reproduce_esmm_bias.py on 400 synthetic rows, one seed, one epoch (two
-    trainings). The venv has no pip of its own: the one it is created with (setuptools 65)
-    cannot build a wheel without the ``wheel`` package; the system pip and setuptools (seen
-    through --system-site-packages) can."""
+    trainings). The venv has no packages of its own: a .pth file shows it the running
+    interpreter's site-packages (torch, hydra, pip and setuptools >= 70.1 from the test extra,
+    which builds a wheel without the ``wheel`` package), never the base Python's, which a fresh
+    machine leaves without them."""
     src = tmp_path / "src"
     src.mkdir()
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
@@ -46,9 +48,12 @@ def test_scripts_run_from_the_repository_root_with_a_non_editable_install(tmp_pa
     venv = tmp_path / "venv"
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
     env["OMP_NUM_THREADS"] = "1"
-    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(venv)], check=True,
-                   env=env)
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, env=env)
     py = str(venv / "bin" / "python")
+    site_dir = subprocess.run([py, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], check=True,
+                              capture_output=True, text=True, env=env).stdout.strip()
+    outer = [d for d in sys.path if os.path.basename(d) in ("site-packages", "dist-packages")]
+    (Path(site_dir) / "_outer_site.pth").write_text("".join(f"{d}\n" for d in outer))
 
     def run(*args, cwd=REPO):
         proc = subprocess.run([py, *args], cwd=cwd, capture_output=True, text=True, env=env, timeout=300)
