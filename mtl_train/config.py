@@ -343,7 +343,7 @@ class TrainerConfig:
     log_every_steps: int = 50
     progress: bool = True
     num_threads: Optional[int] = None
-    # keep step-sized buffers in the heap instead of mmap/munmap per step (train/allocator.py)
+    # keep step-sized buffers in the heap instead of mmap/munmap per step (mtl_train/system.py)
     tune_malloc: bool = True
     # fp32, or bf16: embedding + backbone under torch.autocast (see Trainer.autocast)
     precision: str = "fp32"

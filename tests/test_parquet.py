@@ -17,6 +17,7 @@ from mtl_train.data.encode import Vocabulary, hash_ids
 from mtl_train.data.schema import Table
 from mtl_train.data.stream import StreamingLoader, StreamSplit
 from mtl_train.errors import ConfigError, DataError
+from mtl_train.system import memory_budget
 
 BIG = 2**60 + 1  # an id that a float64 cannot hold exactly
 
@@ -460,6 +461,6 @@ def test_memory_budget_is_a_quarter_of_the_lower_of_ram_and_the_cgroup_limits(mo
         return real_open(path, *a, **k)
 
     monkeypatch.setattr(builtins, "open", fake_open)
-    assert pqd.memory_budget(OmegaConf.create({"memory_budget_mb": None})) == min(
+    assert memory_budget(None) == min(
         2 << 30, os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")) // 4
-    assert pqd.memory_budget(OmegaConf.create({"memory_budget_mb": 100})) == 100 << 20
+    assert memory_budget(100) == 100 << 20

@@ -340,7 +340,7 @@ def test_eval_reproduces_metrics_and_scored_predictions_give_the_same_auc(tmp_pa
 def test_census_eval_and_predict_on_a_file_agree(tmp_path, monkeypatch):
     import gzip
 
-    from mtl_train.data import cache
+    from mtl_train import io
     from mtl_train.metrics import binary_metrics
     from mtl_train.train.infer import run_eval, run_predict
     from mtl_train.train.trainer import run
@@ -349,7 +349,7 @@ def test_census_eval_and_predict_on_a_file_agree(tmp_path, monkeypatch):
     small, new = tmp_path / "census.csv", tmp_path / "new.csv"  # rows 0..3999 to train on, 4000..7999 as a new file
     small.write_text("".join(lines[:4000]))
     new.write_text("".join(lines[4000:8000]))
-    monkeypatch.setattr(cache, "_UMASK", 0o022)  # whatever the machine's umask, files must come out 0644
+    monkeypatch.setattr(io, "_UMASK", 0o022)  # whatever the machine's umask, files must come out 0644
     train_dir = tmp_path / "train"
     run(make_cfg("dataset=census", f"dataset.path={small}", *TINY[4:]), str(train_dir))
     common = [f"checkpoint={train_dir / 'checkpoints' / 'best.pt'}", f"infer.input={new}", "trainer.device=cpu"]
@@ -444,7 +444,7 @@ def test_a_parquet_run_resumed_where_mode_auto_would_stream_reads_as_the_interru
     part = tmp_path / "part"
     run(make_cfg(*common, "trainer.max_steps=3"), str(part))
     assert torch.load(part / "checkpoints" / "last.pt", weights_only=False)["data"]["kind"] == "memory"
-    monkeypatch.setattr(pqd, "memory_budget", lambda cfg: 1)  # now mode=auto would stream every split
+    monkeypatch.setattr(pqd, "memory_budget", lambda mb: 1)  # now mode=auto would stream every split
     run(make_cfg(f"trainer.resume={part}", "trainer.max_steps=null"), str(part), ["trainer.resume", "trainer.max_steps"])
     # the same rows in the same order: the final weights equal the uninterrupted run's (the labels of
     # write_log are random, so best.pt, which the extra evaluation at step 3 may pick, is not compared)

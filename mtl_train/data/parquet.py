@@ -61,6 +61,7 @@ from mtl_train.data.schema import (
     Task,
 )
 from mtl_train.errors import ConfigError, DataError
+from mtl_train.system import memory_budget
 
 log = logging.getLogger(__name__)
 
@@ -711,47 +712,6 @@ def make_sources(cfg, spec: dict) -> dict[str, SplitSource]:
     return sources
 
 
-def _cgroup_limit_files() -> list[str]:
-    """The memory-limit files of this process's cgroup and of every cgroup above it (cgroup v2
-    ``memory.max``; v1 ``memory.limit_in_bytes``), read from /proc/self/cgroup: a batch
-    scheduler (Slurm, systemd slices) sets the limit on a nested cgroup."""
-    files = ["/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"]
-    try:
-        lines = open("/proc/self/cgroup").read().splitlines()
-    except OSError:
-        return files
-    for line in lines:
-        _, controllers, path = (line.split(":", 2) + ["", ""])[:3]
-        parts = [p for p in path.split("/") if p]
-        for k in range(len(parts), 0, -1):
-            sub = "/".join(parts[:k])
-            if controllers == "":  # v2
-                files.append(f"/sys/fs/cgroup/{sub}/memory.max")
-            elif "memory" in controllers.split(","):  # v1
-                files.append(f"/sys/fs/cgroup/memory/{sub}/memory.limit_in_bytes")
-    return files
-
-
-def memory_budget(cfg) -> int:
-    """Bytes the in-memory splits may take: ``memory_budget_mb``, or a quarter of the memory
-    this process may use: the machine's physical memory, or the lowest memory limit of its
-    cgroups (see :func:`_cgroup_limit_files`) where that is lower."""
-    if cfg.memory_budget_mb is not None:
-        return int(cfg.memory_budget_mb) << 20
-    try:
-        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):  # pragma: no cover
-        total = 16 << 30
-    for f in _cgroup_limit_files():
-        try:
-            limit = open(f).read().strip()
-        except OSError:
-            continue
-        if limit.isdigit():
-            total = min(total, int(limit))
-    return total // 4
-
-
 def load(cfg, seed: int) -> DatasetBundle:
     """Build the parquet dataset (see the module docstring).
 
@@ -776,7 +736,7 @@ def load(cfg, seed: int) -> DatasetBundle:
         encoders=enc,
     )
     row_bytes = 8 * (len(schema.sparse) + schema.seq_width) + 4 * (len(schema.dense) + len(schema.tasks))
-    budget, used, splits, modes = memory_budget(cfg), 0, {}, {}
+    budget, used, splits, modes = memory_budget(cfg.memory_budget_mb), 0, {}, {}
     for name in sorted(sources, key=lambda s: prep["rows"][s]):  # smallest split first
         need = prep["rows"][name] * row_bytes
         in_memory = cfg.mode == "memory" or (cfg.mode == "auto" and used + need <= budget)

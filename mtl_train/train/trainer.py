@@ -37,8 +37,8 @@ from mtl_train.data.stream import train_loader
 from mtl_train.errors import ConfigError, DataError, RunInterrupted, TrainingError
 from mtl_train.metrics import binary_metrics, group_auc, regression_metrics
 from mtl_train.models.builder import MultiTaskModel, build_model
+from mtl_train.system import tune_malloc
 from mtl_train.train import checkpoint as ckpt
-from mtl_train.train.allocator import tune_malloc
 from mtl_train.train.logger import RunLogger
 
 log = logging.getLogger(__name__)
