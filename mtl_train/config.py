@@ -9,9 +9,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Any, Dict, List, Optional
 
-from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
+from mtl_train.data.spec import ParquetSchema
+from mtl_train.data.spec import normalise_parquet as _normalise_parquet
 from mtl_train.errors import ConfigError
 from mtl_train.metrics import METRICS
 
@@ -84,47 +86,6 @@ class CensusData:
 
 
 @dataclass
-class CategoricalColumn:
-    name: str = MISSING
-    min_count: Optional[int] = None       # null: dataset.min_count
-    hash_buckets: Optional[int] = None    # hash into N buckets instead of a vocabulary
-
-
-@dataclass
-class NumericColumn:
-    name: str = MISSING
-    norm: str = "standard"                # standard, minmax, log (signed log1p, then standard), none
-    fill: str = "mean"                    # nulls: mean (the training mean), zero, or a number
-
-
-@dataclass
-class SequenceColumn:
-    name: str = MISSING
-    max_len: int = 20                     # ids kept per row (the first max_len)
-    pooling: str = "mean"                 # mean or sum
-    min_count: Optional[int] = None
-    hash_buckets: Optional[int] = None
-
-
-@dataclass
-class TaskColumn:
-    name: str = MISSING
-    label: Optional[str] = None           # null: the column named like the task
-    type: str = "binary"                  # binary or regression
-    parent: Optional[str] = None          # funnel parent task (e.g. purchase -> click)
-
-
-@dataclass
-class ParquetSchema:
-    """The column schema of ``dataset=parquet`` (inline, or the content of ``schema_file``)."""
-
-    categorical: List[CategoricalColumn] = field(default_factory=list)
-    numeric: List[NumericColumn] = field(default_factory=list)
-    sequences: List[SequenceColumn] = field(default_factory=list)
-    tasks: List[TaskColumn] = field(default_factory=list)
-
-
-@dataclass
 class ParquetData(ParquetSchema):
     name: str = "parquet"
     train_path: Optional[str] = None
@@ -140,38 +101,6 @@ class ParquetData(ParquetSchema):
     num_workers: Optional[int] = None  # null: auto (see data.stream.reader_threads)
     cache_dir: Optional[str] = None
     progress: bool = True
-
-
-def _normalise_parquet(cfg: DictConfig) -> DictConfig:
-    from mtl_train.data.parquet import normalise_columns
-
-    d = OmegaConf.to_container(cfg)
-    return OmegaConf.create(normalise_columns(d))
-
-
-def validate_schema_file(path: str) -> dict:
-    """Load and check a parquet column schema file (YAML with categorical, numeric,
-    sequences, tasks). Raises ConfigError naming the file and the key."""
-    import os
-
-    from mtl_train.data.parquet import normalise_columns
-
-    if not os.path.isfile(path):
-        raise ConfigError(f"dataset.schema_file: file not found: {path}")
-    try:
-        raw = OmegaConf.load(path)
-        typed = OmegaConf.merge(OmegaConf.structured(ParquetSchema), normalise_columns(OmegaConf.to_container(raw)))
-    except ConfigKeyError as e:
-        node = e.parent_node
-        entry = node.get("name") if node is not None and hasattr(node, "get") and "name" in node else None
-        where = f" in the entry of '{entry}'" if entry else ""
-        raise ConfigError(f"{path}: unknown key '{e.key}'{where} (known: categorical, numeric, sequences, tasks and "
-                          f"their fields)") from None
-    except ValidationError as e:
-        raise ConfigError(f"{path}: {e.full_key}: {e.msg.splitlines()[0]}") from None
-    except Exception as e:  # YAML syntax and the like
-        raise ConfigError(f"{path}: not a valid schema file: {str(e).splitlines()[0]}") from None
-    return OmegaConf.to_container(typed)
 
 
 # ---- model ------------------------------------------------------------------------------

@@ -268,29 +268,6 @@ def test_corrupt_missing_and_incomplete_parquet_files_fail_naming_file_and_colum
         read_parquet(str(damaged))
 
 
-def test_encoders_check_columns_and_binary_labels():
-    from mtl_train.data.encode import encode_splits
-    from mtl_train.data.schema import Task
-
-    tbl = pa.table({"u": ["a", "b", "a", "c"], "x": [1.0, 2.0, 3.0, 4.0], "y": [0, 1, 1, 0]})
-    tasks = [Task("buy", "y")]
-    schema, tables, _ = encode_splits({"train": tbl, "val": tbl}, ["u"], ["x"], tasks)
-    assert tables["train"].sparse[:, 0].tolist() == [2, 3, 2, 4]  # 'a' most frequent -> id 2
-    with pytest.raises(DataError, match="val split: missing feature column 'x'"):
-        encode_splits({"train": tbl, "val": tbl.drop(["x"])}, ["u"], ["x"], tasks)
-    with pytest.raises(DataError, match="val split: missing label column 'y'"):
-        encode_splits({"train": tbl, "val": tbl.drop(["y"])}, ["u"], ["x"], tasks)
-    bad = tbl.set_column(2, "y", pa.array([0, 2, 1, 0]))
-    with pytest.raises(DataError, match="label column 'y' of binary task 'buy' holds 1 values other than 0/1"):
-        encode_splits({"train": bad}, ["u"], ["x"], tasks)
-    with pytest.raises(ConfigError, match="label column 'x' of task 'buy' is also a feature"):
-        encode_splits({"train": tbl}, ["u"], ["x"], [Task("buy", "x")])
-    # a new file without labels: labels unknown (NaN), an unseen id -> out of vocabulary
-    table, rep = schema.encoders.transform(pa.table({"u": ["c", "zz"], "x": [0.0, 9.0]}), "new.parquet",
-                                           labels_required=False)
-    assert table.sparse[:, 0].tolist() == [4, 1] and torch.isnan(table.labels).all() and rep["oov_ids"]["u"] == 1
-
-
 def test_no_positive_in_train_is_an_error_and_one_class_in_val_gives_null_auc(tmp_path, caplog):
     from mtl_train.data.datasets import load_dataset
     from mtl_train.train.trainer import Trainer, run
