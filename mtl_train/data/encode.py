@@ -6,12 +6,14 @@ All work is columnar (pyarrow compute / numpy); no Python loop runs over rows.
 """
 from __future__ import annotations
 
+import os
 import zlib
 from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from mtl_train.data.columns import as_kind, check_list, check_scalar, flat, label_array, numeric
 from mtl_train.data.schema import NULL_ID, NUM_RESERVED_IDS, OOV_ID
@@ -217,10 +219,6 @@ class Encoder:
     """
 
     def __init__(self, spec, prep: dict, root):
-        import os
-
-        import pyarrow.parquet as pq
-
         self.spec = spec
         self.columns = spec.columns()
         self.vocabs = {name: Vocabulary(pq.read_table(os.path.join(root, f)).column("value").combine_chunks())
