@@ -9,90 +9,16 @@ outside a field's closed set of choices or a size that is zero or negative (the 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from typing import Any, Dict, List, Optional
 
-from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
 from mtl_train import registry
 from mtl_train.errors import ConfigError
 from mtl_train.metrics import METRICS
 from mtl_train.registry import param
-
-
-# ---- dataset: the Parquet column schema (the option dataclasses live beside their loaders) --
-@dataclass
-class CategoricalColumn:
-    name: str = MISSING
-    min_count: Optional[int] = None       # null: dataset.min_count
-    hash_buckets: Optional[int] = None    # hash into N buckets instead of a vocabulary
-
-
-@dataclass
-class NumericColumn:
-    name: str = MISSING
-    norm: str = "standard"                # standard, minmax, log (signed log1p, then standard), none
-    fill: str = "mean"                    # nulls: mean (the training mean), zero, or a number
-
-
-@dataclass
-class SequenceColumn:
-    name: str = MISSING
-    max_len: int = 20                     # ids kept per row (the first max_len)
-    pooling: str = "mean"                 # mean or sum
-    min_count: Optional[int] = None
-    hash_buckets: Optional[int] = None
-
-
-@dataclass
-class TaskColumn:
-    name: str = MISSING
-    label: Optional[str] = None           # null: the column named like the task
-    type: str = "binary"                  # binary or regression
-    parent: Optional[str] = None          # funnel parent task (e.g. purchase -> click)
-
-
-@dataclass
-class ParquetSchema:
-    """The column schema of ``dataset=parquet`` (inline, or the content of ``schema_file``)."""
-
-    categorical: List[CategoricalColumn] = field(default_factory=list)
-    numeric: List[NumericColumn] = field(default_factory=list)
-    sequences: List[SequenceColumn] = field(default_factory=list)
-    tasks: List[TaskColumn] = field(default_factory=list)
-
-
-def _normalise_parquet(cfg: DictConfig) -> DictConfig:
-    from mtl_train.data.parquet import normalise_columns
-
-    d = OmegaConf.to_container(cfg)
-    return OmegaConf.create(normalise_columns(d))
-
-
-def validate_schema_file(path: str) -> dict:
-    """Load and check a parquet column schema file (YAML with categorical, numeric,
-    sequences, tasks). Raises ConfigError naming the file and the key."""
-    import os
-
-    from mtl_train.data.parquet import normalise_columns
-
-    if not os.path.isfile(path):
-        raise ConfigError(f"dataset.schema_file: file not found: {path}")
-    try:
-        raw = OmegaConf.load(path)
-        typed = OmegaConf.merge(OmegaConf.structured(ParquetSchema), normalise_columns(OmegaConf.to_container(raw)))
-    except ConfigKeyError as e:
-        node = e.parent_node
-        entry = node.get("name") if node is not None and hasattr(node, "get") and "name" in node else None
-        where = f" in the entry of '{entry}'" if entry else ""
-        raise ConfigError(f"{path}: unknown key '{e.key}'{where} (known: categorical, numeric, sequences, tasks and "
-                          f"their fields)") from None
-    except ValidationError as e:
-        raise ConfigError(f"{path}: {e.full_key}: {e.msg.splitlines()[0]}") from None
-    except Exception as e:  # YAML syntax and the like
-        raise ConfigError(f"{path}: not a valid schema file: {str(e).splitlines()[0]}") from None
-    return OmegaConf.to_container(typed)
 
 
 # ---- trainer, infer, objective --------------------------------------------------------
@@ -117,7 +43,7 @@ class TrainerConfig:
     progress: bool = param(True, "progress bars")
     num_threads: Optional[int] = param(None, "torch intra-op threads; null: torch's default", positive=True)
     tune_malloc: bool = param(True, "keep step-sized buffers in the heap instead of mmap/munmap per step "
-                                    "(train/allocator.py)")
+                                    "(mtl_train/system.py)")
     precision: str = param("fp32", "fp32, or bf16: embedding + backbone under torch.autocast (see Trainer.autocast)",
                            choices=("fp32", "bf16"))
     scheduler: str = param("none", "learning-rate schedule, stepped once per optimizer step (see trainer.lr_factor)",
@@ -176,8 +102,6 @@ def __getattr__(name: str):
 SECTIONS: dict[str, type] = {"infer": InferConfig, "objective": Objective}
 MODES = ("train", "eval", "predict")
 TOP_LEVEL = ("seed", "mode", "checkpoint", "infer", "objective", "experiment")
-# per group option: a function applied to its config before the schema merge (short forms)
-NORMALISERS = {("dataset", "parquet"): _normalise_parquet}
 
 
 def _check_values(group: str, cfg: DictConfig, schema: type) -> None:
@@ -211,8 +135,8 @@ def validate_group(group: str, cfg: DictConfig) -> DictConfig:
     else:
         choice = cfg.get(registry.GROUPS[group][1], "")
         schema = registry.get(group, choice).config
-    if (group, choice) in NORMALISERS:
-        cfg = NORMALISERS[(group, choice)](cfg)
+    if hasattr(schema, "normalise"):  # an option's short forms, expanded before the merge
+        cfg = schema.normalise(cfg)
     try:
         typed = OmegaConf.merge(OmegaConf.structured(schema), cfg)
     except ConfigKeyError as e:

@@ -4,13 +4,13 @@ import sys
 
 import pytest
 
-from mtl_train.train.allocator import tune_malloc
+from mtl_train.system import tune_malloc
 
 # a step-like cycle: two live 16 MiB tensors (the size of the bench MMoE's [B, E*H] activations),
 # every page written, then both freed
 CYCLE = """
 import resource, sys, torch
-from mtl_train.train.allocator import tune_malloc
+from mtl_train.system import tune_malloc
 if sys.argv[1] == "1":
     assert tune_malloc()
 def cycle():

@@ -13,10 +13,12 @@ from omegaconf import OmegaConf
 
 from mtl_train.config import validate_group
 from mtl_train.data import parquet as pqd
+from mtl_train.data import prepare
 from mtl_train.data.encode import Vocabulary, hash_ids
 from mtl_train.data.schema import Table
 from mtl_train.data.stream import StreamingLoader, StreamSplit
 from mtl_train.errors import ConfigError, DataError
+from mtl_train.system import memory_budget
 
 BIG = 2**60 + 1  # an id that a float64 cannot hold exactly
 
@@ -113,8 +115,7 @@ def test_hashed_ids_of_a_val_file_written_as_strings_hash_like_the_training_inte
     c = cfg(tmp_path, categorical=[{"name": "u", "hash_buckets": 50}], numeric=[], sequences=[], tasks=["y"])
     b = pqd.load(c, seed=0)
     assert b.val.sparse[:, 0].tolist() == [b.train.sparse[1, 0].item(), b.train.sparse[3, 0].item(), 0]
-    enc = b.schema.encoders
-    del enc.id_kinds  # an encoder pickled in a checkpoint before the kinds were recorded still encodes
+    enc = b.schema.encoders  # a file encoded for eval/predict hashes alike
     assert enc.transform(pq.read_table(tmp_path / "train.parquet"))[0].sparse.tolist() == b.train.sparse.tolist()
     # a val value that is no integer fails in the prepare step, naming the split and column
     pq.write_table(pa.table({"u": pa.array(["7", "abc"]), "y": [0.0, 1]}), tmp_path / "val.parquet")
@@ -179,8 +180,8 @@ def test_prepare_is_cached_and_rebuilt_when_data_or_schema_change(data, monkeypa
     dirs = sorted((tmp / "cache").glob("parquet-*"))
     assert len(dirs) == 1
     calls = []
-    real = pqd._Counter.add
-    monkeypatch.setattr(pqd._Counter, "add", lambda self, col: (calls.append(1), real(self, col)))
+    real = prepare._Counter.add
+    monkeypatch.setattr(prepare._Counter, "add", lambda self, col: (calls.append(1), real(self, col)))
     pqd.load(cfg(tmp), seed=0)
     assert calls == []  # reused
     pqd.load(cfg(tmp, min_count=2), seed=0)
@@ -460,6 +461,6 @@ def test_memory_budget_is_a_quarter_of_the_lower_of_ram_and_the_cgroup_limits(mo
         return real_open(path, *a, **k)
 
     monkeypatch.setattr(builtins, "open", fake_open)
-    assert pqd.memory_budget(OmegaConf.create({"memory_budget_mb": None})) == min(
+    assert memory_budget(None) == min(
         2 << 30, os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")) // 4
-    assert pqd.memory_budget(OmegaConf.create({"memory_budget_mb": 100})) == 100 << 20
+    assert memory_budget(100) == 100 << 20

@@ -7,7 +7,8 @@ from conftest import REPO
 from omegaconf import OmegaConf
 
 from mtl_train import registry
-from mtl_train.config import InferConfig, Objective, ParquetSchema, TrainerConfig, validate_group
+from mtl_train.config import InferConfig, Objective, TrainerConfig, validate_group
+from mtl_train.data.spec import ParquetSchema
 from mtl_train.errors import ConfigError
 
 

@@ -268,29 +268,6 @@ def test_corrupt_missing_and_incomplete_parquet_files_fail_naming_file_and_colum
         read_parquet(str(damaged))
 
 
-def test_encoders_check_columns_and_binary_labels():
-    from mtl_train.data.encode import encode_splits
-    from mtl_train.data.schema import Task
-
-    tbl = pa.table({"u": ["a", "b", "a", "c"], "x": [1.0, 2.0, 3.0, 4.0], "y": [0, 1, 1, 0]})
-    tasks = [Task("buy", "y")]
-    schema, tables, _ = encode_splits({"train": tbl, "val": tbl}, ["u"], ["x"], tasks)
-    assert tables["train"].sparse[:, 0].tolist() == [2, 3, 2, 4]  # 'a' most frequent -> id 2
-    with pytest.raises(DataError, match="val split: missing feature column 'x'"):
-        encode_splits({"train": tbl, "val": tbl.drop(["x"])}, ["u"], ["x"], tasks)
-    with pytest.raises(DataError, match="val split: missing label column 'y'"):
-        encode_splits({"train": tbl, "val": tbl.drop(["y"])}, ["u"], ["x"], tasks)
-    bad = tbl.set_column(2, "y", pa.array([0, 2, 1, 0]))
-    with pytest.raises(DataError, match="label column 'y' of binary task 'buy' holds 1 values other than 0/1"):
-        encode_splits({"train": bad}, ["u"], ["x"], tasks)
-    with pytest.raises(ConfigError, match="label column 'x' of task 'buy' is also a feature"):
-        encode_splits({"train": tbl}, ["u"], ["x"], [Task("buy", "x")])
-    # a new file without labels: labels unknown (NaN), an unseen id -> out of vocabulary
-    table, rep = schema.encoders.transform(pa.table({"u": ["c", "zz"], "x": [0.0, 9.0]}), "new.parquet",
-                                           labels_required=False)
-    assert table.sparse[:, 0].tolist() == [4, 1] and torch.isnan(table.labels).all() and rep["oov_ids"]["u"] == 1
-
-
 def test_no_positive_in_train_is_an_error_and_one_class_in_val_gives_null_auc(tmp_path, caplog):
     from mtl_train.data.datasets import load_dataset
     from mtl_train.train.trainer import Trainer, run
@@ -340,7 +317,7 @@ def test_eval_reproduces_metrics_and_scored_predictions_give_the_same_auc(tmp_pa
 def test_census_eval_and_predict_on_a_file_agree(tmp_path, monkeypatch):
     import gzip
 
-    from mtl_train.data import cache
+    from mtl_train import io
     from mtl_train.metrics import binary_metrics
     from mtl_train.train.infer import run_eval, run_predict
     from mtl_train.train.trainer import run
@@ -349,7 +326,7 @@ def test_census_eval_and_predict_on_a_file_agree(tmp_path, monkeypatch):
     small, new = tmp_path / "census.csv", tmp_path / "new.csv"  # rows 0..3999 to train on, 4000..7999 as a new file
     small.write_text("".join(lines[:4000]))
     new.write_text("".join(lines[4000:8000]))
-    monkeypatch.setattr(cache, "_UMASK", 0o022)  # whatever the machine's umask, files must come out 0644
+    monkeypatch.setattr(io, "_UMASK", 0o022)  # whatever the machine's umask, files must come out 0644
     train_dir = tmp_path / "train"
     run(make_cfg("dataset=census", f"dataset.path={small}", *TINY[4:]), str(train_dir))
     common = [f"checkpoint={train_dir / 'checkpoints' / 'best.pt'}", f"infer.input={new}", "trainer.device=cpu"]
@@ -444,7 +421,7 @@ def test_a_parquet_run_resumed_where_mode_auto_would_stream_reads_as_the_interru
     part = tmp_path / "part"
     run(make_cfg(*common, "trainer.max_steps=3"), str(part))
     assert torch.load(part / "checkpoints" / "last.pt", weights_only=False)["data"]["kind"] == "memory"
-    monkeypatch.setattr(pqd, "memory_budget", lambda cfg: 1)  # now mode=auto would stream every split
+    monkeypatch.setattr(pqd, "memory_budget", lambda mb: 1)  # now mode=auto would stream every split
     run(make_cfg(f"trainer.resume={part}", "trainer.max_steps=null"), str(part), ["trainer.resume", "trainer.max_steps"])
     # the same rows in the same order: the final weights equal the uninterrupted run's (the labels of
     # write_log are random, so best.pt, which the extra evaluation at step 3 may pick, is not compared)

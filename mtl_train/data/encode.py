@@ -1,16 +1,23 @@
-"""Column encoders fitted on the training split: vocabularies for ids, statistics for numbers.
+"""Encoding raw columns into the blocks of a batch: vocabularies and hashing for ids, and the
+:class:`Encoder` of a prepared dataset (its vocabularies and numeric statistics), which every
+file-based dataset uses, in memory or streamed, and which checkpoints keep for eval/predict.
 
 All work is columnar (pyarrow compute / numpy); no Python loop runs over rows.
 """
 from __future__ import annotations
 
+import os
+import zlib
 from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
+from mtl_train.data.columns import as_kind, check_list, check_scalar, flat, label_array, numeric
 from mtl_train.data.schema import NULL_ID, NUM_RESERVED_IDS, OOV_ID
+from mtl_train.data.spec import fill_value
 from mtl_train.errors import DataError
 
 
@@ -192,163 +199,131 @@ def _bytes_hash(column: pa.Array) -> np.ndarray:
     return h
 
 
-@dataclass
-class Standardizer:
-    """(x - mean) / std with training statistics; nulls become 0 (the training mean)."""
+class Encoder:
+    """Turns record batches of the raw columns into the blocks of a batch, with the prepared
+    vocabularies and statistics (see :mod:`mtl_train.data.prepare`). Columnar throughout
+    (pyarrow/numpy), no per-row Python.
 
-    mean: float
-    std: float
+    ``encode(table)`` returns numpy arrays: ``sparse`` int64 [n, F_cat], ``seq`` int64
+    [n, sum(max_len)], ``dense`` float32 [n, F_num], ``labels`` float32 [n, T] (NaN = null).
 
-    @classmethod
-    def fit(cls, column: pa.ChunkedArray | pa.Array) -> "Standardizer":
-        x = np.asarray(pc.cast(column, pa.float64()).to_numpy(zero_copy_only=False), dtype=np.float64)
-        x = x[~np.isnan(x)]
-        if len(x) == 0:
-            return cls(0.0, 1.0)
-        std = float(x.std())
-        return cls(float(x.mean()), std if std > 0 else 1.0)
+    Numeric columns: nulls and non-finite values are missing; ``norm`` ``log`` takes the
+    signed log1p first; ``fill`` (applied before normalising, a number is logged too) or the
+    training mean; then ``standard`` (x - mean) / std, ``minmax`` (x - min) / (max - min) or
+    ``none``.
 
-    def transform(self, column: pa.ChunkedArray | pa.Array) -> np.ndarray:
-        """float32 [N] standardised values."""
-        x = np.asarray(pc.cast(column, pa.float64()).to_numpy(zero_copy_only=False), dtype=np.float64)
-        x = (x - self.mean) / self.std
-        x[np.isnan(x)] = 0.0
-        return x.astype(np.float32)
-
-
-def split_indices(n: int, fractions: tuple[float, ...], seed: int) -> list[np.ndarray]:
-    """A seeded random partition of range(n) into consecutive chunks of the given fractions.
-
-    The permutation is ``numpy.random.default_rng(seed).permutation(n)``; chunk sizes are
-    ``floor(n * f)`` for all but the last chunk, which takes the rest. Each chunk is sorted so
-    that rows keep their file order.
-    """
-    perm = np.random.default_rng(seed).permutation(n)
-    bounds = np.floor(np.cumsum(fractions)[:-1] * n).astype(int)
-    return [np.sort(p) for p in np.split(perm, bounds)]
-
-
-@dataclass
-class Encoders:
-    """Every encoder fitted on a training split: turns raw columns into a :class:`Table`.
-
-    Attributes:
-        sparse: {column: Vocabulary} in feature order. dense: {column: Standardizer}.
-        tasks: the Task list (label columns). extra: evaluation-only numeric columns.
+    Args:
+        spec: the :class:`~mtl_train.data.spec.ParquetSchema`.
+        prep: the prepare step's meta (vocabulary files, stats, id kinds).
+        root: the prepare cache folder holding the vocabulary files (read here, not kept).
     """
 
-    sparse: dict
-    dense: dict
-    tasks: list
-    extra: list
-
-    @classmethod
-    def fit(cls, train: pa.Table, sparse: list[str], dense: list[str], tasks: list, min_count: int = 1,
-            extra: list[str] = ()) -> "Encoders":
-        return cls({c: Vocabulary.fit(train.column(c), min_count) for c in sparse},
-                   {c: Standardizer.fit(train.column(c)) for c in dense}, list(tasks), list(extra))
+    def __init__(self, spec, prep: dict, root):
+        self.spec = spec
+        self.columns = spec.columns()
+        self.vocabs = {name: Vocabulary(pq.read_table(os.path.join(root, f)).column("value").combine_chunks())
+                       for name, f in prep["vocab"].items() if f is not None}
+        self.stats = prep["stats"]
+        self.id_kinds = prep["id_kinds"]
+        self.salts = {c.name: zlib.crc32(c.name.encode()) for c in spec.id_columns}
 
     def transform(self, tbl: pa.Table, name: str = "data", labels_required: bool = True):
-        """Encode ``tbl`` (named ``name`` in messages: a split or a file path).
+        """Encode a whole raw table (``mode=eval``/``predict`` on a file, see
+        :mod:`mtl_train.train.infer`) into a :class:`~mtl_train.data.schema.Table`.
 
         Returns:
-            (Table, report) with the report counting nulls and out-of-vocabulary ids.
+            (Table, report) with the report counting rows, and null and out-of-vocabulary ids
+            per id column (``{"rows", "null_ids", "oov_ids"}``). Label columns absent from
+            ``tbl`` give NaN labels unless ``labels_required``.
 
         Raises:
-            DataError: a feature column is missing, a label column is missing (when
-                ``labels_required``; otherwise its labels are NaN: unknown), or a binary
-                label holds values other than 0/1.
+            DataError: a feature column (or, when required, a label column) is missing, or a
+                bad value (see :meth:`encode`).
         """
         import torch
 
         from mtl_train.data.files import require_columns
         from mtl_train.data.schema import Table
 
-        require_columns(tbl.column_names, list(self.sparse) + list(self.dense), name, "feature column")
+        require_columns(tbl.column_names, self.spec.features, name, "feature column")
         if labels_required:
-            require_columns(tbl.column_names, [t.label for t in self.tasks], name, "label column")
-        n = tbl.num_rows
-        ids = np.empty((n, len(self.sparse)), dtype=np.int64)
-        rep = {"rows": n, "null_ids": {}, "oov_ids": {}, "null_labels": {}}
-        for j, (c, vocab) in enumerate(self.sparse.items()):
-            ids[:, j], nulls, oov = vocab.encode(tbl.column(c))
-            rep["null_ids"][c], rep["oov_ids"][c] = nulls, oov
-        num = np.empty((n, len(self.dense)), dtype=np.float32)
-        for j, (c, scaler) in enumerate(self.dense.items()):
-            num[:, j] = scaler.transform(tbl.column(c))
-        labels = np.full((n, len(self.tasks)), np.nan, dtype=np.float32)
-        for j, t in enumerate(self.tasks):
-            if t.label not in tbl.column_names:
-                continue
-            try:
-                labels[:, j] = np.asarray(
-                    pc.cast(tbl.column(t.label), pa.float32()).to_numpy(zero_copy_only=False), dtype=np.float32
-                )
-            except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
-                raise DataError(f"{name}: label column '{t.label}' of task '{t.name}' is not numeric "
-                                f"({str(e).splitlines()[0]})") from None
-            col = labels[:, j]
-            rep["null_labels"][t.name] = int(np.isnan(col).sum())
-            if t.type == "binary":
-                bad = ~np.isnan(col) & (col != 0) & (col != 1)
-                if bad.any():
-                    raise DataError(
-                        f"{name}: label column '{t.label}' of binary task '{t.name}' holds "
-                        f"{int(bad.sum())} values other than 0/1 (first: {col[bad][0]:g})"
-                    )
-        extras = {}
-        for c in self.extra:
-            if c in tbl.column_names:
-                extras[c] = torch.from_numpy(
-                    np.asarray(pc.cast(tbl.column(c), pa.float32()).to_numpy(zero_copy_only=False), dtype=np.float32))
-            elif labels_required:
-                raise DataError(f"{name}: missing column '{c}'")
+            require_columns(tbl.column_names, self.spec.labels, name, "label column")
+        for c in self.spec.labels:
+            if c not in tbl.column_names:
+                tbl = tbl.append_column(c, pa.array(np.full(tbl.num_rows, np.nan)))
+        report = {"rows": tbl.num_rows, "null_ids": {}, "oov_ids": {}}
+        enc = self.encode(tbl, name, report)
+        return Table(torch.from_numpy(enc["sparse"]), torch.from_numpy(enc["dense"]), torch.from_numpy(enc["labels"]),
+                     {}, torch.from_numpy(enc["seq"])), report
+
+    def _ids(self, col, c, report: dict | None = None) -> np.ndarray:
+        try:
+            if c.hash_buckets is not None:
+                ids, nulls = hash_ids(as_kind(col, self.id_kinds.get(c.name)), int(c.hash_buckets), self.salts[c.name])
+                oov = 0
             else:
-                extras[c] = torch.full((n,), float("nan"))
-        return Table(torch.from_numpy(ids), torch.from_numpy(num), torch.from_numpy(labels), extras), rep
+                ids, nulls, oov = self.vocabs[c.name].encode(col)
+        except DataError as e:
+            raise DataError(f"dataset: column '{c.name}': {e}") from None
+        if report is not None:
+            report["null_ids"][c.name] = report["null_ids"].get(c.name, 0) + nulls
+            report["oov_ids"][c.name] = report["oov_ids"].get(c.name, 0) + oov
+        return ids
 
+    def _sequence(self, col, c, out: np.ndarray, report: dict | None) -> None:
+        """The first ``c.max_len`` ids of each list of ``col`` into ``out`` (int64 [n, max_len], zeros)."""
+        if isinstance(col, pa.ChunkedArray):
+            col = col.combine_chunks()
+        check_list(col, c.name)
+        n = len(col)
+        lengths = pc.fill_null(pc.list_value_length(col), 0).to_numpy(zero_copy_only=False).astype(np.int64)
+        ids = self._ids(flat(col), c, report)  # list_flatten skips null lists, keeps null elements
+        row = np.repeat(np.arange(n), lengths)
+        starts = np.cumsum(lengths) - lengths
+        pos = np.arange(len(ids)) - np.repeat(starts, lengths)
+        keep = pos < c.max_len
+        out[row[keep], pos[keep]] = ids[keep]
 
-def encode_splits(
-    splits: dict[str, pa.Table],
-    sparse: list[str],
-    dense: list[str],
-    tasks: list,
-    min_count: int = 1,
-    extra: list[str] = (),
-):
-    """Fit encoders on ``splits['train']`` and turn every split into a :class:`Table`.
+    def _numeric(self, col, c) -> np.ndarray:
+        x = numeric(col, c.name)
+        st, fill, nan = self.stats[c.name], fill_value(c), np.isnan(x)
+        if c.norm == "log":
+            x = np.sign(x) * np.log1p(np.abs(x))
+        if fill == "zero":
+            x[nan] = 0.0
+        elif fill != "mean":
+            x[nan] = np.sign(fill) * np.log1p(abs(fill)) if c.norm == "log" else fill
+        span = (st["max"] - st["min"]) or 1.0
+        if c.norm in ("standard", "log"):
+            x = (x - st["mean"]) / st["std"]
+        elif c.norm == "minmax":
+            x = (x - st["min"]) / span
+        if fill == "mean":  # the training mean: 0 after standardising
+            x[nan] = 0.0 if c.norm in ("standard", "log") else (
+                (st["mean"] - st["min"]) / span if c.norm == "minmax" else st["mean"])
+        return x
 
-    Args:
-        splits: pyarrow tables by split name (``train``, ``val``, ``test``).
-        sparse: categorical columns, one vocabulary each (built on train only).
-        dense: numeric columns, standardised with training statistics.
-        tasks: :class:`~mtl_train.data.schema.Task` list; each label column must be numeric
-            (0/1 for binary tasks), nulls become NaN (masked, never filled with 0).
-        min_count: values seen fewer times in train map to the out-of-vocabulary id.
-        extra: evaluation-only numeric columns carried along (never features).
+    def encode(self, t: pa.Table, where: str = "dataset", report: dict | None = None) -> dict[str, np.ndarray]:
+        """The blocks of the rows of ``t`` (see the class docstring); null and out-of-vocabulary
+        ids are counted into ``report["null_ids"]``/``report["oov_ids"]`` when given.
 
-    Returns:
-        (FeatureSchema, {split: Table}, report) where report counts nulls and
-        out-of-vocabulary ids per split and column. ``schema.encoders`` holds the fitted
-        :class:`Encoders` (checkpoints keep them, so eval/predict can encode new files).
-
-    Raises:
-        DataError: a missing column (naming split and column) or a binary label that is not 0/1.
-    """
-    from mtl_train.data.files import require_columns
-    from mtl_train.data.schema import DenseFeature, FeatureSchema, SparseFeature
-
-    train = splits["train"]
-    require_columns(train.column_names, list(sparse) + list(dense), "train split", "feature column")
-    enc = Encoders.fit(train, sparse, dense, tasks, min_count, extra)
-    schema = FeatureSchema(
-        sparse=[SparseFeature(c, enc.sparse[c].size) for c in sparse],
-        dense=[DenseFeature(c) for c in dense],
-        tasks=list(tasks),
-        eval_columns=list(extra),
-        encoders=enc,
-    )
-    tables, report = {}, {}
-    for name, tbl in splits.items():
-        tables[name], report[name] = enc.transform(tbl, f"{name} split")
-    return schema, tables, report
+        Raises:
+            DataError: a list where an id belongs or the reverse, ids of the wrong kind, a
+                non-numeric number or label, a binary label not 0/1 (naming ``where``)."""
+        n, spec = t.num_rows, self.spec
+        sparse = np.empty((n, len(spec.categorical)), dtype=np.int64)
+        for j, c in enumerate(spec.categorical):
+            check_scalar(t.column(c.name), c.name)
+            sparse[:, j] = self._ids(t.column(c.name), c, report)
+        seq = np.zeros((n, spec.seq_width), dtype=np.int64)
+        at = 0
+        for c in spec.sequences:
+            self._sequence(t.column(c.name), c, seq[:, at:at + c.max_len], report)
+            at += c.max_len
+        dense = np.empty((n, len(spec.numeric)), dtype=np.float32)
+        for j, c in enumerate(spec.numeric):
+            dense[:, j] = self._numeric(t.column(c.name), c)
+        labels = np.empty((n, len(spec.tasks)), dtype=np.float32)
+        for j, task in enumerate(spec.tasks):
+            labels[:, j] = label_array(t.column(task.label), task, where)
+        return {"sparse": sparse, "seq": seq, "dense": dense, "labels": labels}

@@ -1,11 +1,13 @@
-"""The feature schema and the in-memory columnar table that every dataset produces.
+"""The feature schema and the splits that every dataset produces.
 
 A dataset is turned once into a :class:`FeatureSchema` (features with their vocabulary
-sizes, tasks with label type and funnel parent) plus three :class:`Table` splits. Nothing
-downstream reads raw columns by name except through the schema.
+sizes, tasks with label type and funnel parent) plus three :class:`Split` objects: an
+in-memory :class:`Table` or a streamed split (:class:`mtl_train.data.stream.StreamSplit`).
+Nothing downstream reads raw columns by name except through the schema.
 """
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Iterable
 
@@ -102,7 +104,7 @@ class FeatureSchema:
     tasks: list[Task]
     eval_columns: list[str] = field(default_factory=list)
     encoders: object = field(default=None, compare=False, repr=False)
-    """The fitted :class:`~mtl_train.data.encode.Encoders` (raw columns -> Table) of a
+    """The fitted :class:`~mtl_train.data.encode.Encoder` (raw columns -> Table) of a
     file-based dataset, or None; kept in checkpoints so that eval/predict can encode new files."""
     sequence: list[SequenceFeature] = field(default_factory=list)
 
@@ -150,8 +152,48 @@ class FeatureSchema:
         return self.task_names.index(name)
 
 
+class Split(ABC):
+    """One split of a dataset (train, val or test), whether held in memory or streamed: what
+    the trainer, evaluation and the dataset checks use, so that none of them tests the type.
+
+    Attributes:
+        kind: ``"memory"`` or ``"stream"``; a training loader's data position is valid only
+            for a loader of the same kind (see :class:`mtl_train.data.loader.LoaderPosition`).
+    """
+
+    kind: str = "memory"
+
+    @abstractmethod
+    def __len__(self) -> int:
+        """Rows of the split."""
+
+    @abstractmethod
+    def batches(self, batch_size: int) -> Iterable[dict[str, torch.Tensor]]:
+        """Every row once, in order, as batches of ``batch_size`` rows (the last may be
+        shorter): how evaluation reads a split. A batch maps block name to tensor:
+        ``sparse`` int64 [B, F_sparse], ``dense`` float32 [B, F_dense], ``labels`` float32
+        [B, T], ``seq`` int64 [B, seq_width] when there are sequence features, and any
+        evaluation-only columns float32 [B]."""
+
+    @abstractmethod
+    def loader(self, batch_size: int, shuffle: bool = True, seed: int = 0, rank: int = 0, world_size: int = 1,
+               drop_last: bool = False):
+        """The training loader of this split (a :class:`~mtl_train.data.loader.LoaderPosition`:
+        ``set_epoch``, ``__iter__`` of batches as in :meth:`batches`, ``__len__``,
+        ``state_dict``/``load_state_dict``)."""
+
+    @abstractmethod
+    def positives(self, tasks: list[Task]) -> dict[str, int]:
+        """{task: rows whose label is 1} for each task of ``tasks`` (in schema order)."""
+
+    @abstractmethod
+    def funnel_violations(self, tasks: list[Task]) -> dict[str, int]:
+        """{task: rows where the task is positive (label > 0) while its parent's label is 0}
+        for each task of ``tasks`` (in schema order) that has a parent."""
+
+
 @dataclass
-class Table:
+class Table(Split):
     """One split held in memory as columnar tensors (no per-row Python objects).
 
     Attributes:
@@ -217,22 +259,36 @@ class Table:
         for s in range(0, len(self), batch_size):
             yield self.slice(s, min(s + batch_size, len(self)))
 
+    def loader(self, batch_size: int, shuffle: bool = True, seed: int = 0, rank: int = 0, world_size: int = 1,
+               drop_last: bool = False):
+        """An :class:`~mtl_train.data.loader.InMemoryLoader` over this table."""
+        from mtl_train.data.loader import InMemoryLoader
+
+        return InMemoryLoader(self, batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last, rank=rank,
+                              world_size=world_size)
+
+    def positives(self, tasks: list[Task]) -> dict[str, int]:
+        return {t.name: int((self.labels[:, k] == 1).sum()) for k, t in enumerate(tasks)}
+
+    def funnel_violations(self, tasks: list[Task]) -> dict[str, int]:
+        names = [t.name for t in tasks]
+        return {t.name: int(((self.labels[:, k] > 0) & (self.labels[:, names.index(t.parent)] == 0)).sum())
+                for k, t in enumerate(tasks) if t.parent is not None}
+
 
 @dataclass
 class DatasetBundle:
     """What a dataset loader returns: the schema plus train, val and test splits.
 
-    A split is a :class:`Table` (in memory) or a streamed split (see
-    :class:`mtl_train.data.stream.StreamSplit`); both offer ``len()`` and
-    ``batches(batch_size)`` (every row once, in order), and the trainer builds its training
-    loader from either (:func:`mtl_train.data.stream.train_loader`).
+    Each split is a :class:`Split`: a :class:`Table` (in memory) or a streamed split (see
+    :class:`mtl_train.data.stream.StreamSplit`).
     """
 
     schema: FeatureSchema
-    train: Table
-    val: Table
-    test: Table
+    train: Split
+    val: Split
+    test: Split
     info: dict = field(default_factory=dict)
 
-    def splits(self) -> Iterable[tuple[str, Table]]:
+    def splits(self) -> Iterable[tuple[str, Split]]:
         return [("train", self.train), ("val", self.val), ("test", self.test)]

@@ -22,7 +22,7 @@ import torch
 
 from mtl_train.data.files import in_file
 from mtl_train.data.loader import LoaderPosition
-from mtl_train.data.schema import Table
+from mtl_train.data.schema import Split, Table
 
 BLOCKS = ("sparse", "seq", "dense", "labels")
 
@@ -55,17 +55,17 @@ def _concat(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
     return {k: np.concatenate([p[k] for p in parts]) for k in BLOCKS}
 
 
-def read_table(source, encoder, rows: int, spec: dict) -> Table:
+def read_table(source, encoder, rows: int) -> Table:
     """Read a whole split into an in-memory :class:`Table`, record batch by record batch into
     preallocated columnar arrays (peak memory: the table plus one record batch)."""
     from tqdm import tqdm
 
-    width = sum(c["max_len"] for c in spec["sequences"])
+    spec = encoder.spec
     out = {
-        "sparse": np.empty((rows, len(spec["categorical"])), dtype=np.int64),
-        "seq": np.zeros((rows, width), dtype=np.int64),
-        "dense": np.empty((rows, len(spec["numeric"])), dtype=np.float32),
-        "labels": np.empty((rows, len(spec["tasks"])), dtype=np.float32),
+        "sparse": np.empty((rows, len(spec.categorical)), dtype=np.int64),
+        "seq": np.zeros((rows, spec.seq_width), dtype=np.int64),
+        "dense": np.empty((rows, len(spec.numeric)), dtype=np.float32),
+        "labels": np.empty((rows, len(spec.tasks)), dtype=np.float32),
     }
     at = 0
     bar = tqdm(total=rows, desc=f"reading {source.name} into memory", unit="row", mininterval=1.0, leave=False,
@@ -86,18 +86,21 @@ def read_table(source, encoder, rows: int, spec: dict) -> Table:
                  {}, torch.from_numpy(out["seq"]))
 
 
-class StreamSplit:
+class StreamSplit(Split):
     """A split read from Parquet on demand.
 
     Args:
-        source: the split's row groups (:class:`mtl_train.data.parquet.SplitSource`).
-        encoder: :class:`mtl_train.data.parquet.Encoder`.
+        source: the split's row groups (:class:`mtl_train.data.sources.SplitSource`).
+        encoder: :class:`mtl_train.data.encode.Encoder`.
         rows: the split's row count (from the prepare step).
-        cfg: the dataset config (``shuffle_buffer``, ``num_workers``).
+        cfg: the streaming options (``shuffle_buffer``, ``num_workers``; the dataset config).
+        report: the prepare step's report of this split (``positives``, ``funnel_violations``).
     """
 
-    def __init__(self, source, encoder, rows: int, cfg):
-        self.source, self.encoder, self.rows = source, encoder, rows
+    kind = "stream"
+
+    def __init__(self, source, encoder, rows: int, cfg, report: dict):
+        self.source, self.encoder, self.rows, self.report = source, encoder, rows, report
         self.shuffle_buffer = int(cfg.shuffle_buffer)
         self.num_workers = reader_threads(cfg.num_workers)
         self._unit_rows = None
@@ -152,6 +155,14 @@ class StreamSplit:
                drop_last: bool = False) -> "StreamingLoader":
         return StreamingLoader(self, batch_size, shuffle, seed, rank, world_size, self.shuffle_buffer,
                                self.num_workers, drop_last)
+
+    def positives(self, tasks) -> dict[str, int]:
+        """Counted by the prepare step."""
+        return {t.name: int(self.report["positives"][t.name]) for t in tasks}
+
+    def funnel_violations(self, tasks) -> dict[str, int]:
+        """Counted by the prepare step."""
+        return {t.name: int(self.report["funnel_violations"][t.name]) for t in tasks if t.parent is not None}
 
 
 class StreamingLoader(LoaderPosition):
@@ -307,11 +318,8 @@ class StreamingLoader(LoaderPosition):
                 yield _to_batch({k: pool[k][s:s + bs] for k in BLOCKS})
 
 
-def train_loader(split, batch_size: int, seed: int, shuffle: bool = True, rank: int = 0, world_size: int = 1):
-    """The training loader of a split: :class:`~mtl_train.data.loader.InMemoryLoader` for a
-    :class:`Table`, :class:`StreamingLoader` for a :class:`StreamSplit`."""
-    if isinstance(split, Table):
-        from mtl_train.data.loader import InMemoryLoader
-
-        return InMemoryLoader(split, batch_size, shuffle=shuffle, seed=seed, rank=rank, world_size=world_size)
+def train_loader(split: Split, batch_size: int, seed: int, shuffle: bool = True, rank: int = 0, world_size: int = 1):
+    """The training loader of a split (:meth:`Split.loader`): an
+    :class:`~mtl_train.data.loader.InMemoryLoader` for a :class:`Table`, a
+    :class:`StreamingLoader` for a :class:`StreamSplit`."""
     return split.loader(batch_size, shuffle=shuffle, seed=seed, rank=rank, world_size=world_size)

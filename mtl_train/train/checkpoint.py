@@ -21,8 +21,8 @@ import random
 import numpy as np
 import torch
 
-from mtl_train.data.cache import write_atomic
 from mtl_train.errors import ConfigError, DataError
+from mtl_train.io import write_atomic
 
 FORMAT_VERSION = 1
 
@@ -30,7 +30,7 @@ FORMAT_VERSION = 1
 def save_atomic(obj, path: str) -> None:
     """``torch.save(obj)`` to ``path`` so that a reader never sees a partial file: written to a
     temporary file beside ``path``, fsynced, then ``os.replace``d over it and the folder fsynced
-    (the rename survives a power loss); see :func:`mtl_train.data.cache.write_atomic`."""
+    (the rename survives a power loss); see :func:`mtl_train.io.write_atomic`."""
     write_atomic(lambda tmp: torch.save(obj, tmp), path, durable=True)
 
 

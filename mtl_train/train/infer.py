@@ -24,11 +24,11 @@ import pyarrow as pa
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from mtl_train.data.cache import write_atomic
 from mtl_train.data.datasets import load_dataset, read_file
 from mtl_train.data.files import check_readable, require_columns
 from mtl_train.data.schema import Table
 from mtl_train.errors import ConfigError, DataError
+from mtl_train.io import write_atomic
 from mtl_train.models.builder import build_model
 from mtl_train.train import checkpoint as ckpt
 from mtl_train.train.trainer import _same_schema, evaluate, gauc_column, resolve_device, to_device

@@ -33,13 +33,13 @@ from mtl_train import registry
 from mtl_train.balancing.base import build_balancer
 from mtl_train.config import TrainerConfig
 from mtl_train.data.datasets import load_dataset
-from mtl_train.data.schema import OOV_ID, DatasetBundle, Table
+from mtl_train.data.schema import OOV_ID, DatasetBundle, Split
 from mtl_train.data.stream import train_loader
 from mtl_train.errors import ConfigError, DataError, RunInterrupted, TrainingError
 from mtl_train.metrics import binary_metrics, group_auc, regression_metrics
 from mtl_train.models.builder import MultiTaskModel, build_model
+from mtl_train.system import tune_malloc
 from mtl_train.train import checkpoint as ckpt
-from mtl_train.train.allocator import tune_malloc
 from mtl_train.train.logger import RunLogger
 
 log = logging.getLogger(__name__)
@@ -80,11 +80,10 @@ def gauc_column(schema, name: str | None) -> int | None:
 
 
 @torch.no_grad()
-def evaluate(model: MultiTaskModel, table: Table, device: torch.device, batch_size: int, split: str,
+def evaluate(model: MultiTaskModel, table: Split, device: torch.device, batch_size: int, split: str,
              group_index: int | None = None) -> dict:
-    """Exact metrics of every evaluated output over the whole split ``table``: a
-    :class:`Table` or a streamed split (anything with ``batches(batch_size)`` yielding every
-    row once), or an iterable of batch dicts.
+    """Exact metrics of every evaluated output over the whole split ``table`` (a
+    :class:`~mtl_train.data.schema.Split`, in memory or streamed), read by ``batches``.
 
     ``group_index`` (see :func:`gauc_column`) adds GAUC to binary outputs, grouping rows by
     that categorical column's ids; rows whose id is null or out of vocabulary (ids 0 and 1:
@@ -97,8 +96,7 @@ def evaluate(model: MultiTaskModel, table: Table, device: torch.device, batch_si
     scores: dict[str, list] = {}
     types: dict[str, str] = {}
     eval_only: set[str] = set()
-    batches = table.batches(batch_size) if hasattr(table, "batches") else table
-    for batch in batches:
+    for batch in table.batches(batch_size):
         batch = to_device(batch, device)
         out = model(batch)
         for name, eo in model.graph.eval_outputs(out, batch).items():
@@ -618,12 +616,9 @@ def resume_config(stored: dict, current: DictConfig, overridden: list[str]) -> D
 
 
 def _check_labels(data: DatasetBundle) -> None:
-    for k, task in enumerate(data.schema.tasks):
-        if isinstance(data.train, Table):
-            has_pos = bool((data.train.labels[:, k] == 1).any())
-        else:  # streamed: the prepare step counted them
-            has_pos = data.info["report"]["train"]["positives"][task.name] > 0
-        if task.type == "binary" and not has_pos:
+    positives = data.train.positives(data.schema.tasks)
+    for task in data.schema.tasks:
+        if task.type == "binary" and not positives[task.name]:
             raise DataError(f"dataset: task '{task.name}' (column '{task.label}') "
                             "has no positive label in the training split")
 

@@ -20,17 +20,9 @@ def funnel_violations(bundle: DatasetBundle) -> dict[str, dict[str, int]]:
     schema = bundle.schema
     out: dict[str, dict[str, int]] = {}
     for split, table in bundle.splits():
-        counts = {}
-        streamed = not hasattr(table, "labels")  # a streamed split: counted by its prepare step
-        for k, task in enumerate(schema.tasks):
-            if task.parent is None:
-                continue
-            p = schema.task_index(task.parent)
-            if streamed:
-                n = int(bundle.info["report"][split]["funnel_violations"][task.name])
-            else:
-                n = int(((table.labels[:, k] > 0) & (table.labels[:, p] == 0)).sum())
-            counts[task.name] = n
+        counts = table.funnel_violations(schema.tasks)
+        for task in schema.tasks:
+            n = counts.get(task.name)
             if n:
                 log.warning("%s split: %d rows have %s > 0 but parent %s = 0 (kept; esmm uses %s AND %s)",
                             split, n, task.name, task.parent, task.name, task.parent)
@@ -51,7 +43,7 @@ def load_dataset(cfg, seed: int) -> DatasetBundle:
 
 def read_file(cfg, path: str):
     """Read one data file in the format of dataset ``cfg.name``, as raw columns
-    (``pyarrow.Table``) ready for the checkpoint's :class:`~mtl_train.data.encode.Encoders`.
+    (``pyarrow.Table``) ready for the checkpoint's :class:`~mtl_train.data.encode.Encoder`.
 
     A dataset module may define ``read_file(cfg, path)`` (census: the raw CSV with its
     derived label columns) or ``convert_file(path)`` (the CSV conversion its training uses,

@@ -39,9 +39,9 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from mtl_train.data.datasets.common import head, prepared_parquet, read_columns, require_file
-from mtl_train.data.encode import encode_splits, split_indices
+from mtl_train.data.datasets.common import column_schema, open_converted, prepared_parquet, read_columns, require_file
 from mtl_train.data.schema import DatasetBundle, Task
+from mtl_train.data.sources import permuted_sources
 from mtl_train.errors import ConfigError, DataError
 from mtl_train.registry import param, register
 
@@ -259,16 +259,15 @@ def load(cfg, seed: int) -> DatasetBundle:
     else:
         raise ConfigError("dataset: aliccp needs either dataset.train_path and dataset.test_path (preprocessed CSVs) "
                           "or dataset.raw_dir (the raw Tianchi release), not both")
-    train, test = head(train, cfg.max_rows), head(test, cfg.max_rows)
     split_seed = seed if cfg.split_seed is None else cfg.split_seed
+    spec = column_schema(FIELDS, NUMERIC, TASKS)
+    cols, m = spec.columns(), cfg.max_rows
+    sources = permuted_sources(train, cols, {"train": 1.0}, split_seed, m)
     if val is None:
-        va_idx, te_idx = split_indices(test.num_rows, (0.5, 0.5), split_seed)
-        val, test = test.take(pa.array(va_idx)), test.take(pa.array(te_idx))
+        sources.update(permuted_sources(test, cols, {"val": 0.5, "test": 0.5}, split_seed, m))
         protocol = f"{source}; test split half/half into val/test (seed {split_seed})"
     else:
-        val = head(val, cfg.max_rows)
+        sources.update(permuted_sources(val, cols, {"val": 1.0}, split_seed, m))
+        sources.update(permuted_sources(test, cols, {"test": 1.0}, split_seed, m))
         protocol = source
-    splits = {"train": train, "val": val, "test": test}
-    schema, tables, report = encode_splits(splits, FIELDS, NUMERIC, TASKS, min_count=cfg.min_count)
-    log.info("aliccp: %s; rows train/val/test = %d/%d/%d", protocol, *(len(tables[k]) for k in ("train", "val", "test")))
-    return DatasetBundle(schema, tables["train"], tables["val"], tables["test"], {"protocol": protocol, "report": report})
+    return open_converted("aliccp", spec, sources, os.path.dirname(train), cfg.min_count, protocol)

@@ -14,14 +14,15 @@ the test file is test.
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from typing import Optional
 
 import pyarrow as pa
 
-from mtl_train.data.datasets.common import head, prepared_parquet, read_columns, require_file
-from mtl_train.data.encode import encode_splits, split_indices
+from mtl_train.data.datasets.common import column_schema, open_converted, prepared_parquet, read_columns, require_file
 from mtl_train.data.schema import DatasetBundle, Task
+from mtl_train.data.sources import permuted_sources
 from mtl_train.errors import ConfigError
 from mtl_train.registry import param, register
 
@@ -69,15 +70,13 @@ def load(cfg, seed: int) -> DatasetBundle:
     test_path = require_file(cfg.test_path, "dataset.test_path")
     if not 0 < cfg.val_fraction < 1:
         raise ConfigError(f"dataset.val_fraction: must be in (0, 1), got {cfg.val_fraction}")
-    train = head(prepared_parquet("aliexpress", [train_path], {}, cfg.cache_dir, lambda: convert_file(train_path)),
-                 cfg.max_rows)
-    test = head(prepared_parquet("aliexpress", [test_path], {}, cfg.cache_dir, lambda: convert_file(test_path)),
-                cfg.max_rows)
+    train = prepared_parquet("aliexpress", [train_path], {}, cfg.cache_dir, lambda: convert_file(train_path))
+    test = prepared_parquet("aliexpress", [test_path], {}, cfg.cache_dir, lambda: convert_file(test_path))
     split_seed = seed if cfg.split_seed is None else cfg.split_seed
-    tr, va = split_indices(train.num_rows, (1 - cfg.val_fraction, cfg.val_fraction), split_seed)
-    splits = {"train": train.take(pa.array(tr)), "val": train.take(pa.array(va)), "test": test}
-    schema, tables, report = encode_splits(splits, CATEGORICAL, NUMERIC, TASKS, min_count=cfg.min_count)
+    spec = column_schema(CATEGORICAL, NUMERIC, TASKS)
+    sources = permuted_sources(train, spec.columns(), {"train": 1 - cfg.val_fraction, "val": cfg.val_fraction},
+                               split_seed, cfg.max_rows)
+    sources.update(permuted_sources(test, spec.columns(), {"test": 1.0}, split_seed, cfg.max_rows))
     protocol = (f"train {train_path} less a seeded {cfg.val_fraction:g} for val (seed {split_seed}); "
                 f"test {test_path}")
-    log.info("aliexpress: %s; rows train/val/test = %d/%d/%d", protocol, *(len(tables[k]) for k in ("train", "val", "test")))
-    return DatasetBundle(schema, tables["train"], tables["val"], tables["test"], {"protocol": protocol, "report": report})
+    return open_converted("aliexpress", spec, sources, os.path.dirname(train), cfg.min_count, protocol)

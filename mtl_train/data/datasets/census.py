@@ -16,23 +16,30 @@ Split protocols:
 
 - ``dataset.path`` (one file): a seeded random 60/20/20 train/val/test split
   (``numpy.random.default_rng(dataset.split_seed).permutation``; see
-  :func:`mtl_train.data.encode.split_indices`).
+  :func:`mtl_train.data.sources.split_indices`).
 - ``dataset.train_path`` + ``dataset.test_path``: the paper's protocol, train on the first
   file, split the second half and half into val and test with the same seeded permutation.
+
+Prepare: the raw files are converted to Parquet in a temporary folder (the census config has
+no cache folder) and read by the Parquet path
+(:func:`mtl_train.data.datasets.common.open_converted`) into memory.
 """
 from __future__ import annotations
 
 import logging
 import os
+import tempfile
 from dataclasses import dataclass
 from typing import List, Optional
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
 
-from mtl_train.data.encode import encode_splits, split_indices
+from mtl_train.data.datasets.common import column_schema, open_converted
 from mtl_train.data.schema import DatasetBundle, Task
+from mtl_train.data.sources import SPLITS, check_fractions, permuted_sources
 from mtl_train.errors import ConfigError, DataError
 from mtl_train.registry import param, register
 
@@ -144,26 +151,28 @@ def load(cfg, seed: int) -> DatasetBundle:
         if name not in TASKS:
             raise ConfigError(f"dataset.tasks: unknown census task '{name}' (choose from {sorted(TASKS)})")
     split_seed = seed if cfg.split_seed is None else cfg.split_seed
-    if cfg.path and not (cfg.train_path or cfg.test_path):
-        raw = _with_labels(read_raw(cfg.path, cfg.max_rows), cfg.tasks)
-        fr = tuple(cfg.split)
-        if len(fr) != 3 or abs(sum(fr) - 1) > 1e-6 or min(fr) <= 0:
-            raise ConfigError(f"dataset.split: need three positive fractions summing to 1, got {list(fr)}")
-        idx = split_indices(raw.num_rows, fr, split_seed)
-        splits = {k: raw.take(pa.array(i)) for k, i in zip(("train", "val", "test"), idx)}
-        protocol = f"{cfg.path}: seeded random split {list(fr)} (seed {split_seed})"
-    elif cfg.train_path and cfg.test_path and not cfg.path:
-        train = _with_labels(read_raw(cfg.train_path, cfg.max_rows, "dataset.train_path"), cfg.tasks)
-        test = _with_labels(read_raw(cfg.test_path, cfg.max_rows, "dataset.test_path"), cfg.tasks)
-        val_idx, test_idx = split_indices(test.num_rows, (0.5, 0.5), split_seed)
-        splits = {"train": train, "val": test.take(pa.array(val_idx)), "test": test.take(pa.array(test_idx))}
-        protocol = f"train {cfg.train_path}; {cfg.test_path} split half/half into val/test (seed {split_seed})"
-    else:
-        raise ConfigError(
-            "dataset: census needs either dataset.path (one file, split 60/20/20) "
-            "or dataset.train_path and dataset.test_path (the paper's protocol)"
-        )
     tasks = [Task(name, f"label_{name}", "binary") for name in cfg.tasks]
-    schema, tables, report = encode_splits(splits, CATEGORICAL, NUMERIC, tasks, min_count=cfg.min_count)
-    log.info("census: %s; rows train/val/test = %d/%d/%d", protocol, *(len(tables[k]) for k in ("train", "val", "test")))
-    return DatasetBundle(schema, tables["train"], tables["val"], tables["test"], {"protocol": protocol, "report": report})
+    spec = column_schema(CATEGORICAL, NUMERIC, tasks)
+    with tempfile.TemporaryDirectory(prefix="mtl-census-") as tmp:
+        def convert(path: str, key: str, name: str) -> str:
+            out = os.path.join(tmp, f"{name}.parquet")
+            pq.write_table(_with_labels(read_raw(path, cfg.max_rows, key), cfg.tasks), out)
+            return out
+
+        if cfg.path and not (cfg.train_path or cfg.test_path):
+            raw = convert(cfg.path, "dataset.path", "data")
+            fr = check_fractions(cfg.split)
+            sources = permuted_sources(raw, spec.columns(), dict(zip(SPLITS, fr)), split_seed)
+            protocol = f"{cfg.path}: seeded random split {list(fr)} (seed {split_seed})"
+        elif cfg.train_path and cfg.test_path and not cfg.path:
+            train = convert(cfg.train_path, "dataset.train_path", "train")
+            test = convert(cfg.test_path, "dataset.test_path", "test")
+            sources = permuted_sources(train, spec.columns(), {"train": 1.0}, split_seed)
+            sources.update(permuted_sources(test, spec.columns(), {"val": 0.5, "test": 0.5}, split_seed))
+            protocol = f"train {cfg.train_path}; {cfg.test_path} split half/half into val/test (seed {split_seed})"
+        else:
+            raise ConfigError(
+                "dataset: census needs either dataset.path (one file, split 60/20/20) "
+                "or dataset.train_path and dataset.test_path (the paper's protocol)"
+            )
+        return open_converted("census", spec, sources, tmp, cfg.min_count, protocol)

@@ -1,5 +1,6 @@
-"""Shared steps of the file-backed funnel datasets: a cached CSV -> Parquet conversion and the
-column checks every loader runs."""
+"""Shared steps of the named file-backed datasets: a cached conversion to Parquet, the column
+schema they state, and the one Parquet path (:func:`mtl_train.data.parquet.open_dataset`) that
+prepares, encodes and reads them."""
 from __future__ import annotations
 
 import logging
@@ -11,6 +12,9 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from mtl_train.data.cache import cache_root, cached_file, fingerprint
+from mtl_train.data.parquet import open_dataset
+from mtl_train.data.schema import DatasetBundle, Task
+from mtl_train.data.spec import CategoricalColumn, NumericColumn, ParquetSchema, TaskColumn
 from mtl_train.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -29,8 +33,8 @@ def require_file(path: str | None, key: str) -> str:
 
 def prepared_parquet(name: str, inputs: list[str], spec: dict, cache_dir: str | None,
                      convert: Callable[[], pa.Table] | None = None,
-                     write: Callable[[str], None] | None = None) -> pa.Table:
-    """Read the Parquet conversion of ``inputs``, building it once with ``convert()`` (returns
+                     write: Callable[[str], None] | None = None) -> str:
+    """The path of the Parquet conversion of ``inputs``, built once with ``convert()`` (returns
     the table) or ``write(tmp_path)`` (writes the Parquet file itself, e.g. batch by batch).
 
     The file is ``<cache>/<name>-<fingerprint>.parquet``; the fingerprint covers each input's
@@ -42,7 +46,7 @@ def prepared_parquet(name: str, inputs: list[str], spec: dict, cache_dir: str | 
     built = not path.exists()
     cached_file(path, write if write is not None else (lambda tmp: pq.write_table(convert(), tmp)))
     log.info("%s: %s Parquet %s", name, "wrote" if built else "reusing", path)
-    return pq.read_table(path)
+    return str(path)
 
 
 def read_csv(path: str, column_types: dict | None = None, **read) -> pa.Table:
@@ -67,5 +71,20 @@ def read_columns(path: str, column_types: dict, columns: list[str]) -> pa.Table:
     return tbl.select(columns)
 
 
-def head(tbl: pa.Table, max_rows: int | None) -> pa.Table:
-    return tbl if max_rows is None else tbl.slice(0, max_rows)
+def column_schema(categorical: list[str], numeric: list[str], tasks: list[Task]) -> ParquetSchema:
+    """The column schema of a named dataset: a vocabulary per categorical column (training
+    values by decreasing count, ties by value; ``dataset.min_count``), numeric columns
+    standardised with exact training statistics (nulls: the training mean, i.e. 0), and the
+    tasks' label columns."""
+    return ParquetSchema(categorical=[CategoricalColumn(c) for c in categorical],
+                         numeric=[NumericColumn(c, norm="standard", fill="mean", stats="exact") for c in numeric],
+                         tasks=[TaskColumn(t.name, t.label, t.type, t.parent) for t in tasks])
+
+
+def open_converted(name: str, spec: ParquetSchema, sources: dict, folder, min_count: int, protocol: str) -> DatasetBundle:
+    """Prepare, encode and read into memory the converted splits ``sources`` (see
+    :func:`mtl_train.data.parquet.open_dataset`; the prepare cache goes in ``folder``)."""
+    bundle = open_dataset(name, spec, sources, Path(folder), {}, min_count=min_count)
+    bundle.info["protocol"] = protocol
+    log.info("%s: %s; rows train/val/test = %d/%d/%d", name, protocol, *(len(t) for _, t in bundle.splits()))
+    return bundle

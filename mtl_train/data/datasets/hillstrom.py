@@ -8,7 +8,8 @@ campaign segment - categorical ``recency`` (months, 1-12), ``history_segment``, 
 ``womens``, ``zip_code``, ``newbie``, ``channel``, ``segment``; numeric ``recency``,
 ``history`` (standardised with training statistics). The label columns never are features.
 
-Prepare: the CSV is converted once to Parquet in the cache (:mod:`mtl_train.data.cache`).
+Prepare: the CSV is converted once to Parquet in the cache (:mod:`mtl_train.data.cache`), then
+read by the Parquet path (:func:`mtl_train.data.datasets.common.open_converted`).
 Split: a seeded random 60/20/20 train/val/test partition (``dataset.split``,
 ``numpy.random.default_rng(split_seed).permutation``; ``split_seed`` null = the run's seed),
 vocabularies and statistics fitted on train only.
@@ -16,15 +17,16 @@ vocabularies and statistics fitted on train only.
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from typing import List, Optional
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from mtl_train.data.datasets.common import head, prepared_parquet, read_columns, require_file
-from mtl_train.data.encode import encode_splits, split_indices
+from mtl_train.data.datasets.common import column_schema, open_converted, prepared_parquet, read_columns, require_file
 from mtl_train.data.schema import DatasetBundle, Task
+from mtl_train.data.sources import SPLITS, check_fractions, permuted_sources
 from mtl_train.errors import ConfigError
 from mtl_train.registry import param, register
 
@@ -85,15 +87,10 @@ def load(cfg, seed: int) -> DatasetBundle:
     tasks = [TASKS[n] for n in cfg.tasks]
     names = [t.name for t in tasks]
     tasks = [Task(t.name, t.label, t.type, t.parent if t.parent in names else None) for t in tasks]
-    fr = tuple(cfg.split)
-    if len(fr) != 3 or abs(sum(fr) - 1) > 1e-6 or min(fr) <= 0:
-        raise ConfigError(f"dataset.split: need three positive fractions summing to 1, got {list(fr)}")
-    raw = head(prepared_parquet("hillstrom", [path], {}, cfg.cache_dir, lambda: convert_file(path)), cfg.max_rows)
+    fr = check_fractions(cfg.split)
+    raw = prepared_parquet("hillstrom", [path], {}, cfg.cache_dir, lambda: convert_file(path))
     split_seed = seed if cfg.split_seed is None else cfg.split_seed
-    idx = split_indices(raw.num_rows, fr, split_seed)
-    splits = {k: raw.take(pa.array(i)) for k, i in zip(("train", "val", "test"), idx)}
-    sparse = ["recency_id" if c == "recency" else c for c in CATEGORICAL]
-    schema, tables, report = encode_splits(splits, sparse, NUMERIC, tasks, min_count=cfg.min_count)
+    spec = column_schema(["recency_id" if c == "recency" else c for c in CATEGORICAL], NUMERIC, tasks)
+    sources = permuted_sources(raw, spec.columns(), dict(zip(SPLITS, fr)), split_seed, cfg.max_rows)
     protocol = f"{path}: seeded random split {list(fr)} (seed {split_seed})"
-    log.info("hillstrom: %s; rows train/val/test = %d/%d/%d", protocol, *(len(tables[k]) for k in ("train", "val", "test")))
-    return DatasetBundle(schema, tables["train"], tables["val"], tables["test"], {"protocol": protocol, "report": report})
+    return open_converted("hillstrom", spec, sources, os.path.dirname(raw), cfg.min_count, protocol)

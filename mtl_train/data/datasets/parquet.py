@@ -1,15 +1,17 @@
 """``dataset=parquet``: any Parquet impression log described by a column schema.
 
 Registers :func:`mtl_train.data.parquet.load` with its typed config :class:`ParquetData` (the
-column schema's fields come from :class:`~mtl_train.config.ParquetSchema`).
+column schema's fields come from :class:`~mtl_train.data.spec.ParquetSchema`).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import List, Optional
 
-from mtl_train.config import ParquetSchema
+from omegaconf import DictConfig
+
 from mtl_train.data.parquet import load
+from mtl_train.data.spec import ParquetSchema, normalise_parquet
 from mtl_train.registry import param, register
 
 
@@ -33,6 +35,11 @@ class ParquetData(ParquetSchema):
                                        "data.stream.reader_threads)", non_negative=True)
     cache_dir: Optional[str] = param(None, "null: .mtl_cache next to the data (or ~/.cache/mtl-train)")
     progress: bool = param(True, "progress bars of the prepare step")
+
+    @staticmethod
+    def normalise(cfg: DictConfig) -> DictConfig:
+        """The short forms of the column lists (``[user_id]`` for ``[{name: user_id}]``) expanded."""
+        return normalise_parquet(cfg)
 
 
 register("dataset", "parquet", ParquetData)(load)

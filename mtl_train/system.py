@@ -1,4 +1,8 @@
-"""Keep glibc's malloc from returning training-step buffers to the kernel between steps.
+"""The process and its machine: how much memory the data may take, and the allocator settings
+of a training process. Imported by data and train alike; imports nothing of mtl_train.
+
+Malloc tuning: keep glibc's malloc from returning training-step buffers to the kernel between
+steps.
 
 A CPU training step allocates and frees the same large tensors every step (the [B, E*H]
 activations of the experts and their gradients: 16 MB each on the bench workload). glibc's
@@ -19,6 +23,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import logging
+import os
 import sys
 
 log = logging.getLogger(__name__)
@@ -63,3 +68,45 @@ def tune_malloc() -> bool:
         log.debug("mallopt refused the allocator settings; glibc defaults kept")
     _done = ok
     return ok
+
+
+# ---- memory budget ------------------------------------------------------------------------------
+def cgroup_limit_files() -> list[str]:
+    """The memory-limit files of this process's cgroup and of every cgroup above it (cgroup v2
+    ``memory.max``; v1 ``memory.limit_in_bytes``), read from /proc/self/cgroup: a batch
+    scheduler (Slurm, systemd slices) sets the limit on a nested cgroup."""
+    files = ["/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"]
+    try:
+        lines = open("/proc/self/cgroup").read().splitlines()
+    except OSError:
+        return files
+    for line in lines:
+        _, controllers, path = (line.split(":", 2) + ["", ""])[:3]
+        parts = [p for p in path.split("/") if p]
+        for k in range(len(parts), 0, -1):
+            sub = "/".join(parts[:k])
+            if controllers == "":  # v2
+                files.append(f"/sys/fs/cgroup/{sub}/memory.max")
+            elif "memory" in controllers.split(","):  # v1
+                files.append(f"/sys/fs/cgroup/memory/{sub}/memory.limit_in_bytes")
+    return files
+
+
+def memory_budget(budget_mb: int | None = None) -> int:
+    """Bytes the in-memory data may take: ``budget_mb`` MiB when given, else a quarter of the
+    memory this process may use: the machine's physical memory, or the lowest memory limit of
+    its cgroups (see :func:`cgroup_limit_files`) where that is lower."""
+    if budget_mb is not None:
+        return int(budget_mb) << 20
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # pragma: no cover
+        total = 16 << 30
+    for f in cgroup_limit_files():
+        try:
+            limit = open(f).read().strip()
+        except OSError:
+            continue
+        if limit.isdigit():
+            total = min(total, int(limit))
+    return total // 4
