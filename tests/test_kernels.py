@@ -165,3 +165,17 @@ def test_switch_off_runs_plain_torch_ops_in_the_model():
     for a, b in zip(fused[1], ref[1]):
         torch.testing.assert_close(a, b)
     assert torch.equal(fused[2], ref[2])
+
+
+def test_gradnorm_records_the_experts_last_layer_through_their_methods():
+    ex = BatchedExperts(2, 5, [6, 4])
+    x = torch.randn(3, 5)
+    assert ex.take_last_layer() is None
+    ex.record_last_layer(True)
+    y = ex(x)
+    X, Z = ex.take_last_layer()
+    assert X.shape == (2, 3, 6) and Z.shape == (2, 3, 4) and torch.equal(torch.relu(Z), y)
+    assert ex.take_last_layer() is None  # handed out once
+    ex.record_last_layer(False)
+    ex(x)
+    assert ex.take_last_layer() is None

@@ -83,11 +83,10 @@ class BatchedExperts(nn.Module):
     :func:`mtl_train.kernels.experts.relu_experts` (the hand-written passes, or their reference
     under ``trainer.fused_kernels=false``).
 
-    ``record_last`` (default False; GradNorm sets it): with at least two layers, a forward with
-    gradients enabled keeps the last layer's input X [E, B, in] as ``last_input`` and its
-    pre-activation output Z = X W[-1] + b[-1] [E, B, hidden[-1]] as ``last_pre`` (activation
-    applied out of place, so Z stays a valid target of ``torch.autograd.grad``). Whoever reads
-    them sets them back to None. Otherwise both stay None.
+    GradNorm's fast path (:meth:`record_last_layer`, :meth:`take_last_layer`): while recording,
+    with at least two layers, a forward with gradients enabled keeps the last layer's input
+    X [E, B, in] and its pre-activation output Z = X W[-1] + b[-1] [E, B, hidden[-1]]
+    (activation applied out of place, so Z stays a valid target of ``torch.autograd.grad``).
     """
 
     def __init__(self, num_experts: int, in_dim: int, hidden: Sequence[int], act: str = "relu", dropout: float = 0.0):
@@ -108,9 +107,28 @@ class BatchedExperts(nn.Module):
         self.act = activation(act)
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.out_dim = d
-        self.record_last = False
+        self.record_last = False  # read-only outside: set by record_last_layer
         self.last_input: torch.Tensor | None = None
         self.last_pre: torch.Tensor | None = None
+
+    def record_last_layer(self, enabled: bool) -> None:
+        """Keep (``enabled=True``) or stop keeping the last layer's input X and pre-activation Z
+        in every forward with gradients enabled (GradNorm's fast path; see
+        :meth:`take_last_layer`). While recording, the forward runs the plain autograd path (the
+        fused one keeps no Z). Raises ConfigError with fewer than two layers (X would be the
+        module's input, which the caller already has)."""
+        if enabled and len(self.weights) < 2:
+            raise ConfigError("model.expert_hidden: recording the experts' last layer needs at least two layers")
+        self.record_last = bool(enabled)
+        self.last_input = self.last_pre = None
+
+    def take_last_layer(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(X [E, B, in], Z [E, B, hidden[-1]]) kept by the latest recording forward, or None
+        when none was kept; handed out once (a second call returns None), so a caller never
+        sees a stale tensor of an earlier forward."""
+        kept = None if self.last_input is None or self.last_pre is None else (self.last_input, self.last_pre)
+        self.last_input = self.last_pre = None
+        return kept
 
     def _act(self, y: torch.Tensor) -> torch.Tensor:
         # in place where safe: the GEMM outputs are fresh tensors their backward does not need
@@ -119,7 +137,7 @@ class BatchedExperts(nn.Module):
 
     def _fused(self, x: torch.Tensor) -> bool:
         """Whether :func:`~mtl_train.kernels.experts.relu_experts` computes this forward: ReLU, no
-        dropout, a shared 2-D input, autograd on and no ``record_last``."""
+        dropout, a shared 2-D input, autograd on and not recording the last layer."""
         return (x.dim() == 2 and isinstance(self.act, nn.ReLU) and isinstance(self.dropout, nn.Identity)
                 and not self.record_last and torch.is_grad_enabled())
 
