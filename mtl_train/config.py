@@ -358,6 +358,8 @@ class TrainerConfig:
     resume: Optional[str] = None
     # non-finite loss: stop (keep the last good checkpoint) or skip the batch (counted)
     nonfinite: str = "stop"
+    # hand-written expert passes, sparse lookup and row-sparse Adam; false: their plain-torch references (mtl_train/kernels)
+    fused_kernels: bool = True
 
 
 @dataclass

@@ -11,10 +11,11 @@ same maths in ordinary torch operators, differentiated by autograd):
   (:class:`~mtl_train.kernels.sparse_adam.RowSparseAdam`).
 
 The switch is process-wide, like ``torch.backends.mha.set_fastpath_enabled`` for
-``nn.MultiheadAttention``; off runs every reference path instead (no custom autograd function and no private torch
+``nn.MultiheadAttention``: ``trainer.fused_kernels`` (default true) sets it when a run starts;
+false runs every reference path instead (no custom autograd function and no private torch
 kernel, so a model traces and exports as plain operators). Each kernel reads the switch when it
 runs, so it may be changed between steps; a model needs no rebuilding. The optimizer state is
-the same on both paths (a checkpoint resumes on either).
+the same on both paths (a checkpoint resumes on either). Timings: docs/RESULTS.md.
 """
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ def fused() -> bool:
 
 def set_fused(enabled: bool) -> None:
     """Run the hand-written kernels (``enabled=True``) or their plain-torch references everywhere
-    in this process."""
+    in this process (``trainer.fused_kernels``)."""
     global _fused
     _fused = bool(enabled)
 
