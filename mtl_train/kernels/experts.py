@@ -1,7 +1,8 @@
 """Batched experts and the gate mix of MMoE/OMoE (Ma et al., KDD 2018): hand-written forward and
 backward passes, each beside the plain-autograd reference it is tested against.
 
-Which one runs is :func:`mtl_train.kernels.fused`.
+Which one runs is :func:`mtl_train.kernels.fused` (``trainer.fused_kernels``). Timings and the
+variants tried: docs/RESULTS.md, "Kernels".
 """
 from __future__ import annotations
 
@@ -32,9 +33,9 @@ class _ReluExperts(torch.autograd.Function):
 
     Backward, layer l >= 2: dZ = dY * (Y > 0); dW = Y_prev^T dZ, dX = dZ W^T, db = sum over the
     batch. Where Y_prev is layer 1's strided view, both products are E GEMMs on column blocks
-    of [B, E*H1] (a ``bmm`` on that layout runs at half speed, and autograd would return dY1
-    as [E, B, H1] and copy it through the forward's transpose: 16 MB per step on the bench
-    MMoE). Layer 1: ReLU mask in place, then [x, 1]^T dPre gives dW1 and db1 in one GEMM.
+    of [B, E*H1], written straight into a [B, E*H1] dPre (autograd would return dY1 as
+    [E, B, H1] and copy it through the forward's transpose). Layer 1: ReLU mask in place, then
+    [x, 1]^T dPre gives dW1 and db1 in one GEMM.
 
     Under autocast (``trainer.precision=bf16``) everything runs in the autocast dtype, as
     autocast would run these GEMMs: the [x, 1] and [W1cat; b1] copies are made in it directly,

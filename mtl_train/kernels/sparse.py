@@ -1,5 +1,6 @@
 """The embedding lookup with a row-sparse gradient, beside the plain-autograd reference it is
-tested against. Which one runs is :func:`mtl_train.kernels.fused`."""
+tested against. Which one runs is :func:`mtl_train.kernels.fused` (``trainer.fused_kernels``).
+Timings: docs/RESULTS.md, "Kernels"."""
 from __future__ import annotations
 
 import torch
@@ -13,8 +14,7 @@ class _SparseLookup(torch.autograd.Function):
     of the batch: the per-id gradients are summed into [U, dim] rows with ``index_add_``
     (U = distinct ids), so neither a dense [rows, dim] gradient nor a sort-based coalesce
     over the whole table is ever made. The distinct ids are found by sorting the ids as int32
-    when the table has fewer than 2^31 rows (the same ids, ~2x faster to sort than int64: 1.1
-    vs 2.4 ms for the bench workload's 53,248 ids per batch).
+    when the table has fewer than 2^31 rows (the same ids, cheaper to sort than int64).
     Reference: :func:`sparse_lookup_reference`."""
 
     @staticmethod

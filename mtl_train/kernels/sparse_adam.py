@@ -1,5 +1,6 @@
 """Row-sparse Adam for embedding tables with sparse gradients, beside the plain reference update
-it is tested against. Which one runs is :func:`mtl_train.kernels.fused`; both keep the same state."""
+it is tested against. Which one runs is :func:`mtl_train.kernels.fused`
+(``trainer.fused_kernels``); both keep the same state. Timings: docs/RESULTS.md, "Kernels"."""
 from __future__ import annotations
 
 import torch
