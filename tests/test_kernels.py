@@ -169,6 +169,26 @@ def test_switch_off_runs_plain_torch_ops_in_the_model():
     assert torch.equal(fused[2], ref[2])
 
 
+
+def test_reference_experts_and_mix_export_with_torch_export():
+    # the reason for the reference path (issue 16): the custom autograd functions do not export
+    class Mixed(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.experts = BatchedExperts(3, 5, [6, 4])
+            self.gate = torch.nn.Linear(5, 6)
+
+        def forward(self, x):
+            gates = torch.softmax(self.gate(x).view(-1, 2, 3), -1)
+            return tuple(mix_experts(gates, self.experts(x)))
+
+    m = Mixed()
+    x, x2 = torch.randn(8, 5), torch.randn(8, 5)
+    with kernels.use_fused(False):
+        program = torch.export.export(m, (x,))
+        for a, b in zip(program.module()(x2), m(x2)):
+            torch.testing.assert_close(a, b)
+
 def test_gradnorm_records_the_experts_last_layer_through_their_methods():
     ex = BatchedExperts(2, 5, [6, 4])
     x = torch.randn(3, 5)
