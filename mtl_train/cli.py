@@ -322,8 +322,10 @@ def app(cfg: DictConfig) -> float | None:
         if typed.mode == "train":
             results = run(typed, run_dir, overridden)
         else:
+            from mtl_train import kernels
             from mtl_train.train.infer import run_eval, run_predict
 
+            kernels.set_fused(typed.trainer.fused_kernels)
             if typed.mode == "eval":
                 _print_results(run_eval(typed, run_dir))
             else:

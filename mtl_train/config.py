@@ -56,6 +56,8 @@ class TrainerConfig:
     resume: Optional[str] = param(None, "a run directory or checkpoint file: continue that run (in its directory)")
     nonfinite: str = param("stop", "a non-finite loss: stop (keep the last good checkpoint) or skip the batch (counted)",
                            choices=("stop", "skip"))
+    fused_kernels: bool = param(True, "hand-written expert passes, sparse lookup and row-sparse Adam; false: their "
+                                      "plain-torch references (mtl_train/kernels)")
 
 
 @dataclass

@@ -17,7 +17,7 @@ reports the time the step spends in GEMMs (``aten::mm``/``addmm``/``bmm``/``badd
 roofline budget of a sample taken just before each profiled step: the GEMMs at the model's real
 shapes can take longer than the roofline's single best shape, and whatever else the step does must fit in what is left.
 
-Usage: python scripts/bench_step.py [--pairs 40] [--bf16] [--threads N] [--json out.json]
+Usage: python scripts/bench_step.py [--pairs 40] [--bf16] [--reference] [--threads N] [--json out.json]
 """
 from __future__ import annotations
 
@@ -62,6 +62,8 @@ def main() -> None:
     ap.add_argument("--profile-steps", type=int, default=10,
                     help="steps profiled for the GEMM share, 0 for none (default: %(default)s)")
     ap.add_argument("--bf16", action="store_true", help="trainer.precision=bf16 (the roofline stays float32)")
+    ap.add_argument("--reference", action="store_true",
+                    help="trainer.fused_kernels=false: the plain-torch references of mtl_train/kernels")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     ap.add_argument("--json", default=None, help="also write the figures to this file")
     args = ap.parse_args()
@@ -72,6 +74,7 @@ def main() -> None:
         data = load_workload(Path(args.bench_dir), BATCH * n_batches, tmp)
         cfg = bench_config("equal", "cpu")
         cfg.trainer.precision = "bf16" if args.bf16 else "fp32"
+        cfg.trainer.fused_kernels = not args.reference
         torch.manual_seed(0)
         tr = Trainer(cfg, data, os.path.join(tmp, "run"))
         tr.model.train()

@@ -132,6 +132,6 @@ def test_fused_experts_gradcheck():
     torch.manual_seed(2)
     ex = BatchedExperts(2, 3, [4, 3]).double()
     x = torch.randn(5, 3, dtype=torch.float64, requires_grad=True)
-    from mtl_train.models.layers import _ReluExperts
+    from mtl_train.kernels.experts import _ReluExperts
     params = [p for pair in zip(ex.weights, ex.biases) for p in pair]  # W1, b1, W2, b2
     assert torch.autograd.gradcheck(lambda x, *p: _ReluExperts.apply(x, *p), (x, *params))

@@ -45,7 +45,7 @@ class GradNorm(Balancer):
 
     Cost (``target: last_shared_layer``). Fast path, when W is the last layer of a
     ``BatchedExperts`` with at least two layers (MMoE/OMoE; the module keeps that layer's input
-    X [E, B, in] and pre-activation Z = X W + b [E, B, H], see ``record_last``):
+    X [E, B, in] and pre-activation Z = X W + b [E, B, H], see ``record_last_layer``):
 
     - the valid task d with the largest weight is the "derived" task; for every other valid
       task i, one partial backward gives D_i = dL_i/dZ (a pass through the layers above W only,
@@ -111,7 +111,7 @@ class GradNorm(Balancer):
             for m in model.modules():
                 if (isinstance(m, BatchedExperts) and len(W) == 1 and len(m.weights) >= 2
                         and m.weights[-1] is W[0]):
-                    m.record_last = True
+                    m.record_last_layer(True)
                     self.experts = m
                     break
 
@@ -216,9 +216,11 @@ class GradNorm(Balancer):
         m = self.experts
         if m is None:
             return None
-        X, Z = m.last_input, m.last_pre
-        m.last_input = m.last_pre = None  # used once: never a stale tensor of an earlier forward
-        if X is None or Z is None or Z.grad_fn is None or not (X.dtype == Z.dtype == W[0].dtype):
+        kept = m.take_last_layer()  # handed out once: never a stale tensor of an earlier forward
+        if kept is None:
+            return None
+        X, Z = kept
+        if Z.grad_fn is None or not (X.dtype == Z.dtype == W[0].dtype):
             return None
         return X.detach(), Z
 

@@ -63,7 +63,7 @@ class GradNormPCGrad(GradNorm):
         super().__init__(loss_names, cfg, model)
         require_shared(model, cfg.name)
         if self.experts is not None:  # GradNorm's fast path is not used here: keep the fused experts
-            self.experts.record_last = False
+            self.experts.record_last_layer(False)
             self.experts = None
         self.generator = make_generator(cfg.seed)
 

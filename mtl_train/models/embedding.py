@@ -8,46 +8,19 @@ import torch.nn.functional as F
 
 from mtl_train.data.schema import NULL_ID, FeatureSchema
 from mtl_train.errors import ConfigError
-
-
-class _SparseLookup(torch.autograd.Function):
-    """``weight[ids]`` whose gradient is a coalesced sparse COO tensor over the distinct ids
-    of the batch: the per-id gradients are summed into [U, dim] rows with ``index_add_``
-    (U = distinct ids), so neither a dense [rows, dim] gradient nor a sort-based coalesce
-    over the whole table is ever made. The distinct ids are found by sorting the ids as int32
-    when the table has fewer than 2^31 rows (the same ids, ~2x faster to sort than int64: 1.1
-    vs 2.4 ms for the bench workload's 53,248 ids per batch)."""
-
-    @staticmethod
-    def forward(ctx, weight: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-        flat = ids.reshape(-1)
-        key = flat.to(torch.int32) if weight.shape[0] < 2**31 else flat
-        uniq, inv = torch.unique(key, sorted=True, return_inverse=True)  # inv is int64 either way
-        ctx.save_for_backward(uniq.long(), inv)
-        ctx.num_rows = weight.shape[0]
-        return weight.index_select(0, flat).view(*ids.shape, weight.shape[1])
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        uniq, inv = ctx.saved_tensors
-        dim = grad.shape[-1]
-        rows = torch.zeros(len(uniq), dim, dtype=grad.dtype, device=grad.device)
-        rows.index_add_(0, inv, grad.reshape(-1, dim))
-        g = torch.sparse_coo_tensor(uniq.unsqueeze(0), rows, (ctx.num_rows, dim), is_coalesced=True,
-                                    check_invariants=False)
-        return g, None
+from mtl_train.kernels.sparse import sparse_lookup
 
 
 def lookup(table: nn.Embedding, ids: torch.Tensor) -> torch.Tensor:
     """Rows of ``table`` for ``ids`` (int64, any shape) -> [*ids.shape, dim].
 
-    With ``table.sparse`` and autograd on, the gradient reaches the table as a coalesced
-    sparse tensor over the batch's distinct ids (see :class:`_SparseLookup`); otherwise a
-    plain ``F.embedding`` (dense gradient).
+    With ``table.sparse`` and autograd on, the gradient reaches the table as a sparse tensor
+    (see :func:`mtl_train.kernels.sparse.sparse_lookup`); otherwise a plain
+    ``F.embedding`` (dense gradient).
     """
     if not (table.sparse and torch.is_grad_enabled() and table.weight.requires_grad):
         return F.embedding(ids, table.weight)
-    return _SparseLookup.apply(table.weight, ids)
+    return sparse_lookup(table.weight, ids)
 
 
 class FeatureEmbedding(nn.Module):
@@ -71,7 +44,7 @@ class FeatureEmbedding(nn.Module):
         dim: embedding size per feature.
         sparse_grad: sparse gradients for the table (only the rows looked up in a batch get a
             gradient); :func:`mtl_train.train.trainer.build_optimizer` pairs the table with
-            ``torch.optim.SparseAdam``.
+            :class:`~mtl_train.kernels.sparse_adam.RowSparseAdam`.
 
     Raises:
         ConfigError: ``dim`` is not positive.

@@ -8,6 +8,7 @@ import torch
 import torch.nn as nn
 
 from mtl_train.errors import ConfigError
+from mtl_train.kernels.experts import mix, relu_experts
 
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU, "tanh": nn.Tanh, "leaky_relu": nn.LeakyReLU}
 
@@ -48,161 +49,13 @@ class MLP(nn.Sequential):
         return linears[-1] if linears else None
 
 
-def compute_dtype(t: torch.Tensor) -> torch.dtype:
-    """The dtype an autocast region would compute a GEMM of ``t`` in: the autocast dtype when
-    autocast is on for ``t``'s device (``trainer.precision=bf16``), else ``t.dtype``."""
-    dev = t.device.type
-    return torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else t.dtype
-
-
-class _ReluExperts(torch.autograd.Function):
-    """Forward and backward of :class:`BatchedExperts` with ReLU, no dropout and one shared
-    [B, D] input, written out by hand so that a training step makes none of the copies and
-    extra passes autograd would make.
-
-    Forward: layer 1 is one GEMM for all experts with the bias folded in,
-    Y1 = relu([x, 1] [[W1cat], [b1]]) [B, E*H1] (W1cat = W1 as [D, E*H1]), so neither a bias
-    broadcast nor a separate bias-gradient sum over [B, E*H1] is needed. Expert e reads the
-    column block Y1[:, e*H1:(e+1)*H1] (a valid BLAS leading dimension, no copy): layer 2 is E
-    GEMMs on those blocks, later layers ``baddbmm``. ReLU runs in place on the GEMM outputs.
-
-    Backward, layer l >= 2: dZ = dY * (Y > 0); dW = Y_prev^T dZ, dX = dZ W^T, db = sum over the
-    batch. Where Y_prev is layer 1's strided view, both products are E GEMMs on column blocks
-    of [B, E*H1] (a ``bmm`` on that layout runs at half speed, and autograd would return dY1
-    as [E, B, H1] and copy it through the forward's transpose: 16 MB per step on the bench
-    MMoE). Layer 1: ReLU mask in place, then [x, 1]^T dPre gives dW1 and db1 in one GEMM.
-
-    Under autocast (``trainer.precision=bf16``) everything runs in the autocast dtype, as
-    autocast would run these GEMMs: the [x, 1] and [W1cat; b1] copies are made in it directly,
-    later weights are cast once per step, and the gradients are returned in the dtypes of x
-    and the parameters (float32 master weights).
-
-    Inputs: x [B, D], then W1 [E, D, H1], b1 [E, H1], W2 [E, H1, H2], b2 [E, H2], ...
-    Output: [E, B, H_last], in the compute dtype.
-    """
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, *params: torch.Tensor) -> torch.Tensor:
-        dt = compute_dtype(x)
-        ctx.dtypes = [x.dtype] + [p.dtype for p in params]
-        with torch.autocast(x.device.type, enabled=False):
-            ws = [w.to(dt) for w in params[2::2]]
-            bs = [b.to(dt) for b in params[3::2]]
-            e, d_in, h = params[0].shape
-            x1 = torch.empty(x.shape[0], d_in + 1, dtype=dt, device=x.device)
-            x1[:, :d_in] = x
-            x1[:, d_in] = 1
-            w1 = torch.empty(d_in + 1, e * h, dtype=dt, device=x.device)
-            w1[:d_in].view(d_in, e, h).copy_(params[0].permute(1, 0, 2))
-            w1[d_in] = params[1].reshape(e * h)
-            y1 = torch.mm(x1, w1).relu_()  # [B, E*H1]
-            ys = [y1.view(-1, e, h).transpose(0, 1)]  # [E, B, H1], strided
-            for w, b in zip(ws, bs):
-                if len(ys) == 1:  # E GEMMs on Y1's column blocks (bf16 bmm would copy them)
-                    z = torch.empty(e, x.shape[0], w.shape[2], dtype=dt, device=x.device)
-                    for k in range(e):
-                        torch.addmm(b[k], y1[:, k * h:(k + 1) * h], w[k], out=z[k])
-                else:
-                    z = torch.baddbmm(b.unsqueeze(1), ys[-1], w)
-                ys.append(z.relu_())
-        ctx.num_layers, ctx.num_experts, ctx.width = len(ws) + 1, e, h
-        ctx.save_for_backward(x1, w1, y1, *ys[1:], *ws)
-        return ys[-1] if ws else ys[-1].clone()
-
-    @staticmethod
-    def backward(ctx, dout: torch.Tensor):
-        with torch.autocast(dout.device.type, enabled=False):
-            grads = _ReluExperts._backward(ctx, dout)
-        return tuple(g if g is None else g.to(dt) for g, dt in zip(grads, ctx.dtypes))
-
-    @staticmethod
-    def _backward(ctx, dout: torch.Tensor) -> tuple:
-        n, e, h = ctx.num_layers, ctx.num_experts, ctx.width
-        x1, w1, y1, *rest = ctx.saved_tensors
-        dout = dout.to(y1.dtype)
-        ys, ws = [None, *rest[:n - 1]], rest[n - 1:]
-        batch = y1.shape[0]
-        blocks = [slice(k * h, (k + 1) * h) for k in range(e)]
-        d_w: list[torch.Tensor | None] = [None] * n
-        d_b: list[torch.Tensor | None] = [None] * n
-        if n == 1:
-            d_pre = dout.transpose(0, 1).reshape(batch, e * h).clone()
-        else:
-            dy = dout
-            for l in range(n - 1, 0, -1):
-                dz = torch.ops.aten.threshold_backward(dy, ys[l], 0)  # [E, B, H_l]
-                d_b[l] = dz.sum(1)
-                if l > 1:
-                    d_w[l] = torch.bmm(ys[l - 1].transpose(1, 2), dz)
-                    dy = torch.bmm(dz, ws[l - 1].transpose(1, 2))
-                    continue
-                d_w[1] = torch.empty_like(ws[0])
-                d_pre = torch.empty_like(y1)
-                for k, blk in enumerate(blocks):
-                    torch.mm(y1[:, blk].t(), dz[k], out=d_w[1][k])
-                    torch.mm(dz[k], ws[0][k].t(), out=d_pre[:, blk])
-        # layer 1's ReLU mask, in place on the [B, E*H1] gradient
-        torch.ops.aten.threshold_backward.grad_input(d_pre, y1, 0, grad_input=d_pre)
-        d_w1 = x1.t() @ d_pre  # [D + 1, E*H1]: weight rows, then the bias row
-        d_in = x1.shape[1] - 1
-        d_w[0] = d_w1[:d_in].view(d_in, e, h).permute(1, 0, 2).contiguous()
-        d_b[0] = d_w1[d_in].view(e, h)
-        dx = d_pre @ w1[:d_in].t() if ctx.needs_input_grad[0] else None
-        return (dx, *[g for pair in zip(d_w, d_b) for g in pair])
-
-
-class _MixExperts(torch.autograd.Function):
-    """out[:, t] = sum_e G[:, t, e] * experts[e] for all T gates at once, as batched products over
-    the batch rows: out[b] (T x H) = G[b] (T x E) @ experts[:, b] (E x H); backward
-    dG[b] = d_out[b] @ experts[:, b]^T the same way, and d_experts[e] = sum_t G[:, t, e] d_out[:, t]
-    by E*T fused multiply-adds into the [E, B, H] layout. Replaces T broadcast multiplies and
-    sums over [E, B, H] (and their backward) with one pass over the experts per direction.
-
-    Inputs: G [B, T, E] (gate probabilities), experts [E, B, H]. Output: [B, T, H], in the
-    compute dtype (see :func:`compute_dtype`; gradients come back in the inputs' dtypes).
-    """
-
-    @staticmethod
-    def forward(ctx, g: torch.Tensor, experts: torch.Tensor) -> torch.Tensor:
-        dt = compute_dtype(experts)
-        ctx.dtypes = (g.dtype, experts.dtype)
-        g, experts = g.to(dt), experts.to(dt)
-        ctx.save_for_backward(g, experts)
-        with torch.autocast(experts.device.type, enabled=False):
-            return torch.bmm(g, experts.transpose(0, 1))
-
-    @staticmethod
-    def backward(ctx, dout: torch.Tensor):
-        with torch.autocast(dout.device.type, enabled=False):
-            d_g, d_ex = _MixExperts._backward(ctx, dout)
-        return (None if d_g is None else d_g.to(ctx.dtypes[0]), None if d_ex is None else d_ex.to(ctx.dtypes[1]))
-
-    @staticmethod
-    def _backward(ctx, dout: torch.Tensor):
-        g, experts = ctx.saved_tensors
-        dout = dout.to(experts.dtype)
-        d_g = d_ex = None
-        if ctx.needs_input_grad[1]:
-            # d_experts[e] = sum_t G[:, t, e] * d_out[:, t]: T passes per expert, contiguous
-            # output (a bmm writing into the [E, B, H] layout falls back to B separate GEMMs)
-            d_ex = torch.empty(experts.shape, dtype=dout.dtype, device=dout.device)
-            ge = g.permute(2, 1, 0).unsqueeze(-1)  # [E, T, B, 1]
-            for e in range(d_ex.shape[0]):
-                torch.mul(dout[:, 0], ge[e, 0], out=d_ex[e])
-                for t in range(1, dout.shape[1]):
-                    d_ex[e].addcmul_(dout[:, t], ge[e, t])
-        if ctx.needs_input_grad[0]:
-            d_g = torch.bmm(dout, experts.permute(1, 2, 0))
-        return d_g, d_ex
-
-
 def mix_experts(gates: torch.Tensor, experts: torch.Tensor) -> list[torch.Tensor]:
     """Mixtures of the same experts under T gates (MMoE, Ma et al. KDD 2018).
 
     Shapes: gates [B, T, E] softmax probabilities, experts [E, B, H] -> T tensors [B, H]
-    (strided views of one [B, T, H] result).
+    (strided views of one [B, T, H] result), by :func:`mtl_train.kernels.experts.mix`.
     """
-    return list(_MixExperts.apply(gates, experts).unbind(1))
+    return list(mix(gates, experts).unbind(1))
 
 
 def gate_probabilities(gates: Sequence["Gate"], x: torch.Tensor) -> torch.Tensor:
@@ -226,11 +79,14 @@ class BatchedExperts(nn.Module):
         input: [B, in_dim] (the same input for every expert) or [E, B, in_dim] (one per expert).
         output: [E, B, hidden[-1]].
 
-    ``record_last`` (default False; GradNorm sets it): with at least two layers, a forward with
-    gradients enabled keeps the last layer's input X [E, B, in] as ``last_input`` and its
-    pre-activation output Z = X W[-1] + b[-1] [E, B, hidden[-1]] as ``last_pre`` (activation
-    applied out of place, so Z stays a valid target of ``torch.autograd.grad``). Whoever reads
-    them sets them back to None. Otherwise both stay None.
+    With ReLU, no dropout and a shared 2-D input, a forward with gradients enabled runs
+    :func:`mtl_train.kernels.experts.relu_experts` (the hand-written passes, or their reference
+    under ``trainer.fused_kernels=false``).
+
+    GradNorm's fast path (:meth:`record_last_layer`, :meth:`take_last_layer`): while recording,
+    with at least two layers, a forward with gradients enabled keeps the last layer's input
+    X [E, B, in] and its pre-activation output Z = X W[-1] + b[-1] [E, B, hidden[-1]]
+    (activation applied out of place, so Z stays a valid target of ``torch.autograd.grad``).
     """
 
     def __init__(self, num_experts: int, in_dim: int, hidden: Sequence[int], act: str = "relu", dropout: float = 0.0):
@@ -251,9 +107,28 @@ class BatchedExperts(nn.Module):
         self.act = activation(act)
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.out_dim = d
-        self.record_last = False
+        self.record_last = False  # read-only outside: set by record_last_layer
         self.last_input: torch.Tensor | None = None
         self.last_pre: torch.Tensor | None = None
+
+    def record_last_layer(self, enabled: bool) -> None:
+        """Keep (``enabled=True``) or stop keeping the last layer's input X and pre-activation Z
+        in every forward with gradients enabled (GradNorm's fast path; see
+        :meth:`take_last_layer`). While recording, the forward runs the plain autograd path (the
+        fused one keeps no Z). Raises ConfigError with fewer than two layers (X would be the
+        module's input, which the caller already has)."""
+        if enabled and len(self.weights) < 2:
+            raise ConfigError("model.expert_hidden: recording the experts' last layer needs at least two layers")
+        self.record_last = bool(enabled)
+        self.last_input = self.last_pre = None
+
+    def take_last_layer(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(X [E, B, in], Z [E, B, hidden[-1]]) kept by the latest recording forward, or None
+        when none was kept; handed out once (a second call returns None), so a caller never
+        sees a stale tensor of an earlier forward."""
+        kept = None if self.last_input is None or self.last_pre is None else (self.last_input, self.last_pre)
+        self.last_input = self.last_pre = None
+        return kept
 
     def _act(self, y: torch.Tensor) -> torch.Tensor:
         # in place where safe: the GEMM outputs are fresh tensors their backward does not need
@@ -261,14 +136,14 @@ class BatchedExperts(nn.Module):
         return self.dropout(y)
 
     def _fused(self, x: torch.Tensor) -> bool:
-        """Whether :class:`_ReluExperts` computes this forward: ReLU, no dropout, a shared 2-D
-        input, autograd on and no ``record_last``."""
+        """Whether :func:`~mtl_train.kernels.experts.relu_experts` computes this forward: ReLU, no
+        dropout, a shared 2-D input, autograd on and not recording the last layer."""
         return (x.dim() == 2 and isinstance(self.act, nn.ReLU) and isinstance(self.dropout, nn.Identity)
                 and not self.record_last and torch.is_grad_enabled())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self._fused(x):
-            return _ReluExperts.apply(x, *[p for pair in zip(self.weights, self.biases) for p in pair])
+            return relu_experts(x, [p for pair in zip(self.weights, self.biases) for p in pair])
         w0, b0 = self.weights[0], self.biases[0]
         e, d_in, h = w0.shape
         if x.dim() == 2:

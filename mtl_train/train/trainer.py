@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from mtl_train import registry
+from mtl_train import kernels, registry
 from mtl_train.balancing.base import build_balancer
 from mtl_train.config import TrainerConfig
 from mtl_train.data.datasets import load_dataset
@@ -248,6 +248,7 @@ class Trainer:
     def __init__(self, cfg: DictConfig, data: DatasetBundle, run_dir: str, resume_state: dict | None = None):
         self.cfg, self.data, self.run_dir = cfg, data, run_dir
         tcfg = cfg.trainer
+        kernels.set_fused(tcfg.fused_kernels)  # hand-written kernels or their references, process-wide
         self.device = resolve_device(tcfg.device)
         self.model = build_model(data.schema, cfg.model, cfg.graph,
                                  sparse_default=sparse_embedding_default(cfg, self.device)).to(self.device)
