@@ -31,7 +31,9 @@ from mtl_train.data.schema import Table
 from mtl_train.errors import ConfigError, DataError
 from mtl_train.models.builder import build_model
 from mtl_train.train import checkpoint as ckpt
-from mtl_train.train.trainer import _same_schema, evaluate, gauc_column, resolve_device, to_device
+from mtl_train.train.device import resolve_device, to_device
+from mtl_train.train.evaluate import evaluate, gauc_column
+from mtl_train.train.resume import same_schema
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +83,7 @@ def load_input(cfg: DictConfig, trained: DictConfig, schema, labels_required: bo
     np.random.seed(trained.seed)
     torch.manual_seed(trained.seed)
     data = load_dataset(trained.dataset, trained.seed)
-    if not _same_schema(data.schema, schema):
+    if not same_schema(data.schema, schema):
         raise DataError(f"dataset: the {trained.dataset.name} data now differ from the checkpoint's features "
                         f"(did its files change?)")
     return getattr(data, cfg.infer.split), cfg.infer.split, None
@@ -148,7 +150,7 @@ def predict_table(model, table: Table, device: torch.device,
     Returns:
         {output: (score float32 [N], label float32 [N] with NaN where the row is not scored
         for that output, type)}. Same batches and forward pass as
-        :func:`mtl_train.train.trainer.evaluate`.
+        :func:`mtl_train.train.evaluate.evaluate`.
     """
     parts: dict[str, list] = {}
     types: dict[str, str] = {}

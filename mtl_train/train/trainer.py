@@ -21,7 +21,6 @@ import json
 import logging
 import math
 import os
-import shutil
 import signal
 import time
 
@@ -30,217 +29,20 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from mtl_train.balancing.base import build_balancer
-from mtl_train.config import CHOICES
 from mtl_train.data.datasets import load_dataset
-from mtl_train.data.schema import OOV_ID, DatasetBundle, Table
+from mtl_train.data.schema import DatasetBundle, Table
 from mtl_train.data.stream import train_loader
 from mtl_train.errors import ConfigError, DataError, RunInterrupted, TrainingError
-from mtl_train.metrics import binary_metrics, group_auc, regression_metrics
-from mtl_train.models.builder import MultiTaskModel, build_model
+from mtl_train.models.builder import build_model
 from mtl_train.train import checkpoint as ckpt
 from mtl_train.train.allocator import tune_malloc
+from mtl_train.train.device import resolve_device, resolve_precision, to_device
+from mtl_train.train.evaluate import check_gauc_by, evaluate, gauc_column, monitor_value
 from mtl_train.train.logger import RunLogger
+from mtl_train.train.optim import build_optimizer, build_schedulers, sparse_embedding_default
+from mtl_train.train.resume import same_schema, starting_point
 
 log = logging.getLogger(__name__)
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> cuda when available, else cpu; otherwise ``torch.device(name)``.
-
-    Raises ConfigError for an unknown device or cuda requested without a GPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(name)
-    except RuntimeError:
-        raise ConfigError(f"trainer.device: unknown device '{name}'") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"trainer.device: '{name}' requested but CUDA is not available")
-    return dev
-
-
-def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
-    if device.type == "cpu":
-        return batch
-    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-
-
-def gauc_column(schema, name: str | None) -> int | None:
-    """Index in ``batch["sparse"]`` of the categorical feature ``name`` (``trainer.gauc_by``).
-
-    Raises:
-        ConfigError: ``name`` is not a categorical feature of the dataset."""
-    if name is None:
-        return None
-    names = [f.name for f in schema.sparse]
-    if name not in names:
-        raise ConfigError(f"trainer.gauc_by: no categorical feature '{name}' in this dataset (have {names})")
-    return names.index(name)
-
-
-@torch.no_grad()
-def evaluate(model: MultiTaskModel, table: Table, device: torch.device, batch_size: int, split: str,
-             group_index: int | None = None) -> dict:
-    """Exact metrics of every evaluated output over the whole split ``table``: a
-    :class:`Table` or a streamed split (anything with ``batches(batch_size)`` yielding every
-    row once), or an iterable of batch dicts.
-
-    ``group_index`` (see :func:`gauc_column`) adds GAUC to binary outputs, grouping rows by
-    that categorical column's ids; rows whose id is null or out of vocabulary (ids 0 and 1:
-    users unseen in training share id 1) are left out of GAUC only.
-
-    Returns {output name: metrics dict} (see :mod:`mtl_train.metrics`).
-    """
-    was_training = model.training
-    model.eval()
-    scores: dict[str, list] = {}
-    types: dict[str, str] = {}
-    eval_only: set[str] = set()
-    batches = table.batches(batch_size) if hasattr(table, "batches") else table
-    for batch in batches:
-        batch = to_device(batch, device)
-        out = model(batch)
-        for name, eo in model.graph.eval_outputs(out, batch).items():
-            m = eo.mask
-            group = batch["sparse"][:, group_index][m].cpu() if group_index is not None else None
-            scores.setdefault(name, []).append((eo.score[m].float().cpu(), eo.label[m].float().cpu(), group))
-            types[name] = eo.type
-            if eo.eval_only:
-                eval_only.add(name)
-    model.train(was_training)
-    result, left_out = {}, []
-    for name, parts in scores.items():
-        score = torch.cat([p[0] for p in parts]).numpy()
-        label = torch.cat([p[1] for p in parts]).numpy()
-        if types[name] == "regression":
-            result[name] = regression_metrics(score, label, name=name, split=split)
-        else:
-            result[name] = binary_metrics(score, label, name=name, split=split)
-            if group_index is not None:
-                group = torch.cat([p[2] for p in parts]).numpy()
-                known = group > OOV_ID
-                result[name].update(group_auc(score[known], label[known], group[known]))
-                if not known.all():
-                    left_out.append(f"{name} {int((~known).sum())}/{known.size}")
-        if name in eval_only:  # scored against an evaluation-only column: never part of the monitor
-            result[name]["eval_only"] = True
-    if left_out:
-        log.info("%s: GAUC leaves out the rows whose group id is null or unseen in training: %s", split,
-                 ", ".join(left_out))
-    return result
-
-
-def monitor_value(metrics: dict, monitor: str) -> float | None:
-    """Value of ``<metric>/<output>`` (e.g. ``auc/income``) or ``<metric>/mean`` (mean over the
-    outputs where the metric is defined, ``eval_only`` outputs left out) in a split's metrics."""
-    metric, _, what = monitor.partition("/")
-    if what == "mean":
-        vals = [m[metric] for m in metrics.values() if m.get(metric) is not None and not m.get("eval_only")]
-        return float(np.mean(vals)) if vals else None
-    if what not in metrics:
-        raise ConfigError(f"trainer.monitor: no evaluated output '{what}' (have {sorted(metrics)})")
-    return metrics[what].get(metric)
-
-
-def lr_factor(step: int, tcfg, total_steps: int) -> float:
-    """Multiplier of ``trainer.lr`` for the optimizer step with 0-based index ``step``.
-
-    - warmup (any scheduler): ``(step + 1) / warmup_steps`` for ``step < warmup_steps``
-      (linear warmup, Goyal et al. 2017, "Accurate, Large Minibatch SGD");
-    - ``none``: 1;
-    - ``cosine``: ``r + (1 - r) * (1 + cos(pi * p)) / 2`` with ``r = min_lr_ratio`` and
-      ``p = (step - warmup) / (total_steps - warmup)`` clipped to [0, 1] (SGDR, Loshchilov &
-      Hutter 2017, one cycle without restarts);
-    - ``step``: ``gamma ** ((step - warmup) // step_size)``.
-    """
-    warm = int(tcfg.warmup_steps)
-    if warm and step < warm:
-        return (step + 1) / warm
-    k = step - warm
-    if tcfg.scheduler == "cosine":
-        p = min(max(k / max(1, total_steps - warm), 0.0), 1.0)
-        r = float(tcfg.min_lr_ratio)
-        return r + (1 - r) * 0.5 * (1 + math.cos(math.pi * p))
-    if tcfg.scheduler == "step":
-        return float(tcfg.gamma) ** (k // int(tcfg.step_size))
-    return 1.0
-
-
-PRECISIONS = CHOICES[("trainer", "precision")]  # the values config validation accepts
-
-
-def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
-    """``trainer.precision`` -> the autocast dtype of the training forward (None for fp32).
-
-    bf16 is mixed precision in the sense of Micikevicius et al., "Mixed Precision Training"
-    (ICLR 2018) with bfloat16 (Kalamkar et al., "A Study of BFLOAT16 for Deep Learning
-    Training", 2019): float32 master weights, optimizer state, towers, losses and balancers;
-    the embedding and the backbone's GEMMs in bfloat16 under ``torch.autocast``. bfloat16 keeps
-    float32's exponent range, so no loss scaling is needed (fp16 would need it and is not
-    offered). Fast where the hardware has bf16 matrix units (Intel AMX / AVX512-BF16 CPUs,
-    NVIDIA Ampere and newer); elsewhere it runs, slower than fp32, with a warning.
-    Evaluation and prediction always run in float32.
-
-    Raises:
-        ConfigError: a value other than fp32 or bf16.
-    """
-    if name not in PRECISIONS:
-        hint = " (fp16 needs loss scaling; use bf16)" if name == "fp16" else ""
-        raise ConfigError(f"trainer.precision: '{name}' is not one of {', '.join(PRECISIONS)}{hint}")
-    if name == "fp32":
-        return None
-    if device.type == "cpu":
-        native = torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported()
-    else:
-        native = device.type == "cuda" and torch.cuda.is_bf16_supported()
-    if not native:
-        log.warning("trainer.precision=bf16: this %s has no native bfloat16 matrix unit; expect it slower than fp32",
-                    device.type.upper())
-    return torch.bfloat16
-
-
-def build_optimizer(model: torch.nn.Module, cfg) -> list[torch.optim.Optimizer]:
-    """Adam/AdamW/SGD for dense parameters; a sparse embedding table (``model.sparse_embedding``)
-    gets :class:`~mtl_train.train.optim.RowSparseAdam` (lazy Adam over the rows of the batch)
-    with the same learning rate."""
-    sparse = [p for m in model.modules() if isinstance(m, torch.nn.Embedding) and m.sparse for p in m.parameters()]
-    sparse_ids = {id(p) for p in sparse}
-    dense = [p for p in model.parameters() if id(p) not in sparse_ids]
-    # the fused Adam kernel updates every tensor in one pass (CPU and CUDA): ~4x faster than
-    # the per-tensor loop on the bench MMoE's 1.2 M dense parameters
-    fused = all(p.dtype.is_floating_point for p in dense) and len({p.device for p in dense}) <= 1
-    if cfg.optimizer == "adam":
-        opts = [torch.optim.Adam(dense, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused or None)]
-    elif cfg.optimizer == "adamw":
-        opts = [torch.optim.AdamW(dense, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused or None)]
-    elif cfg.optimizer == "sgd":
-        opts = [torch.optim.SGD(dense, lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay)]
-    else:
-        raise ConfigError(f"trainer.optimizer: unknown optimizer '{cfg.optimizer}' (choose from adam, adamw, sgd)")
-    if sparse:
-        from mtl_train.train.optim import RowSparseAdam
-
-        if cfg.optimizer != "adam" or cfg.weight_decay:
-            log.warning("model.sparse_embedding: the embedding table is trained by a row-sparse Adam (lr %g, no weight "
-                        "decay), not by trainer.optimizer=%s with weight_decay=%g", cfg.lr, cfg.optimizer,
-                        cfg.weight_decay)
-        opts.append(RowSparseAdam(sparse, lr=cfg.lr))
-    return opts
-
-
-# balancers that only weight the task losses: they never need per-task gradients of the
-# embedding table, so its gradient may be sparse
-LOSS_WEIGHTING = ("equal", "static", "uncertainty", "dwa", "gradnorm")
-
-
-def sparse_embedding_default(cfg, device: torch.device) -> bool:
-    """Whether ``model.sparse_embedding: null`` means sparse embedding gradients: on CPU with
-    plain Adam (no weight decay) and a loss-weighting balancer, where the bench measured it
-    faster (scripts/bench.py; the dense Adam update of the whole table dominates a step);
-    off on GPU and for gradient-surgery balancers, which need dense per-task gradients."""
-    t = cfg.trainer
-    return (device.type == "cpu" and t.optimizer == "adam" and not t.weight_decay
-            and cfg.loss.name in LOSS_WEIGHTING)
 
 
 class Trainer:
@@ -263,8 +65,7 @@ class Trainer:
         self.loader = train_loader(data.train, tcfg.batch_size, seed=cfg.seed)
         steps = tcfg.epochs * len(self.loader)
         self.total_steps = min(steps, tcfg.max_steps) if tcfg.max_steps else steps
-        self.schedulers = [torch.optim.lr_scheduler.LambdaLR(o, lambda s: lr_factor(s, tcfg, self.total_steps))
-                           for o in self.optimizers]
+        self.schedulers = build_schedulers(self.optimizers, tcfg, self.total_steps)
         self.ckpt_dir = os.path.join(run_dir, "checkpoints")
         self.step = 0
         self.epoch = 0
@@ -282,14 +83,7 @@ class Trainer:
         self.samples = 0
         self.sign = 1.0 if tcfg.monitor_mode == "max" else -1.0
         self.gauc_index = gauc_column(data.schema, tcfg.gauc_by)
-        if self.gauc_index is None:
-            objective = cfg.get("objective") or {}
-            for key, metric in (("trainer.monitor", tcfg.monitor.partition("/")[0]),
-                                # objective.tasks null means the monitor, whatever objective.metric says
-                                ("objective.metric", objective.get("metric") if objective.get("tasks") else None)):
-                if metric == "gauc":
-                    raise ConfigError(f"{key}: gauc needs trainer.gauc_by, the categorical feature that groups "
-                                      f"rows (e.g. trainer.gauc_by=user_id)")
+        check_gauc_by(cfg)
         self.autocast_dtype = resolve_precision(tcfg.precision, self.device)
         if self.autocast_dtype is not None and not any(True for _ in self.model.backbone.parameters()):
             log.warning("trainer.precision=%s changes nothing here: model.backbone=%s has no layers of its own, and "
@@ -334,7 +128,7 @@ class Trainer:
             DataError: the checkpoint's feature schema differs from the data's.
         """
         saved = state.get("schema")
-        if saved is not None and not _same_schema(saved, self.data.schema):
+        if saved is not None and not same_schema(saved, self.data.schema):
             raise DataError("trainer.resume: the data's features or tasks differ from the checkpoint's "
                             "(did the dataset or its files change?)")
         self.model.load_state_dict(state["model"])
@@ -412,7 +206,7 @@ class Trainer:
     # ---- loop -------------------------------------------------------------------------
     def autocast(self):
         """The training forward's precision context: ``torch.autocast`` in bfloat16 with
-        ``trainer.precision=bf16`` (see :func:`resolve_precision`), else a no-op."""
+        ``trainer.precision=bf16`` (see :func:`~mtl_train.train.device.resolve_precision`), else a no-op."""
         if self.autocast_dtype is None:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.autocast_dtype)
@@ -577,50 +371,6 @@ class Trainer:
         return results
 
 
-def _same_schema(a, b) -> bool:
-    return ([(f.name, f.vocab_size) for f in a.sparse], [f.name for f in a.dense], list(a.tasks),
-            list(getattr(a, "sequence", []))) == \
-        ([(f.name, f.vocab_size) for f in b.sparse], [f.name for f in b.dense], list(b.tasks),
-         list(getattr(b, "sequence", [])))
-
-
-# keys a resumed run may change (they do not alter the trajectory, or extend it on purpose)
-RESUMABLE_KEYS = ("trainer.resume", "trainer.progress", "trainer.device", "trainer.num_threads",
-                  "trainer.tune_malloc", "trainer.log_every_steps", "trainer.checkpoint_every_steps",
-                  "trainer.epochs", "trainer.max_steps", "trainer.patience", "mode", "checkpoint", "infer")
-
-
-def resume_config(stored: dict, current: DictConfig, overridden: list[str]) -> DictConfig:
-    """The config of a resumed run: the checkpoint's config, with the command-line overrides
-    of :data:`RESUMABLE_KEYS` applied. Any other override must agree with the checkpoint.
-
-    Args:
-        stored: the checkpoint's ``config``. current: the composed config of this invocation.
-        overridden: the keys set on this command line (``trainer.epochs``, ``model``, ...).
-
-    Raises:
-        ConfigError: an override that would change the run being resumed.
-    """
-    from mtl_train.config import validate
-
-    out = OmegaConf.create(stored)
-    for key in overridden:
-        key = key.lstrip("+~")
-        if key.startswith("hydra"):
-            continue
-        cur = OmegaConf.select(current, key, default=None)
-        if any(key == k or key.startswith(k + ".") for k in RESUMABLE_KEYS):
-            OmegaConf.update(out, key, OmegaConf.to_container(cur) if isinstance(cur, DictConfig) else cur,
-                             force_add=True)
-            continue
-        old = OmegaConf.select(out, key, default=None)
-        as_plain = lambda v: OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v  # noqa: E731
-        if as_plain(cur) != as_plain(old):
-            raise ConfigError(f"{key}: differs from the run being resumed ({as_plain(old)!r} there, {as_plain(cur)!r} "
-                              f"here); a resumed run keeps its config (changeable: {', '.join(RESUMABLE_KEYS)})")
-    return validate(out)
-
-
 def _check_labels(data: DatasetBundle) -> None:
     for k, task in enumerate(data.schema.tasks):
         if isinstance(data.train, Table):
@@ -636,7 +386,8 @@ def run(cfg: DictConfig, run_dir: str, overridden: list[str] = ()) -> dict:
     """Load the data, build model and balancer, train, test; return the metrics dict.
 
     With ``trainer.resume`` the run continues from that checkpoint (or the run directory's
-    ``checkpoints/last.pt``) with the checkpoint's config (see :func:`resume_config`).
+    ``checkpoints/last.pt``) with the checkpoint's config (see
+    :func:`~mtl_train.train.resume.resume_config`).
 
     Raises:
         ConfigError: ``run_dir`` already holds a checkpoint and no resume was asked for;
@@ -645,35 +396,7 @@ def run(cfg: DictConfig, run_dir: str, overridden: list[str] = ()) -> dict:
         TrainingError: a non-finite loss (``trainer.nonfinite=stop``).
         RunInterrupted: SIGINT/SIGTERM (after writing last.pt).
     """
-    state = None
-    if cfg.trainer.resume:
-        path = ckpt.find_checkpoint(cfg.trainer.resume, "trainer.resume")
-        state = ckpt.load(path)
-        cfg = resume_config(state["config"], cfg, list(overridden))
-        kind = (state.get("data") or {}).get("kind")
-        if kind and cfg.dataset.get("mode") == "auto":
-            # the data position depends on how the train split is read: read it as the interrupted
-            # run did, whatever dataset.mode=auto would choose with this machine's memory
-            cfg.dataset.mode = kind
-            log.info("resume: dataset.mode=%s, as the interrupted run read the train split", kind)
-        log.info("resuming %s at step %d (epoch %d)", path, state["step"], state["epoch"])
-        source = ckpt.run_dir_of(path)
-        if source and os.path.realpath(source) != os.path.realpath(run_dir):
-            # continuing elsewhere: bring the best weights along, finish() tests with them
-            best = os.path.join(source, "checkpoints", "best.pt")
-            if os.path.exists(best) and not os.path.exists(os.path.join(run_dir, "checkpoints", "best.pt")):
-                os.makedirs(os.path.join(run_dir, "checkpoints"), exist_ok=True)
-                shutil.copy2(best, os.path.join(run_dir, "checkpoints", "best.pt"))
-        stale = ckpt.remove_stale_temporaries(os.path.join(run_dir, "checkpoints"))
-        if stale:
-            log.info("removed %d partial checkpoint file(s) of the interrupted run", len(stale))
-    else:
-        existing = ckpt.existing_checkpoints(run_dir)
-        if existing:
-            raise ConfigError(
-                f"hydra.run.dir: {run_dir} already holds a checkpoint ({os.path.basename(existing[0])}); continue that "
-                f"run with trainer.resume={run_dir}, or choose another directory"
-            )
+    cfg, state = starting_point(cfg, run_dir, list(overridden))
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
     if cfg.trainer.num_threads:
