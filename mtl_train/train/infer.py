@@ -61,7 +61,7 @@ def load_model(checkpoint: str | None, device: torch.device):
     model = build_model(schema, cfg.model, cfg.graph).to(device)
     model.load_state_dict(state["model"])
     model.eval()
-    log.info("checkpoint %s (step %d)", path, state.get("step", -1))
+    log.info("checkpoint %s (step %d)", path, state["step"])
     return model, cfg, schema, path
 
 
@@ -73,7 +73,7 @@ def load_input(cfg: DictConfig, trained: DictConfig, schema, labels_required: bo
         (Table, name used in metrics and messages, the raw pyarrow table of a file or None).
     """
     if cfg.infer.input:
-        if getattr(schema, "encoders", None) is None:
+        if schema.encoders is None:
             raise ConfigError(f"infer.input: dataset '{trained.dataset.name}' of this checkpoint has no fitted "
                               f"encoders for files (its rows are generated); use infer.split=train|val|test")
         path = check_readable(cfg.infer.input, "infer.input")

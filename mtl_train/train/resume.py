@@ -21,10 +21,8 @@ log = logging.getLogger(__name__)
 def same_schema(a, b) -> bool:
     """True when two :class:`~mtl_train.data.schema.FeatureSchema` have the same features (names,
     vocabulary sizes), tasks and sequence features: a model of one fits the batches of the other."""
-    return ([(f.name, f.vocab_size) for f in a.sparse], [f.name for f in a.dense], list(a.tasks),
-            list(getattr(a, "sequence", []))) == \
-        ([(f.name, f.vocab_size) for f in b.sparse], [f.name for f in b.dense], list(b.tasks),
-         list(getattr(b, "sequence", [])))
+    return ([(f.name, f.vocab_size) for f in a.sparse], [f.name for f in a.dense], list(a.tasks), list(a.sequence)) == \
+        ([(f.name, f.vocab_size) for f in b.sparse], [f.name for f in b.dense], list(b.tasks), list(b.sequence))
 
 
 # keys a resumed run may change (they do not alter the trajectory, or extend it on purpose)
@@ -88,8 +86,8 @@ def starting_point(cfg: DictConfig, run_dir: str, overridden: list[str]) -> tupl
     path = ckpt.find_checkpoint(cfg.trainer.resume, "trainer.resume")
     state = ckpt.load(path)
     cfg = resume_config(state["config"], cfg, overridden)
-    kind = (state.get("data") or {}).get("kind")
-    if kind and cfg.dataset.get("mode") == "auto":
+    kind = state["data"]["kind"]
+    if cfg.dataset.get("mode") == "auto":
         # the data position depends on how the train split is read: read it as the interrupted
         # run did, whatever dataset.mode=auto would choose with this machine's memory
         cfg.dataset.mode = kind

@@ -1,13 +1,19 @@
 """The training loop: train, evaluate on val, early-stop, checkpoint, test with the best weights.
 
-Read top to bottom: :func:`run` builds everything from the config and calls :class:`Trainer`.
+Read top to bottom: :func:`run` builds everything from the config and calls :class:`Trainer`,
+whose :meth:`~Trainer.fit` runs epochs of :meth:`~Trainer.train_step` with
+:meth:`~Trainer.validate` on schedule, then :meth:`~Trainer.finish` tests. Beside it:
+:mod:`~mtl_train.train.evaluate` (metrics of a split), :mod:`~mtl_train.train.optim`
+(optimizers, LR schedule), :mod:`~mtl_train.train.resume` (resume config),
+:mod:`~mtl_train.train.state` (what a checkpoint holds), :mod:`~mtl_train.train.device`.
 
 Runs you can trust:
 
-- every piece of state lives in :meth:`Trainer.state` (model, optimizers, LR schedulers,
-  balancer, step, epoch, data position, early-stopping counters, every RNG), written
-  atomically to ``checkpoints/last.pt`` every ``trainer.checkpoint_every_steps`` steps, at
-  each epoch end and at the end, and to ``checkpoints/best.pt`` on each val improvement;
+- every piece of state lives in one :class:`~mtl_train.train.state.TrainState` (model,
+  optimizers, LR schedulers, balancer, data position, every RNG, progress: step, epoch,
+  early-stopping counters), written atomically to ``checkpoints/last.pt`` every
+  ``trainer.checkpoint_every_steps`` steps, at each epoch end and at the end, and to
+  ``checkpoints/best.pt`` on each val improvement;
 - ``trainer.resume=<run dir or checkpoint>`` restores all of it, so a run killed at any point
   and resumed ends with the same metrics.json as an uninterrupted one (CPU, same seed);
 - SIGINT/SIGTERM finish the current step, write last.pt and raise :class:`RunInterrupted`;
@@ -26,7 +32,7 @@ import time
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from mtl_train.balancing.base import build_balancer
 from mtl_train.data.datasets import load_dataset
@@ -40,346 +46,10 @@ from mtl_train.train.device import resolve_device, resolve_precision, to_device
 from mtl_train.train.evaluate import check_gauc_by, evaluate, gauc_column, monitor_value
 from mtl_train.train.logger import RunLogger
 from mtl_train.train.optim import build_optimizer, build_schedulers, sparse_embedding_default
-from mtl_train.train.resume import same_schema, starting_point
+from mtl_train.train.resume import starting_point
+from mtl_train.train.state import RNG, DataPosition, Each, Progress, TrainState
 
 log = logging.getLogger(__name__)
-
-
-class Trainer:
-    """Owns the loop and every piece of state a checkpoint holds.
-
-    Args:
-        cfg: the validated config. data: the dataset bundle. run_dir: where to write.
-        resume_state: a checkpoint dict (see :mod:`mtl_train.train.checkpoint`) to continue from.
-    """
-
-    def __init__(self, cfg: DictConfig, data: DatasetBundle, run_dir: str, resume_state: dict | None = None):
-        self.cfg, self.data, self.run_dir = cfg, data, run_dir
-        tcfg = cfg.trainer
-        self.device = resolve_device(tcfg.device)
-        self.model = build_model(data.schema, cfg.model, cfg.graph,
-                                 sparse_default=sparse_embedding_default(cfg, self.device)).to(self.device)
-        self.loss_names = self.model.graph.loss_names
-        self.balancer = build_balancer(cfg.loss, self.loss_names, self.model).to(self.device)
-        self.optimizers = build_optimizer(self.model, tcfg)
-        self.loader = train_loader(data.train, tcfg.batch_size, seed=cfg.seed)
-        steps = tcfg.epochs * len(self.loader)
-        self.total_steps = min(steps, tcfg.max_steps) if tcfg.max_steps else steps
-        self.schedulers = build_schedulers(self.optimizers, tcfg, self.total_steps)
-        self.ckpt_dir = os.path.join(run_dir, "checkpoints")
-        self.step = 0
-        self.epoch = 0
-        self.best: float | None = None
-        self.best_step = -1
-        self.bad_evals = 0
-        self.last_eval_step = -1
-        self.done = False
-        self.nonfinite_skipped = 0
-        self.resumes: list[dict] = []
-        self.last_saved_step: int | None = None
-        self._data_state: dict | None = None
-        self._signal: int | None = None
-        self.excluded_seconds = 0.0  # validation and checkpoint time (not in the training rate)
-        self.samples = 0
-        self.sign = 1.0 if tcfg.monitor_mode == "max" else -1.0
-        self.gauc_index = gauc_column(data.schema, tcfg.gauc_by)
-        check_gauc_by(cfg)
-        self.autocast_dtype = resolve_precision(tcfg.precision, self.device)
-        if self.autocast_dtype is not None and not any(True for _ in self.model.backbone.parameters()):
-            log.warning("trainer.precision=%s changes nothing here: model.backbone=%s has no layers of its own, and "
-                        "the embedding lookup and the task graph run in float32", tcfg.precision, cfg.model.backbone)
-        self.sparse_embedding = any(isinstance(m, torch.nn.Embedding) and m.sparse for m in self.model.modules())
-        if tcfg.monitor_mode not in ("max", "min"):
-            raise ConfigError(f"trainer.monitor_mode: '{tcfg.monitor_mode}' is not one of max, min")
-        if resume_state is not None:
-            self.load_state(resume_state)
-        purge = self.step + 1 if resume_state is not None else None
-        self.logger = RunLogger(run_dir, cfg, self.loss_names, progress=tcfg.progress, purge_step=purge)
-
-    # ---- checkpoint -------------------------------------------------------------------
-    def state(self) -> dict:
-        """Everything needed to continue the run exactly (see :mod:`mtl_train.train.checkpoint`)."""
-        return {
-            "format": ckpt.FORMAT_VERSION,
-            "model": self.model.state_dict(),
-            "optimizers": [o.state_dict() for o in self.optimizers],
-            "schedulers": [s.state_dict() for s in self.schedulers],
-            "balancer": self.balancer.state_dict(),
-            "step": self.step,
-            "epoch": self.epoch,
-            "data": self.loader.state_dict(),
-            "best": self.best,
-            "best_step": self.best_step,
-            "bad_evals": self.bad_evals,
-            "last_eval_step": self.last_eval_step,
-            "done": self.done,
-            "nonfinite_skipped": self.nonfinite_skipped,
-            "resumes": self.resumes,
-            "rng": ckpt.rng_state(),
-            "config": OmegaConf.to_container(self.cfg, resolve=True),
-            "schema": self.data.schema,
-        }
-
-    def load_state(self, state: dict) -> None:
-        """Restore a checkpoint written by :meth:`state` (RNG states last, so that nothing
-        done while rebuilding the model shifts them).
-
-        Raises:
-            DataError: the checkpoint's feature schema differs from the data's.
-        """
-        saved = state.get("schema")
-        if saved is not None and not same_schema(saved, self.data.schema):
-            raise DataError("trainer.resume: the data's features or tasks differ from the checkpoint's "
-                            "(did the dataset or its files change?)")
-        self.model.load_state_dict(state["model"])
-        for o, s in zip(self.optimizers, state["optimizers"]):
-            o.load_state_dict(s)
-        for sch, s in zip(self.schedulers, state.get("schedulers", [])):
-            sch.load_state_dict(s)
-        self.balancer.load_state_dict(state["balancer"])
-        self.step, self.epoch = int(state["step"]), int(state["epoch"])
-        self.best, self.best_step, self.bad_evals = state["best"], state["best_step"], state["bad_evals"]
-        self.last_eval_step = state.get("last_eval_step", -1)
-        self.done = bool(state.get("done", False))
-        self.nonfinite_skipped = int(state.get("nonfinite_skipped", 0))
-        self.resumes = list(state.get("resumes", [])) + [{"step": self.step, "epoch": self.epoch}]
-        self._data_state = state.get("data")
-        self.last_saved_step = self.step
-        ckpt.set_rng_state(state["rng"])
-
-    def save(self, name: str) -> None:
-        """Write ``checkpoints/<name>`` atomically; never a model with non-finite parameters.
-
-        Raises:
-            TrainingError: the model's parameters are not finite (the old file is kept)."""
-        t0 = time.perf_counter()
-        if not ckpt.all_finite(self.model.state_dict()):
-            raise TrainingError(f"model parameters became non-finite by step {self.step}; {name} not written, "
-                                f"{self._last_good()}")
-        self.logger.flush()
-        ckpt.save_atomic(self.state(), os.path.join(self.ckpt_dir, name))
-        if name == "last.pt":
-            self.last_saved_step = self.step
-        self.excluded_seconds += time.perf_counter() - t0
-
-    def _last_good(self) -> str:
-        if self.last_saved_step is None:
-            return "no checkpoint had been written yet"
-        return f"the last good checkpoint is {os.path.join(self.ckpt_dir, 'last.pt')} (step {self.last_saved_step})"
-
-    # ---- signals ----------------------------------------------------------------------
-    @contextlib.contextmanager
-    def _signal_handlers(self):
-        """SIGINT/SIGTERM set a flag; the loop checks it after each step, writes last.pt and
-        raises :class:`RunInterrupted`. A second signal acts at once (default behaviour)."""
-        def handler(signum, frame):
-            if self._signal is not None:  # second signal: stop now
-                signal.signal(signum, signal.SIG_DFL)
-                if signum == signal.SIGINT:
-                    raise KeyboardInterrupt
-                os.kill(os.getpid(), signum)
-                return
-            self._signal = signum
-            log.warning("%s received: finishing step %d, then writing a checkpoint (again to stop now)",
-                        signal.Signals(signum).name, self.step + 1)
-
-        previous = {}
-        try:
-            for s in (signal.SIGINT, signal.SIGTERM):
-                previous[s] = signal.signal(s, handler)
-        except ValueError:  # not the main thread: leave signals alone
-            pass
-        try:
-            yield
-        finally:
-            for s, h in previous.items():
-                signal.signal(s, h)
-
-    def _check_signal(self, bar) -> None:
-        if self._signal is None:
-            return
-        self.logger.close_progress(bar)
-        self.save("last.pt")
-        self.logger.close()
-        raise RunInterrupted(self._signal, self.step, os.path.join(self.ckpt_dir, "last.pt"), self.run_dir)
-
-    # ---- loop -------------------------------------------------------------------------
-    def autocast(self):
-        """The training forward's precision context: ``torch.autocast`` in bfloat16 with
-        ``trainer.precision=bf16`` (see :func:`~mtl_train.train.device.resolve_precision`), else a no-op."""
-        if self.autocast_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
-
-    def train_step(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict] | None:
-        """One optimizer step; returns (losses [T], logs), or None when the batch was skipped
-        for a non-finite loss (``trainer.nonfinite=skip``).
-
-        Raises:
-            TrainingError: a non-finite loss with ``trainer.nonfinite=stop``."""
-        with self.autocast():
-            out = self.model(batch)
-        losses, counts = self.model.graph.losses(out, batch["labels"])
-        if not bool(torch.isfinite(losses).all()):
-            vals = losses.tolist()
-            bad = ", ".join(f"'{n}' ({v})" for n, v in zip(self.loss_names, vals) if not math.isfinite(v))
-            if self.cfg.trainer.nonfinite == "skip":
-                self.nonfinite_skipped += 1
-                if self.nonfinite_skipped <= 10 or self.nonfinite_skipped % 100 == 0:
-                    log.warning("non-finite loss at step %d in task %s: batch skipped (%d so far%s)", self.step + 1,
-                                bad, self.nonfinite_skipped, "; further skips are logged every 100th"
-                                if self.nonfinite_skipped == 10 else "")
-                return None
-            raise TrainingError(f"non-finite loss at step {self.step + 1} (epoch {self.epoch + 1}) in task {bad}; "
-                                f"stopped, {self._last_good()}; trainer.nonfinite=skip skips such batches")
-        for o in self.optimizers:
-            o.zero_grad(set_to_none=True)
-        # the balancer computes its diagnostics (gradient cosines...) only on steps the logger writes
-        self.balancer.log_due = (self.step + 1) % max(1, int(self.cfg.trainer.log_every_steps)) == 0
-        logs = self.balancer.backward(losses, counts, self.model, out)
-        for o in self.optimizers:
-            o.step()
-        for sch in self.schedulers:
-            sch.step()
-        logs = dict(logs)
-        logs["lr"] = self.optimizers[0].param_groups[0]["lr"]
-        return losses.detach(), logs
-
-    def evaluate(self, split: str) -> dict:
-        table = getattr(self.data, split)
-        return evaluate(self.model, table, self.device, self.cfg.trainer.eval_batch_size, split, self.gauc_index)
-
-    def validate(self) -> bool:
-        """Evaluate on val, keep best.pt, return True when early stopping says stop."""
-        tcfg = self.cfg.trainer
-        t0 = time.perf_counter()
-        metrics = self.evaluate("val")
-        self.excluded_seconds += time.perf_counter() - t0  # best.pt saves count in save()
-        self.last_eval_step = self.step
-        self.logger.eval_metrics("val", metrics, self.step)
-        value = monitor_value(metrics, tcfg.monitor)
-        improved = value is not None and (self.best is None or self.sign * (value - self.best) > tcfg.min_delta)
-        if improved:
-            self.best, self.best_step, self.bad_evals = value, self.step, 0
-            self.save("best.pt")
-        else:
-            self.bad_evals += 1
-        log.info("step %d val %s = %s (best %s at step %d)", self.step, tcfg.monitor,
-                 f"{value:.5f}" if value is not None else None, f"{self.best:.5f}" if self.best is not None else None,
-                 self.best_step)
-        return tcfg.patience is not None and self.bad_evals >= tcfg.patience
-
-    def _max_reached(self) -> bool:
-        m = self.cfg.trainer.max_steps
-        return bool(m) and self.step >= m
-
-    def fit(self) -> dict:
-        """Train until ``trainer.epochs``, ``trainer.max_steps`` or early stopping, then
-        :meth:`finish`. A resumed trainer continues at its step, epoch and data position."""
-        tcfg = self.cfg.trainer
-        self.model.train()
-        # a resumed run stops where the run would have: epochs, max_steps, early stopping (so a
-        # finished run resumed with more trainer.epochs trains on; unchanged, it only re-tests)
-        stop = self._max_reached() or (tcfg.patience is not None and self.bad_evals >= tcfg.patience)
-        log.info("training %s + %s, loss=%s: %d steps/epoch of %d, device %s, %d threads, precision %s, "
-                 "sparse embedding %s", self.cfg.model.name or self.cfg.model.backbone, self.cfg.graph.name,
-                 self.cfg.loss.name, len(self.loader), tcfg.batch_size, self.device, torch.get_num_threads(), tcfg.precision,
-                 "on" if self.sparse_embedding else "off")
-        t_start = time.perf_counter()
-        with self._signal_handlers():
-            while self.epoch < tcfg.epochs and not stop:
-                if self._data_state is not None and int(self._data_state["epoch"]) == self.epoch:
-                    self.loader.load_state_dict(self._data_state)
-                else:
-                    self.loader.set_epoch(self.epoch)
-                self._data_state = None
-                start = self.loader.state_dict()["batch"]
-                bar = self.logger.progress(len(self.loader) - start, f"epoch {self.epoch + 1}/{tcfg.epochs}")
-                for batch in self.loader:
-                    batch = to_device(batch, self.device)
-                    result = self.train_step(batch)
-                    if result is not None:
-                        losses, logs = result
-                        self.step += 1
-                        n = batch["labels"].shape[0]
-                        self.samples += n
-                        self.logger.train_step(self.step, n, losses, self.balancer.weights(), logs, bar)
-                        if tcfg.eval_every_steps and self.step % tcfg.eval_every_steps == 0:
-                            stop = self.validate()
-                        stop = stop or self._max_reached()
-                        if (tcfg.checkpoint_every_steps and self.step % tcfg.checkpoint_every_steps == 0
-                                and not stop):
-                            self.save("last.pt")
-                            log.info("checkpoint: last.pt at step %d", self.step)
-                    elif bar is not None:
-                        bar.update(1)
-                    self._check_signal(bar)
-                    if stop:
-                        break
-                self.logger.close_progress(bar)
-                if stop and self.loader.state_dict()["batch"] < len(self.loader):
-                    # stopped inside the epoch (max_steps, early stopping): the epoch and its data
-                    # position stay, so a resume with a larger trainer.max_steps continues right there
-                    break
-                self.epoch += 1
-                if not tcfg.eval_every_steps:
-                    stop = self.validate() or stop
-                if self.epoch < tcfg.epochs:
-                    self.loader.set_epoch(self.epoch)  # the position a checkpoint now records
-                if not stop:
-                    self.save("last.pt")
-                    log.info("checkpoint: last.pt at step %d (end of epoch %d)", self.step, self.epoch)
-                self._check_signal(None)
-            if self.last_eval_step != self.step:
-                self.validate()
-            self.done = True
-            self.save("last.pt")
-        train_s = time.perf_counter() - t_start
-        return self.finish(train_s)
-
-    def finish(self, train_s: float) -> dict:
-        """Reload best.pt, evaluate val and test, write metrics.json (metrics only, so that two
-        runs with one config and seed write identical files) and run.json (timings, counts)."""
-        best_path = os.path.join(self.ckpt_dir, "best.pt")
-        if os.path.exists(best_path):
-            self.model.load_state_dict(ckpt.load(best_path, self.device)["model"])
-        results = {"val": self.evaluate("val"), "test": self.evaluate("test")}
-        self.logger.eval_metrics("test", results["test"], self.step, note=f"best.pt of step {self.best_step}")
-        self.logger.final(results)
-        with open(os.path.join(self.run_dir, "metrics.json"), "w") as f:
-            json.dump(results, f, indent=2)
-        if self.nonfinite_skipped:
-            log.warning("%d batch(es) skipped for a non-finite loss (trainer.nonfinite=skip)", self.nonfinite_skipped)
-        run_info = {
-            "steps": self.step, "epochs": self.epoch, "best_step": self.best_step, "best": self.best,
-            "monitor": self.cfg.trainer.monitor, "train_seconds": round(train_s, 3),
-            "train_samples_per_s": round(self.step * self.cfg.trainer.batch_size / max(train_s, 1e-9), 1),
-            # the training loop alone: batches read, steps taken; validation and checkpoints excluded
-            "train_loop_seconds": round(train_s - self.excluded_seconds, 3), "train_samples": self.samples,
-            "train_loop_samples_per_s": round(self.samples / max(train_s - self.excluded_seconds, 1e-9), 1),
-            "device": str(self.device), "precision": self.cfg.trainer.precision,
-            "sparse_embedding": self.sparse_embedding, "threads": torch.get_num_threads(),
-            "data": self.data.info.get("protocol"),
-            # per split: rows, null ids, out-of-vocabulary ids, null numerics, null labels (parquet)
-            "data_report": self.data.info.get("report"),
-            "nonfinite_skipped": self.nonfinite_skipped, "resumed_at": self.resumes,
-            "funnel_violations": self.data.info.get("funnel_violations"),
-        }
-        with open(os.path.join(self.run_dir, "run.json"), "w") as f:
-            json.dump(run_info, f, indent=2)
-        self.logger.close()
-        return results
-
-
-def _check_labels(data: DatasetBundle) -> None:
-    for k, task in enumerate(data.schema.tasks):
-        if isinstance(data.train, Table):
-            has_pos = bool((data.train.labels[:, k] == 1).any())
-        else:  # streamed: the prepare step counted them
-            has_pos = data.info["report"]["train"]["positives"][task.name] > 0
-        if task.type == "binary" and not has_pos:
-            raise DataError(f"dataset: task '{task.name}' (column '{task.label}') "
-                            "has no positive label in the training split")
 
 
 def run(cfg: DictConfig, run_dir: str, overridden: list[str] = ()) -> dict:
@@ -410,3 +80,293 @@ def run(cfg: DictConfig, run_dir: str, overridden: list[str] = ()) -> dict:
         return trainer.fit()
     finally:  # a job that fails still closes its event file (sweeps run many jobs in one process)
         trainer.logger.close(failed=True)
+
+
+def _check_labels(data: DatasetBundle) -> None:
+    for k, task in enumerate(data.schema.tasks):
+        if isinstance(data.train, Table):
+            has_pos = bool((data.train.labels[:, k] == 1).any())
+        else:  # streamed: the prepare step counted them
+            has_pos = data.info["report"]["train"]["positives"][task.name] > 0
+        if task.type == "binary" and not has_pos:
+            raise DataError(f"dataset: task '{task.name}' (column '{task.label}') "
+                            "has no positive label in the training split")
+
+
+class Trainer:
+    """Owns the loop and the :class:`~mtl_train.train.state.TrainState` a checkpoint holds.
+
+    Args:
+        cfg: the validated config. data: the dataset bundle. run_dir: where to write.
+        resume_state: a checkpoint dict (see :mod:`mtl_train.train.state`) to continue from.
+    """
+
+    def __init__(self, cfg: DictConfig, data: DatasetBundle, run_dir: str, resume_state: dict | None = None):
+        self.cfg, self.data, self.run_dir = cfg, data, run_dir
+        tcfg = cfg.trainer
+        self.device = resolve_device(tcfg.device)
+        self.model = build_model(data.schema, cfg.model, cfg.graph,
+                                 sparse_default=sparse_embedding_default(cfg, self.device)).to(self.device)
+        self.loss_names = self.model.graph.loss_names
+        self.balancer = build_balancer(cfg.loss, self.loss_names, self.model).to(self.device)
+        self.optimizers = build_optimizer(self.model, tcfg)
+        self.loader = train_loader(data.train, tcfg.batch_size, seed=cfg.seed)
+        steps = tcfg.epochs * len(self.loader)
+        self.total_steps = min(steps, tcfg.max_steps) if tcfg.max_steps else steps
+        self.schedulers = build_schedulers(self.optimizers, tcfg, self.total_steps)
+        self.progress = Progress()
+        self.state = TrainState(self.model, Each(self.optimizers), Each(self.schedulers), self.balancer,
+                                DataPosition(self.loader), RNG(), self.progress, cfg, data.schema)
+        self.ckpt_dir = os.path.join(run_dir, "checkpoints")
+        self.last_saved_step: int | None = None
+        self._signal: int | None = None
+        self.excluded_seconds = 0.0  # validation and checkpoint time (not in the training rate)
+        self.samples = 0
+        self.sign = 1.0 if tcfg.monitor_mode == "max" else -1.0
+        self.gauc_index = gauc_column(data.schema, tcfg.gauc_by)
+        check_gauc_by(cfg)
+        self.autocast_dtype = resolve_precision(tcfg.precision, self.device)
+        if self.autocast_dtype is not None and not any(True for _ in self.model.backbone.parameters()):
+            log.warning("trainer.precision=%s changes nothing here: model.backbone=%s has no layers of its own, and "
+                        "the embedding lookup and the task graph run in float32", tcfg.precision, cfg.model.backbone)
+        self.sparse_embedding = any(isinstance(m, torch.nn.Embedding) and m.sparse for m in self.model.modules())
+        if tcfg.monitor_mode not in ("max", "min"):
+            raise ConfigError(f"trainer.monitor_mode: '{tcfg.monitor_mode}' is not one of max, min")
+        if resume_state is not None:
+            self.state.load_state_dict(resume_state)
+            self.progress.resumes.append({"step": self.progress.step, "epoch": self.progress.epoch})
+            self.last_saved_step = self.progress.step
+        purge = self.progress.step + 1 if resume_state is not None else None
+        self.logger = RunLogger(run_dir, cfg, self.loss_names, progress=tcfg.progress, purge_step=purge)
+
+    # ---- loop -------------------------------------------------------------------------
+    def fit(self) -> dict:
+        """Train until ``trainer.epochs``, ``trainer.max_steps`` or early stopping, then
+        :meth:`finish`. A resumed trainer continues at its step, epoch and data position."""
+        tcfg, p = self.cfg.trainer, self.progress
+        self.model.train()
+        # a resumed run stops where the run would have: epochs, max_steps, early stopping (so a
+        # finished run resumed with more trainer.epochs trains on; unchanged, it only re-tests)
+        stop = self._max_reached() or (tcfg.patience is not None and p.bad_evals >= tcfg.patience)
+        log.info("training %s + %s, loss=%s: %d steps/epoch of %d, device %s, %d threads, precision %s, "
+                 "sparse embedding %s", self.cfg.model.name or self.cfg.model.backbone, self.cfg.graph.name,
+                 self.cfg.loss.name, len(self.loader), tcfg.batch_size, self.device, torch.get_num_threads(), tcfg.precision,
+                 "on" if self.sparse_embedding else "off")
+        t_start = time.perf_counter()
+        with self._signal_handlers():
+            while p.epoch < tcfg.epochs and not stop:
+                stop = self.train_epoch()
+                if stop and self.loader.state_dict()["batch"] < len(self.loader):
+                    # stopped inside the epoch (max_steps, early stopping): the epoch and its data
+                    # position stay, so a resume with a larger trainer.max_steps continues right there
+                    break
+                p.epoch += 1
+                if not tcfg.eval_every_steps:
+                    stop = self.validate() or stop
+                if p.epoch < tcfg.epochs:
+                    self.loader.set_epoch(p.epoch)  # the position a checkpoint now records
+                if not stop:
+                    self.save("last.pt")
+                    log.info("checkpoint: last.pt at step %d (end of epoch %d)", p.step, p.epoch)
+                self._check_signal(None)
+            if p.last_eval_step != p.step:
+                self.validate()
+            p.done = True
+            self.save("last.pt")
+        train_s = time.perf_counter() - t_start
+        return self.finish(train_s)
+
+    def train_epoch(self) -> bool:
+        """Train on the current epoch from the data position on, validating and writing last.pt
+        on schedule; return True when training should stop (``trainer.max_steps``, early
+        stopping), possibly before the epoch's end."""
+        tcfg, p = self.cfg.trainer, self.progress
+        self.state.data.begin_epoch(p.epoch)
+        start = self.loader.state_dict()["batch"]
+        bar = self.logger.progress(len(self.loader) - start, f"epoch {p.epoch + 1}/{tcfg.epochs}")
+        stop = False
+        for batch in self.loader:
+            batch = to_device(batch, self.device)
+            result = self.train_step(batch)
+            if result is not None:
+                losses, logs = result
+                p.step += 1
+                n = batch["labels"].shape[0]
+                self.samples += n
+                self.logger.train_step(p.step, n, losses, self.balancer.weights(), logs, bar)
+                if tcfg.eval_every_steps and p.step % tcfg.eval_every_steps == 0:
+                    stop = self.validate()
+                stop = stop or self._max_reached()
+                if tcfg.checkpoint_every_steps and p.step % tcfg.checkpoint_every_steps == 0 and not stop:
+                    self.save("last.pt")
+                    log.info("checkpoint: last.pt at step %d", p.step)
+            elif bar is not None:
+                bar.update(1)
+            self._check_signal(bar)
+            if stop:
+                break
+        self.logger.close_progress(bar)
+        return stop
+
+    def autocast(self):
+        """The training forward's precision context: ``torch.autocast`` in bfloat16 with
+        ``trainer.precision=bf16`` (see :func:`~mtl_train.train.device.resolve_precision`), else a no-op."""
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
+    def train_step(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict] | None:
+        """One optimizer step; returns (losses [T], logs), or None when the batch was skipped
+        for a non-finite loss (``trainer.nonfinite=skip``).
+
+        Raises:
+            TrainingError: a non-finite loss with ``trainer.nonfinite=stop``."""
+        p = self.progress
+        with self.autocast():
+            out = self.model(batch)
+        losses, counts = self.model.graph.losses(out, batch["labels"])
+        if not bool(torch.isfinite(losses).all()):
+            vals = losses.tolist()
+            bad = ", ".join(f"'{n}' ({v})" for n, v in zip(self.loss_names, vals) if not math.isfinite(v))
+            if self.cfg.trainer.nonfinite == "skip":
+                p.nonfinite_skipped += 1
+                if p.nonfinite_skipped <= 10 or p.nonfinite_skipped % 100 == 0:
+                    log.warning("non-finite loss at step %d in task %s: batch skipped (%d so far%s)", p.step + 1,
+                                bad, p.nonfinite_skipped, "; further skips are logged every 100th"
+                                if p.nonfinite_skipped == 10 else "")
+                return None
+            raise TrainingError(f"non-finite loss at step {p.step + 1} (epoch {p.epoch + 1}) in task {bad}; "
+                                f"stopped, {self._last_good()}; trainer.nonfinite=skip skips such batches")
+        for o in self.optimizers:
+            o.zero_grad(set_to_none=True)
+        # the balancer computes its diagnostics (gradient cosines...) only on steps the logger writes
+        self.balancer.log_due = (p.step + 1) % max(1, int(self.cfg.trainer.log_every_steps)) == 0
+        logs = self.balancer.backward(losses, counts, self.model, out)
+        for o in self.optimizers:
+            o.step()
+        for sch in self.schedulers:
+            sch.step()
+        logs = dict(logs)
+        logs["lr"] = self.optimizers[0].param_groups[0]["lr"]
+        return losses.detach(), logs
+
+    def validate(self) -> bool:
+        """Evaluate on val, keep best.pt, return True when early stopping says stop."""
+        tcfg, p = self.cfg.trainer, self.progress
+        t0 = time.perf_counter()
+        metrics = self.evaluate("val")
+        self.excluded_seconds += time.perf_counter() - t0  # best.pt saves count in save()
+        p.last_eval_step = p.step
+        self.logger.eval_metrics("val", metrics, p.step)
+        value = monitor_value(metrics, tcfg.monitor)
+        improved = value is not None and (p.best is None or self.sign * (value - p.best) > tcfg.min_delta)
+        if improved:
+            p.best, p.best_step, p.bad_evals = value, p.step, 0
+            self.save("best.pt")
+        else:
+            p.bad_evals += 1
+        log.info("step %d val %s = %s (best %s at step %d)", p.step, tcfg.monitor,
+                 f"{value:.5f}" if value is not None else None, f"{p.best:.5f}" if p.best is not None else None,
+                 p.best_step)
+        return tcfg.patience is not None and p.bad_evals >= tcfg.patience
+
+    def evaluate(self, split: str) -> dict:
+        """Metrics of the model on ``split`` (see :func:`~mtl_train.train.evaluate.evaluate`)."""
+        table = getattr(self.data, split)
+        return evaluate(self.model, table, self.device, self.cfg.trainer.eval_batch_size, split, self.gauc_index)
+
+    def _max_reached(self) -> bool:
+        m = self.cfg.trainer.max_steps
+        return bool(m) and self.progress.step >= m
+
+    def finish(self, train_s: float) -> dict:
+        """Reload best.pt, evaluate val and test, write metrics.json (metrics only, so that two
+        runs with one config and seed write identical files) and run.json (timings, counts)."""
+        p = self.progress
+        best_path = os.path.join(self.ckpt_dir, "best.pt")
+        if os.path.exists(best_path):
+            self.model.load_state_dict(ckpt.load(best_path, self.device)["model"])
+        results = {"val": self.evaluate("val"), "test": self.evaluate("test")}
+        self.logger.eval_metrics("test", results["test"], p.step, note=f"best.pt of step {p.best_step}")
+        self.logger.final(results)
+        with open(os.path.join(self.run_dir, "metrics.json"), "w") as f:
+            json.dump(results, f, indent=2)
+        if p.nonfinite_skipped:
+            log.warning("%d batch(es) skipped for a non-finite loss (trainer.nonfinite=skip)", p.nonfinite_skipped)
+        run_info = {
+            "steps": p.step, "epochs": p.epoch, "best_step": p.best_step, "best": p.best,
+            "monitor": self.cfg.trainer.monitor, "train_seconds": round(train_s, 3),
+            "train_samples_per_s": round(p.step * self.cfg.trainer.batch_size / max(train_s, 1e-9), 1),
+            # the training loop alone: batches read, steps taken; validation and checkpoints excluded
+            "train_loop_seconds": round(train_s - self.excluded_seconds, 3), "train_samples": self.samples,
+            "train_loop_samples_per_s": round(self.samples / max(train_s - self.excluded_seconds, 1e-9), 1),
+            "device": str(self.device), "precision": self.cfg.trainer.precision,
+            "sparse_embedding": self.sparse_embedding, "threads": torch.get_num_threads(),
+            "data": self.data.info.get("protocol"),
+            # per split: rows, null ids, out-of-vocabulary ids, null numerics, null labels (parquet)
+            "data_report": self.data.info.get("report"),
+            "nonfinite_skipped": p.nonfinite_skipped, "resumed_at": p.resumes,
+            "funnel_violations": self.data.info.get("funnel_violations"),
+        }
+        with open(os.path.join(self.run_dir, "run.json"), "w") as f:
+            json.dump(run_info, f, indent=2)
+        self.logger.close()
+        return results
+
+    # ---- checkpoint -------------------------------------------------------------------
+    def save(self, name: str) -> None:
+        """Write the :class:`~mtl_train.train.state.TrainState` to ``checkpoints/<name>``
+        atomically; never a model with non-finite parameters.
+
+        Raises:
+            TrainingError: the model's parameters are not finite (the old file is kept)."""
+        t0 = time.perf_counter()
+        if not ckpt.all_finite(self.model.state_dict()):
+            raise TrainingError(f"model parameters became non-finite by step {self.progress.step}; {name} not written, "
+                                f"{self._last_good()}")
+        self.logger.flush()
+        ckpt.save_atomic(self.state.state_dict(), os.path.join(self.ckpt_dir, name))
+        if name == "last.pt":
+            self.last_saved_step = self.progress.step
+        self.excluded_seconds += time.perf_counter() - t0
+
+    def _last_good(self) -> str:
+        if self.last_saved_step is None:
+            return "no checkpoint had been written yet"
+        return f"the last good checkpoint is {os.path.join(self.ckpt_dir, 'last.pt')} (step {self.last_saved_step})"
+
+    # ---- signals ----------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _signal_handlers(self):
+        """SIGINT/SIGTERM set a flag; the loop checks it after each step, writes last.pt and
+        raises :class:`RunInterrupted`. A second signal acts at once (default behaviour)."""
+        def handler(signum, frame):
+            if self._signal is not None:  # second signal: stop now
+                signal.signal(signum, signal.SIG_DFL)
+                if signum == signal.SIGINT:
+                    raise KeyboardInterrupt
+                os.kill(os.getpid(), signum)
+                return
+            self._signal = signum
+            log.warning("%s received: finishing step %d, then writing a checkpoint (again to stop now)",
+                        signal.Signals(signum).name, self.progress.step + 1)
+
+        previous = {}
+        try:
+            for s in (signal.SIGINT, signal.SIGTERM):
+                previous[s] = signal.signal(s, handler)
+        except ValueError:  # not the main thread: leave signals alone
+            pass
+        try:
+            yield
+        finally:
+            for s, h in previous.items():
+                signal.signal(s, h)
+
+    def _check_signal(self, bar) -> None:
+        if self._signal is None:
+            return
+        self.logger.close_progress(bar)
+        self.save("last.pt")
+        self.logger.close()
+        raise RunInterrupted(self._signal, self.progress.step, os.path.join(self.ckpt_dir, "last.pt"), self.run_dir)
