@@ -1,11 +1,9 @@
 """The training loop: train, evaluate on val, early-stop, checkpoint, test with the best weights.
 
-Read top to bottom: :func:`run` builds everything from the config and calls :class:`Trainer`,
-whose :meth:`~Trainer.fit` runs epochs of :meth:`~Trainer.train_step` with
-:meth:`~Trainer.validate` on schedule, then :meth:`~Trainer.finish` tests. Beside it:
-:mod:`~mtl_train.train.evaluate` (metrics of a split), :mod:`~mtl_train.train.optim`
-(optimizers, LR schedule), :mod:`~mtl_train.train.resume` (resume config),
-:mod:`~mtl_train.train.state` (what a checkpoint holds), :mod:`~mtl_train.train.device`.
+Read top to bottom: :func:`run` builds everything from the config and calls :class:`Trainer`:
+``fit`` -> ``train_epoch`` -> ``train_step``, ``validate`` on schedule, ``finish`` tests. Beside
+it: evaluate.py (metrics), optim.py (optimizers, LR schedule), resume.py (resume config),
+state.py (what a checkpoint holds), device.py (device, precision), signals.py.
 
 Runs you can trust:
 
@@ -27,7 +25,6 @@ import json
 import logging
 import math
 import os
-import signal
 import time
 
 import numpy as np
@@ -47,6 +44,7 @@ from mtl_train.train.evaluate import check_gauc_by, evaluate, gauc_column, monit
 from mtl_train.train.logger import RunLogger
 from mtl_train.train.optim import build_optimizer, build_schedulers, sparse_embedding_default
 from mtl_train.train.resume import starting_point
+from mtl_train.train.signals import StopSignal
 from mtl_train.train.state import RNG, DataPosition, Each, Progress, TrainState
 
 log = logging.getLogger(__name__)
@@ -119,7 +117,7 @@ class Trainer:
                                 DataPosition(self.loader), RNG(), self.progress, cfg, data.schema)
         self.ckpt_dir = os.path.join(run_dir, "checkpoints")
         self.last_saved_step: int | None = None
-        self._signal: int | None = None
+        self.signals = StopSignal()
         self.excluded_seconds = 0.0  # validation and checkpoint time (not in the training rate)
         self.samples = 0
         self.sign = 1.0 if tcfg.monitor_mode == "max" else -1.0
@@ -153,7 +151,7 @@ class Trainer:
                  self.cfg.loss.name, len(self.loader), tcfg.batch_size, self.device, torch.get_num_threads(), tcfg.precision,
                  "on" if self.sparse_embedding else "off")
         t_start = time.perf_counter()
-        with self._signal_handlers():
+        with self.signals.handled(lambda: p.step + 1):
             while p.epoch < tcfg.epochs and not stop:
                 stop = self.train_epoch()
                 if stop and self.loader.state_dict()["batch"] < len(self.loader):
@@ -335,38 +333,12 @@ class Trainer:
             return "no checkpoint had been written yet"
         return f"the last good checkpoint is {os.path.join(self.ckpt_dir, 'last.pt')} (step {self.last_saved_step})"
 
-    # ---- signals ----------------------------------------------------------------------
-    @contextlib.contextmanager
-    def _signal_handlers(self):
-        """SIGINT/SIGTERM set a flag; the loop checks it after each step, writes last.pt and
-        raises :class:`RunInterrupted`. A second signal acts at once (default behaviour)."""
-        def handler(signum, frame):
-            if self._signal is not None:  # second signal: stop now
-                signal.signal(signum, signal.SIG_DFL)
-                if signum == signal.SIGINT:
-                    raise KeyboardInterrupt
-                os.kill(os.getpid(), signum)
-                return
-            self._signal = signum
-            log.warning("%s received: finishing step %d, then writing a checkpoint (again to stop now)",
-                        signal.Signals(signum).name, self.progress.step + 1)
-
-        previous = {}
-        try:
-            for s in (signal.SIGINT, signal.SIGTERM):
-                previous[s] = signal.signal(s, handler)
-        except ValueError:  # not the main thread: leave signals alone
-            pass
-        try:
-            yield
-        finally:
-            for s, h in previous.items():
-                signal.signal(s, h)
-
     def _check_signal(self, bar) -> None:
-        if self._signal is None:
+        """After a SIGINT/SIGTERM (see :class:`~mtl_train.train.signals.StopSignal`): write last.pt
+        and raise :class:`RunInterrupted`."""
+        if self.signals.received is None:
             return
         self.logger.close_progress(bar)
         self.save("last.pt")
         self.logger.close()
-        raise RunInterrupted(self._signal, self.progress.step, os.path.join(self.ckpt_dir, "last.pt"), self.run_dir)
+        raise RunInterrupted(self.signals.received, self.progress.step, os.path.join(self.ckpt_dir, "last.pt"), self.run_dir)
