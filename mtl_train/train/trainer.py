@@ -81,6 +81,7 @@ def run(cfg: DictConfig, run_dir: str, overridden: list[str] = ()) -> dict:
 
 
 def _check_labels(data: DatasetBundle) -> None:
+    """Raises DataError when a binary task has no positive label in the training split."""
     for k, task in enumerate(data.schema.tasks):
         if isinstance(data.train, Table):
             has_pos = bool((data.train.labels[:, k] == 1).any())
@@ -113,8 +114,9 @@ class Trainer:
         self.total_steps = min(steps, tcfg.max_steps) if tcfg.max_steps else steps
         self.schedulers = build_schedulers(self.optimizers, tcfg, self.total_steps)
         self.progress = Progress()
-        self.state = TrainState(self.model, Each(self.optimizers), Each(self.schedulers), self.balancer,
-                                DataPosition(self.loader), RNG(), self.progress, cfg, data.schema)
+        self.state = TrainState(model=self.model, optimizers=Each(self.optimizers), schedulers=Each(self.schedulers),
+                                balancer=self.balancer, data=DataPosition(self.loader), rng=RNG(),
+                                progress=self.progress, config=cfg, schema=data.schema)
         self.ckpt_dir = os.path.join(run_dir, "checkpoints")
         self.last_saved_step: int | None = None
         self.signals = StopSignal()
