@@ -48,9 +48,11 @@ class Progress:
     resumes: list[dict] = field(default_factory=list)  # {"step", "epoch"} at each resume
 
     def state_dict(self) -> dict:
+        """{field: value} (a copy); in a checkpoint these are top-level keys."""
         return dataclasses.asdict(self)
 
     def load_state_dict(self, state: dict) -> None:
+        """Set every field from ``state`` (a checkpoint dict); KeyError when one is missing."""
         for f in dataclasses.fields(self):
             setattr(self, f.name, state[f.name])
 
@@ -133,6 +135,7 @@ class TrainState:
     PARTS = ("model", "optimizers", "schedulers", "balancer", "data", "rng")  # restored in this order: RNG last
 
     def state_dict(self) -> dict:
+        """The checkpoint dict: ``format``, each part's state, each progress field, ``config``, ``schema``."""
         return {"format": FORMAT_VERSION, **{name: getattr(self, name).state_dict() for name in self.PARTS},
                 **self.progress.state_dict(), "config": OmegaConf.to_container(self.config, resolve=True),
                 "schema": self.schema}
