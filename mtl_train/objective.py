@@ -31,7 +31,7 @@ def objective_value(val: dict, objective, monitor: str) -> float | None:
     Raises:
         ConfigError: a task in ``objective.tasks`` that the run did not evaluate.
     """
-    from mtl_train.train.trainer import monitor_value
+    from mtl_train.train.evaluate import monitor_value
 
     if objective is None or objective.tasks is None:
         return monitor_value(val, monitor)

@@ -133,8 +133,8 @@ def main() -> None:
             sync(dev)
             t0 = clock()
             for _ in range(k):
-                tr.train_step(batches[tr.step % nb])
-                tr.step += 1
+                tr.train_step(batches[tr.progress.step % nb])
+                tr.progress.step += 1
             sync(dev)
             return (clock() - t0) / k
 

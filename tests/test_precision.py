@@ -5,7 +5,7 @@ from test_models import MODELS, batch, graph_cfg, model_cfg, schema
 
 from mtl_train.errors import ConfigError
 from mtl_train.models.builder import build_model
-from mtl_train.train.trainer import resolve_precision
+from mtl_train.train.device import resolve_precision
 
 
 @pytest.fixture(autouse=True)

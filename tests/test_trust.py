@@ -63,7 +63,7 @@ def test_loader_state_resumes_mid_epoch_with_the_same_batches():
 def test_lr_factor_hand_computed():
     from types import SimpleNamespace
 
-    from mtl_train.train.trainer import lr_factor
+    from mtl_train.train.optim import lr_factor
 
     cos = SimpleNamespace(scheduler="cosine", warmup_steps=5, min_lr_ratio=0.0, step_size=1, gamma=1.0)
     assert [lr_factor(s, cos, 105) for s in (0, 1, 4)] == [0.2, 0.4, 1.0]
@@ -178,7 +178,7 @@ def test_a_directory_with_a_checkpoint_is_refused_unless_resuming(tmp_path):
 def test_resume_config_keeps_the_run_config_and_refuses_changes():
     from omegaconf import OmegaConf
 
-    from mtl_train.train.trainer import resume_config
+    from mtl_train.train.resume import resume_config
 
     stored = OmegaConf.to_container(make_cfg("model=ple", "trainer.lr=0.01"))
     current = make_cfg("trainer.resume=/x", "trainer.epochs=4")
@@ -375,8 +375,9 @@ def test_gauc_groups_by_a_feature_and_leaves_out_null_and_oov_ids():
     from mtl_train.data.datasets import load_dataset
     from mtl_train.data.schema import OOV_ID
     from mtl_train.metrics import group_auc
+    from mtl_train.train.evaluate import evaluate
     from mtl_train.train.infer import predict_table
-    from mtl_train.train.trainer import Trainer, evaluate
+    from mtl_train.train.trainer import Trainer
 
     cfg = make_cfg(*TINY, "trainer.gauc_by=c2", "trainer.monitor=gauc/mean")
     data = load_dataset(cfg.dataset, cfg.seed)

@@ -1,13 +1,11 @@
-"""Checkpoints: written atomically (temporary file in the same folder, fsync, rename), found
-from a run directory or a file, and loaded with one-line errors.
+"""Checkpoint files: written atomically (temporary file in the same folder, fsync, rename),
+found from a run directory or a file, and loaded with one-line errors.
 
-A training checkpoint (``checkpoints/last.pt``, ``checkpoints/best.pt``) is a dict with
-``model``, ``optimizers``, ``schedulers``, ``balancer`` (state dicts), ``step``, ``epoch``,
-``data`` (the train loader's position ``{"epoch", "batch"}``), ``best``, ``best_step``,
-``bad_evals``, ``last_eval_step``, ``done``, ``nonfinite_skipped``, ``rng`` (every RNG
-state), ``config`` (the resolved config as a plain dict) and ``schema`` (the
-:class:`~mtl_train.data.schema.FeatureSchema`, with the fitted encoders where the dataset
-has them), so that eval/predict can rebuild the model without the training data.
+What a training checkpoint (``checkpoints/last.pt``, ``checkpoints/best.pt``) holds is declared
+in :mod:`mtl_train.train.state`: the model, optimizers, LR schedulers, balancer, data position,
+RNG states and progress of the run, its resolved config and its
+:class:`~mtl_train.data.schema.FeatureSchema` (with the fitted encoders where the dataset has
+them), so that eval/predict can rebuild the model without the training data.
 
 Checkpoints are pickles (``torch.load(weights_only=False)``, needed for the schema and the RNG
 states): load only checkpoints you trust.
@@ -16,15 +14,11 @@ from __future__ import annotations
 
 import glob
 import os
-import random
 
-import numpy as np
 import torch
 
 from mtl_train.errors import ConfigError, DataError
 from mtl_train.io import write_atomic
-
-FORMAT_VERSION = 1
 
 
 def save_atomic(obj, path: str) -> None:
@@ -40,22 +34,6 @@ def remove_stale_temporaries(folder: str) -> list[str]:
     for p in stale:
         os.unlink(p)
     return stale
-
-
-def rng_state() -> dict:
-    """Every RNG the training loop touches: Python, NumPy, torch CPU and CUDA."""
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def load(path: str, map_location="cpu") -> dict:

@@ -31,7 +31,9 @@ from mtl_train.errors import ConfigError, DataError
 from mtl_train.io import write_atomic
 from mtl_train.models.builder import build_model
 from mtl_train.train import checkpoint as ckpt
-from mtl_train.train.trainer import _same_schema, evaluate, gauc_column, resolve_device, to_device
+from mtl_train.train.device import resolve_device, to_device
+from mtl_train.train.evaluate import evaluate, gauc_column
+from mtl_train.train.resume import same_schema
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +61,7 @@ def load_model(checkpoint: str | None, device: torch.device):
     model = build_model(schema, cfg.model, cfg.graph).to(device)
     model.load_state_dict(state["model"])
     model.eval()
-    log.info("checkpoint %s (step %d)", path, state.get("step", -1))
+    log.info("checkpoint %s (step %d)", path, state["step"])
     return model, cfg, schema, path
 
 
@@ -71,7 +73,7 @@ def load_input(cfg: DictConfig, trained: DictConfig, schema, labels_required: bo
         (Table, name used in metrics and messages, the raw pyarrow table of a file or None).
     """
     if cfg.infer.input:
-        if getattr(schema, "encoders", None) is None:
+        if schema.encoders is None:
             raise ConfigError(f"infer.input: dataset '{trained.dataset.name}' of this checkpoint has no fitted "
                               f"encoders for files (its rows are generated); use infer.split=train|val|test")
         path = check_readable(cfg.infer.input, "infer.input")
@@ -81,7 +83,7 @@ def load_input(cfg: DictConfig, trained: DictConfig, schema, labels_required: bo
     np.random.seed(trained.seed)
     torch.manual_seed(trained.seed)
     data = load_dataset(trained.dataset, trained.seed)
-    if not _same_schema(data.schema, schema):
+    if not same_schema(data.schema, schema):
         raise DataError(f"dataset: the {trained.dataset.name} data now differ from the checkpoint's features "
                         f"(did its files change?)")
     return getattr(data, cfg.infer.split), cfg.infer.split, None
@@ -148,7 +150,7 @@ def predict_table(model, table: Table, device: torch.device,
     Returns:
         {output: (score float32 [N], label float32 [N] with NaN where the row is not scored
         for that output, type)}. Same batches and forward pass as
-        :func:`mtl_train.train.trainer.evaluate`.
+        :func:`mtl_train.train.evaluate.evaluate`.
     """
     parts: dict[str, list] = {}
     types: dict[str, str] = {}
