@@ -188,11 +188,11 @@ class Trainer:
             batch = to_device(batch, self.device)
             result = self.train_step(batch)
             if result is not None:
-                losses, logs = result
+                losses, weights, logs = result
                 p.step += 1
                 n = batch["labels"].shape[0]
                 self.samples += n
-                self.logger.train_step(p.step, n, losses, self.balancer.weights(), logs, bar)
+                self.logger.train_step(p.step, n, losses, weights, logs, bar)
                 if tcfg.eval_every_steps and p.step % tcfg.eval_every_steps == 0:
                     stop = self.validate()
                 stop = stop or self._max_reached()
@@ -214,9 +214,9 @@ class Trainer:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.autocast_dtype)
 
-    def train_step(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict] | None:
-        """One optimizer step; returns (losses [T], logs), or None when the batch was skipped
-        for a non-finite loss (``trainer.nonfinite=skip``).
+    def train_step(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, dict] | None:
+        """One optimizer step; returns (losses [T], the task weights [T] that multiplied them,
+        logs), or None when the batch was skipped for a non-finite loss (``trainer.nonfinite=skip``).
 
         Raises:
             TrainingError: a non-finite loss with ``trainer.nonfinite=stop``."""
@@ -240,14 +240,14 @@ class Trainer:
             o.zero_grad(set_to_none=True)
         # the balancer computes its diagnostics (gradient cosines...) only on steps the logger writes
         self.balancer.log_due = (p.step + 1) % max(1, int(self.cfg.trainer.log_every_steps)) == 0
-        logs = self.balancer.backward(losses, counts, self.model, out)
+        logs, weights = self.balancer.step(losses, counts, self.model, out)
         for o in self.optimizers:
             o.step()
         for sch in self.schedulers:
             sch.step()
         logs = dict(logs)
         logs["lr"] = self.optimizers[0].param_groups[0]["lr"]
-        return losses.detach(), logs
+        return losses.detach(), weights, logs
 
     def validate(self) -> bool:
         """Evaluate on val, keep best.pt, return True when early stopping says stop."""

@@ -1,0 +1,106 @@
+"""The trainer's TensorBoard training curve: the weights each step applied, for every balancer."""
+
+import pytest
+import torch
+from hydra import compose, initialize_config_module
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from mtl_train.config import validate
+from mtl_train.data.datasets import load_dataset
+
+TINY = ["dataset.train_rows=2000", "dataset.val_rows=400", "dataset.test_rows=400", "dataset.vocab_sizes=[50,50,20]",
+        "trainer.progress=false", "trainer.batch_size=64", "trainer.epochs=1", "trainer.device=cpu",
+        "model.expert_hidden=[16]", "model.num_experts=2", "model.embedding_dim=4", "graph.tower_hidden=[8]"]
+
+
+def make_cfg(*overrides):
+    with initialize_config_module("mtl_train.conf", version_base="1.3"):
+        return validate(compose("config", overrides=[*TINY, *overrides]))
+
+
+def make_trainer(run_dir, *overrides):
+    from mtl_train.train.trainer import Trainer
+
+    cfg = make_cfg(*overrides)
+    torch.manual_seed(cfg.seed)
+    return Trainer(cfg, load_dataset(cfg.dataset, cfg.seed), str(run_dir))
+
+
+def scalars(run_dir, tag) -> dict[int, float]:
+    acc = EventAccumulator(str(run_dir / "tb"))
+    acc.Reload()
+    return {e.step: e.value for e in acc.Scalars(tag)}
+
+
+# ---- the weights logged at step N are the ones step N used, for every balancer (item 8) ---------
+BALANCERS = [
+    (["loss=equal"], False),
+    (["loss=static", "loss.weights={purchase: 3.0}"], False),
+    (["loss=dwa", "loss.window_steps=2"], True),
+    (["loss=uncertainty", "loss.lr=0.05"], True),
+    (["loss=gradnorm"], True),
+    (["loss=gradnorm", "model.expert_hidden=[16,8]"], True),  # GradNorm's fast path
+    (["loss=rlw"], True),
+    (["loss=mgda"], True),
+]
+
+
+def _record_loss_gradient(trainer, seen: dict) -> None:
+    """Record, per step, the gradient the balancer's last backward sent to the task losses [T]:
+    the weights that multiplied them (the per-task passes before it send one-hot vectors)."""
+    graph = trainer.model.graph
+    losses_of = graph.losses
+
+    def losses(out, labels):
+        l, counts = losses_of(out, labels)
+        step = trainer.progress.step + 1
+        l.register_hook(lambda g: seen.__setitem__(step, g.detach().clone()))
+        return l, counts
+
+    graph.losses = losses
+
+
+@pytest.mark.parametrize("overrides, moves", BALANCERS, ids=lambda x: " ".join(x) if isinstance(x, list) else None)
+def test_logged_weights_are_the_ones_that_multiplied_the_step_losses(tmp_path, overrides, moves):
+    trainer = make_trainer(tmp_path, "trainer.max_steps=6", "trainer.log_every_steps=1", *overrides)
+    seen = {}
+    _record_loss_gradient(trainer, seen)
+    trainer.fit()
+    logged = {n: scalars(tmp_path, f"train/weight/{n}") for n in ("click", "purchase")}
+    assert sorted(seen) == sorted(logged["click"]) == list(range(1, 7))
+    for step, applied in seen.items():
+        assert [logged["click"][step], logged["purchase"][step]] == pytest.approx(applied.tolist(), abs=1e-6), step
+    if moves:
+        assert len({tuple(v.tolist()) for v in seen.values()}) > 1  # the test means something: weights moved
+    if "loss=dwa" in overrides:  # windows of 2 steps: steps 1-4 use 1, step 5 the first computed weights
+        assert all(logged["click"][s] == 1.0 for s in range(1, 5)) and logged["click"][5] != 1.0
+
+
+@pytest.mark.parametrize("overrides", [["loss=pcgrad"], ["loss=cagrad"], ["loss=gradnorm_pcgrad"]], ids=lambda x: x[0])
+def test_surgery_methods_log_the_coefficients_of_their_step(tmp_path, monkeypatch, overrides):
+    """Gradient surgery weights task gradients, not losses: the logged weight of a task is the
+    coefficient of its gradient that the step passed to ``combine`` (on the shared parameters for
+    PCGrad/CAGrad; GradNorm+PCGrad's w, on the task-specific ones)."""
+    import mtl_train.balancing.gradnorm_pcgrad as gp
+    import mtl_train.balancing.surgery as su
+
+    trainer = make_trainer(tmp_path, "trainer.max_steps=6", "trainer.log_every_steps=1", *overrides)
+    params = [p for p in trainer.model.parameters() if p.requires_grad]
+    shared = {id(p) for p in trainer.model.shared_parameters()}
+    k_shared = next(k for k, p in enumerate(params) if id(p) in shared)
+    k_own = next(k for k, p in enumerate(params) if id(p) not in shared)
+    k_probe = k_own if "gradnorm_pcgrad" in overrides[0] else k_shared
+    seen = {}
+    for module in (gp, su):
+        def combine(grads, k, coef, _combine=module.combine):
+            if k == k_probe:
+                seen[trainer.progress.step + 1] = list(coef)
+            return _combine(grads, k, coef)
+        monkeypatch.setattr(module, "combine", combine)
+    trainer.fit()
+    logged = {n: scalars(tmp_path, f"train/weight/{n}") for n in ("click", "purchase")}
+    assert sorted(seen) == sorted(logged["click"]) == list(range(1, 7))
+    for step, coef in seen.items():
+        assert [logged["click"][step], logged["purchase"][step]] == pytest.approx(coef, abs=1e-5), step
+    if "gradnorm_pcgrad" in overrides[0]:
+        assert len({tuple(c) for c in seen.values()}) > 1
