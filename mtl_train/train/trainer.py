@@ -16,7 +16,10 @@ Runs you can trust:
   and resumed ends with the same metrics.json as an uninterrupted one (CPU, same seed);
 - SIGINT/SIGTERM finish the current step, write last.pt and raise :class:`RunInterrupted`;
 - a non-finite loss stops the run naming the step and task (``trainer.nonfinite=stop``) or
-  skips the batch, counted in run.json (``skip``); a non-finite model is never saved.
+  skips the batch, counted in run.json (``skip``); a non-finite model is never saved;
+- TensorBoard gets a training point (mean losses, the weights each step applied, the
+  balancer's logs) every ``trainer.log_every_steps`` steps, at every evaluation and at the
+  last step.
 """
 from __future__ import annotations
 
@@ -121,6 +124,7 @@ class Trainer:
         self.signals = StopSignal()
         self.excluded_seconds = 0.0  # validation and checkpoint time (not in the training rate)
         self.samples = 0
+        self.epoch_batches = len(self.loader)  # batches of the current epoch (set again as each begins)
         self.sign = 1.0 if tcfg.monitor_mode == "max" else -1.0
         self.gauc_index = gauc_column(data.schema, tcfg.gauc_by)
         check_gauc_by(cfg)
@@ -182,7 +186,8 @@ class Trainer:
         tcfg, p = self.cfg.trainer, self.progress
         self.state.data.begin_epoch(p.epoch)
         start = self.loader.state_dict()["batch"]
-        bar = self.logger.progress(len(self.loader) - start, f"epoch {p.epoch + 1}/{tcfg.epochs}")
+        self.epoch_batches = len(self.loader)
+        bar = self.logger.progress(self.epoch_batches - start, f"epoch {p.epoch + 1}/{tcfg.epochs}")
         stop = False
         for batch in self.loader:
             batch = to_device(batch, self.device)
@@ -192,7 +197,7 @@ class Trainer:
                 p.step += 1
                 n = batch["labels"].shape[0]
                 self.samples += n
-                self.logger.train_step(p.step, n, losses, weights, logs, bar)
+                self.logger.train_step(p.step, n, losses, weights, logs, bar, write=self._point_due(p.step))
                 if tcfg.eval_every_steps and p.step % tcfg.eval_every_steps == 0:
                     stop = self.validate()
                 stop = stop or self._max_reached()
@@ -239,7 +244,7 @@ class Trainer:
         for o in self.optimizers:
             o.zero_grad(set_to_none=True)
         # the balancer computes its diagnostics (gradient cosines...) only on steps the logger writes
-        self.balancer.log_due = (p.step + 1) % max(1, int(self.cfg.trainer.log_every_steps)) == 0
+        self.balancer.log_due = self._point_due(p.step + 1)
         logs, weights = self.balancer.step(losses, counts, self.model, out)
         for o in self.optimizers:
             o.step()
@@ -249,9 +254,23 @@ class Trainer:
         logs["lr"] = self.optimizers[0].param_groups[0]["lr"]
         return losses.detach(), weights, logs
 
+    def _point_due(self, step: int) -> bool:
+        """Whether the logger writes a training point (losses, weights, the balancer's logs) at
+        ``step``: every ``trainer.log_every_steps``, at each scheduled evaluation and at the last
+        step, so a run shorter than ``log_every_steps`` has its curve too. Evaluations write any
+        point still pending (:meth:`validate`), which covers a last batch that was skipped."""
+        tcfg = self.cfg.trainer
+        if step % max(1, int(tcfg.log_every_steps)) == 0 or step >= self.total_steps:
+            return True
+        if tcfg.eval_every_steps:
+            return step % tcfg.eval_every_steps == 0
+        # evaluation after every epoch: this step ends one when the loader has handed out its last batch
+        return self.loader.state_dict()["batch"] >= self.epoch_batches
+
     def validate(self) -> bool:
         """Evaluate on val, keep best.pt, return True when early stopping says stop."""
         tcfg, p = self.cfg.trainer, self.progress
+        self.logger.write_pending()  # the training point of this step, if its schedule did not write it
         t0 = time.perf_counter()
         metrics = self.evaluate("val")
         self.excluded_seconds += time.perf_counter() - t0  # best.pt saves count in save()

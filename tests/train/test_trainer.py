@@ -1,4 +1,6 @@
-"""The trainer's TensorBoard training curve: the weights each step applied, for every balancer."""
+"""The trainer's TensorBoard training curve: points at every evaluation and the last step; the
+weights each step applied, for every balancer."""
+import logging
 
 import pytest
 import torch
@@ -30,6 +32,37 @@ def scalars(run_dir, tag) -> dict[int, float]:
     acc = EventAccumulator(str(run_dir / "tb"))
     acc.Reload()
     return {e.step: e.value for e in acc.Scalars(tag)}
+
+
+# ---- a training point at every evaluation and at the last step (issue 14, item 2) --------------
+@pytest.mark.parametrize("overrides, points, evals", [
+    ([], [32], [32]),  # 32 steps < log_every_steps=50, one evaluation at the epoch's end
+    (["trainer.eval_every_steps=10"], [10, 20, 30, 32], [10, 20, 30, 32]),  # every evaluation, the last step
+    (["trainer.max_steps=7"], [7], [7]),  # stopped inside the epoch
+    (["trainer.log_every_steps=12", "trainer.eval_every_steps=10"], [10, 12, 20, 24, 30, 32], [10, 20, 30, 32]),
+])
+def test_a_run_shorter_than_log_every_steps_logs_its_curve(tmp_path, caplog, overrides, points, evals):
+    trainer = make_trainer(tmp_path, "trainer.patience=null", *overrides)
+    with caplog.at_level(logging.INFO, logger="mtl_train.train.logger"):
+        trainer.fit()
+    for tag in ("train/loss/click", "train/loss/purchase", "train/weight/click", "train/weight/purchase", "train/lr",
+                "train/samples_per_s"):
+        assert sorted(scalars(tmp_path, tag)) == points, tag
+    assert sorted(scalars(tmp_path, "val/auc/click")) == evals
+    logged = [r.getMessage() for r in caplog.records if r.getMessage().startswith("train @ step")]
+    assert [int(m.split()[3].rstrip(":")) for m in logged] == points
+
+
+def test_a_skipped_last_batch_still_gets_its_point_at_the_evaluation(tmp_path):
+    from mtl_train.data.loader import InMemoryLoader
+
+    trainer = make_trainer(tmp_path, "trainer.nonfinite=skip")
+    loader = InMemoryLoader(trainer.data.train, 64, seed=trainer.cfg.seed)
+    loader.set_epoch(0)
+    rows = loader._order()[31 * 64:]  # the epoch's last batch: an infinite label
+    trainer.data.train.labels[rows, 1] = float("inf")
+    trainer.fit()
+    assert sorted(scalars(tmp_path, "train/loss/click")) == [31]
 
 
 # ---- the weights logged at step N are the ones step N used, for every balancer (item 8) ---------
