@@ -16,7 +16,10 @@ Runs you can trust:
   and resumed ends with the same metrics.json as an uninterrupted one (CPU, same seed);
 - SIGINT/SIGTERM finish the current step, write last.pt and raise :class:`RunInterrupted`;
 - a non-finite loss stops the run naming the step and task (``trainer.nonfinite=stop``) or
-  skips the batch, counted in run.json (``skip``); a non-finite model is never saved;
+  skips the batch, counted in run.json (``skip``); a non-finite model is never saved. A broken
+  model stops the run as a non-finite loss does, under ``skip`` too: non-finite parameters or
+  scores at a batch that would be skipped, non-finite scores at an evaluation. A stopped run's
+  run.json says how far it got and why (``error``);
 - TensorBoard gets a training point (mean losses, the weights each step applied, the
   balancer's logs) every ``trainer.log_every_steps`` steps, at every evaluation and at the
   last step.
@@ -39,7 +42,7 @@ from mtl_train.balancing.base import build_balancer
 from mtl_train.data.datasets import load_dataset
 from mtl_train.data.schema import DatasetBundle
 from mtl_train.data.stream import train_loader
-from mtl_train.errors import ConfigError, DataError, RunInterrupted, TrainingError
+from mtl_train.errors import ConfigError, DataError, NonFiniteScores, RunInterrupted, TrainingError
 from mtl_train.models.builder import build_model
 from mtl_train.system import tune_malloc
 from mtl_train.train import checkpoint as ckpt
@@ -65,7 +68,8 @@ def run(cfg: DictConfig, run_dir: str, overridden: list[str] = ()) -> dict:
         ConfigError: ``run_dir`` already holds a checkpoint and no resume was asked for;
             a bad resume target or override.
         DataError: bad data (see the dataset loaders); no positive label in train.
-        TrainingError: a non-finite loss (``trainer.nonfinite=stop``).
+        TrainingError: a non-finite loss (``trainer.nonfinite=stop``), a broken model
+            (non-finite parameters or scores, either setting).
         RunInterrupted: SIGINT/SIGTERM (after writing last.pt).
     """
     cfg, state = starting_point(cfg, run_dir, list(overridden))
@@ -145,7 +149,11 @@ class Trainer:
     # ---- loop -------------------------------------------------------------------------
     def fit(self) -> dict:
         """Train until ``trainer.epochs``, ``trainer.max_steps`` or early stopping, then
-        :meth:`finish`. A resumed trainer continues at its step, epoch and data position."""
+        :meth:`finish`. A resumed trainer continues at its step, epoch and data position.
+
+        Raises:
+            TrainingError: a non-finite loss, parameters or scores (see :meth:`train_step`,
+                :meth:`evaluate`, :meth:`save`), after writing run.json with ``error``."""
         tcfg, p = self.cfg.trainer, self.progress
         self.model.train()
         # a resumed run stops where the run would have: epochs, max_steps, early stopping (so a
@@ -156,28 +164,32 @@ class Trainer:
                  self.cfg.loss.name, len(self.loader), tcfg.batch_size, self.device, torch.get_num_threads(), tcfg.precision,
                  "on" if self.sparse_embedding else "off")
         t_start = time.perf_counter()
-        with self.signals.handled(lambda: p.step + 1):
-            while p.epoch < tcfg.epochs and not stop:
-                stop = self.train_epoch()
-                if stop and self.loader.state_dict()["batch"] < len(self.loader):
-                    # stopped inside the epoch (max_steps, early stopping): the epoch and its data
-                    # position stay, so a resume with a larger trainer.max_steps continues right there
-                    break
-                p.epoch += 1
-                if not tcfg.eval_every_steps:
-                    stop = self.validate() or stop
-                if p.epoch < tcfg.epochs:
-                    self.loader.set_epoch(p.epoch)  # the position a checkpoint now records
-                if not stop:
-                    self.save("last.pt")
-                    log.info("checkpoint: last.pt at step %d (end of epoch %d)", p.step, p.epoch)
-                self._check_signal(None)
-            if p.last_eval_step != p.step:
-                self.validate()
-            p.done = True
-            self.save("last.pt")
-        train_s = time.perf_counter() - t_start
-        return self.finish(train_s)
+        try:
+            with self.signals.handled(lambda: p.step + 1):
+                while p.epoch < tcfg.epochs and not stop:
+                    stop = self.train_epoch()
+                    if stop and self.loader.state_dict()["batch"] < len(self.loader):
+                        # stopped inside the epoch (max_steps, early stopping): the epoch and its data
+                        # position stay, so a resume with a larger trainer.max_steps continues right there
+                        break
+                    p.epoch += 1
+                    if not tcfg.eval_every_steps:
+                        stop = self.validate() or stop
+                    if p.epoch < tcfg.epochs:
+                        self.loader.set_epoch(p.epoch)  # the position a checkpoint now records
+                    if not stop:
+                        self.save("last.pt")
+                        log.info("checkpoint: last.pt at step %d (end of epoch %d)", p.step, p.epoch)
+                    self._check_signal(None)
+                if p.last_eval_step != p.step:
+                    self.validate()
+                p.done = True
+                self.save("last.pt")
+            train_s = time.perf_counter() - t_start
+            return self.finish(train_s)
+        except TrainingError as e:  # run.json still says how far the run got, and why it stopped
+            self.write_run_info(time.perf_counter() - t_start, error=str(e))
+            raise
 
     def train_epoch(self) -> bool:
         """Train on the current epoch from the data position on, validating and writing last.pt
@@ -224,7 +236,9 @@ class Trainer:
         logs), or None when the batch was skipped for a non-finite loss (``trainer.nonfinite=skip``).
 
         Raises:
-            TrainingError: a non-finite loss with ``trainer.nonfinite=stop``."""
+            TrainingError: a non-finite loss with ``trainer.nonfinite=stop``; with ``skip``, a
+                non-finite loss from a broken model (non-finite parameters or scores), which
+                skipping batches cannot mend."""
         p = self.progress
         with self.autocast():
             out = self.model(batch)
@@ -233,6 +247,11 @@ class Trainer:
             vals = losses.tolist()
             bad = ", ".join(f"'{n}' ({v})" for n, v in zip(self.loss_names, vals) if not math.isfinite(v))
             if self.cfg.trainer.nonfinite == "skip":
+                broken = self._broken(out, batch)
+                if broken:
+                    raise TrainingError(f"non-finite loss at step {p.step + 1} (epoch {p.epoch + 1}) in task {bad}; "
+                                        f"stopped, {self._last_good()}; {broken}: trainer.nonfinite=skip skips bad "
+                                        "batches, not a broken model")
                 p.nonfinite_skipped += 1
                 if p.nonfinite_skipped <= 10 or p.nonfinite_skipped % 100 == 0:
                     log.warning("non-finite loss at step %d in task %s: batch skipped (%d so far%s)", p.step + 1,
@@ -267,6 +286,17 @@ class Trainer:
         # evaluation after every epoch: this step ends one when the loader has handed out its last batch
         return self.loader.state_dict()["batch"] >= self.epoch_batches
 
+    def _broken(self, out: dict, batch: dict) -> str | None:
+        """Why the model itself is broken (non-finite parameters, or non-finite scores on this
+        batch's scored rows), or None; checked when a non-finite loss would be skipped."""
+        if not ckpt.all_finite(self.model.state_dict()):
+            return "the model's parameters are non-finite"
+        with torch.no_grad():
+            for name, eo in self.model.graph.eval_outputs(out, batch).items():
+                if not bool(torch.isfinite(eo.score[eo.mask]).all()):
+                    return f"the model's scores of output '{name}' are non-finite"
+        return None
+
     def validate(self) -> bool:
         """Evaluate on val, keep best.pt, return True when early stopping says stop."""
         tcfg, p = self.cfg.trainer, self.progress
@@ -289,9 +319,16 @@ class Trainer:
         return tcfg.patience is not None and p.bad_evals >= tcfg.patience
 
     def evaluate(self, split: str) -> dict:
-        """Metrics of the model on ``split`` (see :func:`~mtl_train.train.evaluate.evaluate`)."""
+        """Metrics of the model on ``split`` (see :func:`~mtl_train.train.evaluate.evaluate`).
+
+        Raises:
+            TrainingError: the model scored a row NaN or inf (naming the step, the split, the
+                output and the last good checkpoint)."""
         table = getattr(self.data, split)
-        return evaluate(self.model, table, self.device, self.cfg.trainer.eval_batch_size, split, self.gauc_index)
+        try:
+            return evaluate(self.model, table, self.device, self.cfg.trainer.eval_batch_size, split, self.gauc_index)
+        except NonFiniteScores as e:  # a broken model: stopped as a non-finite loss stops it
+            raise TrainingError(f"{e} at step {self.progress.step}; stopped, {self._last_good()}") from None
 
     def _max_reached(self) -> bool:
         m = self.cfg.trainer.max_steps
@@ -311,6 +348,15 @@ class Trainer:
             json.dump(results, f, indent=2)
         if p.nonfinite_skipped:
             log.warning("%d batch(es) skipped for a non-finite loss (trainer.nonfinite=skip)", p.nonfinite_skipped)
+        self.write_run_info(train_s)
+        self.logger.close()
+        return results
+
+    def write_run_info(self, train_s: float, error: str | None = None) -> None:
+        """Write run.json: steps, epochs, best step, timings (``train_s`` seconds of training),
+        device, data counts, skipped batches, resumes; for a run stopped by a
+        :class:`~mtl_train.errors.TrainingError`, also ``error``, its one-line message."""
+        p = self.progress
         run_info = {
             "steps": p.step, "epochs": p.epoch, "best_step": p.best_step, "best": p.best,
             "monitor": self.cfg.trainer.monitor, "train_seconds": round(train_s, 3),
@@ -326,10 +372,11 @@ class Trainer:
             "nonfinite_skipped": p.nonfinite_skipped, "resumed_at": p.resumes,
             "funnel_violations": self.data.info.get("funnel_violations"),
         }
+        if error is not None:
+            run_info["error"] = error
+        os.makedirs(self.run_dir, exist_ok=True)
         with open(os.path.join(self.run_dir, "run.json"), "w") as f:
             json.dump(run_info, f, indent=2)
-        self.logger.close()
-        return results
 
     # ---- checkpoint -------------------------------------------------------------------
     def save(self, name: str) -> None:

@@ -1,5 +1,6 @@
-"""The trainer's TensorBoard training curve: points at every evaluation and the last step; the
-weights each step applied, for every balancer."""
+"""The trainer's TensorBoard training curve (points at every evaluation and the last step; the
+weights each step applied, for every balancer) and its refusal of a broken model."""
+import json
 import logging
 
 import pytest
@@ -9,6 +10,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from mtl_train.config import validate
 from mtl_train.data.datasets import load_dataset
+from mtl_train.errors import TrainingError
 
 TINY = ["dataset.train_rows=2000", "dataset.val_rows=400", "dataset.test_rows=400", "dataset.vocab_sizes=[50,50,20]",
         "trainer.progress=false", "trainer.batch_size=64", "trainer.epochs=1", "trainer.device=cpu",
@@ -137,3 +139,42 @@ def test_surgery_methods_log_the_coefficients_of_their_step(tmp_path, monkeypatc
         assert [logged["click"][step], logged["purchase"][step]] == pytest.approx(coef, abs=1e-5), step
     if "gradnorm_pcgrad" in overrides[0]:
         assert len({tuple(c) for c in seen.values()}) > 1
+
+
+# ---- a broken model stops the run as a non-finite loss does (item 6) ------------------------------
+def test_skip_stops_at_a_broken_model_keeping_the_last_good_checkpoint(tmp_path):
+    trainer = make_trainer(tmp_path, "trainer.optimizer=sgd", "trainer.lr=1e8", "trainer.nonfinite=skip",
+                           "trainer.checkpoint_every_steps=1")
+    with pytest.raises(TrainingError) as e:
+        trainer.fit()
+    msg = str(e.value)
+    assert msg.startswith("non-finite loss at step 3 (epoch 1) in task 'click' (nan)")
+    assert "last.pt (step 2)" in msg and "non-finite" in msg and "trainer.nonfinite=skip" in msg
+    assert trainer.progress.nonfinite_skipped == 0  # no batch was skipped for a model that is broken
+    state = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=False)
+    assert state["step"] == 2
+    info = json.loads((tmp_path / "run.json").read_text())
+    assert info["steps"] == 2 and info["error"] == msg and info["nonfinite_skipped"] == 0
+
+
+def test_skip_stops_at_non_finite_parameters(tmp_path):
+    trainer = make_trainer(tmp_path, "trainer.nonfinite=skip")
+    batch = next(iter(trainer.loader))
+    with torch.no_grad():
+        next(trainer.model.parameters()).fill_(float("nan"))
+    with pytest.raises(TrainingError, match=r"^non-finite loss at step 1 .*no checkpoint had been written yet; "
+                                            r"the model's parameters are non-finite"):
+        trainer.train_step(batch)
+
+
+def test_evaluation_refuses_non_finite_scores(tmp_path):
+    trainer = make_trainer(tmp_path)
+    trainer.save("last.pt")
+    trainer.progress.step = 4
+    with torch.no_grad():
+        list(trainer.model.graph.towers[1].parameters())[-1].fill_(float("nan"))  # purchase's output
+    with pytest.raises(TrainingError) as e:
+        trainer.validate()
+    assert str(e.value) == (f"non-finite scores on val in output 'purchase' (400 of 400 rows) at step 4; stopped, "
+                            f"the last good checkpoint is {tmp_path / 'checkpoints' / 'last.pt'} (step 0)")
+    assert not (tmp_path / "checkpoints" / "best.pt").exists()
