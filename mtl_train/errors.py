@@ -22,6 +22,15 @@ class TrainingError(MtlError):
     whose parameters became non-finite. The last good checkpoint is kept."""
 
 
+class NonFiniteScores(TrainingError):
+    """A model scored rows with NaN or inf: its weights are broken (raised by evaluation,
+    naming the split and the output; the trainer adds the step and the last good checkpoint)."""
+
+    def __init__(self, split: str, output: str, bad: int, rows: int):
+        self.split, self.output, self.bad, self.rows = split, output, bad, rows
+        super().__init__(f"non-finite scores on {split} in output '{output}' ({bad} of {rows} rows)")
+
+
 class RunInterrupted(Exception):
     """SIGINT or SIGTERM stopped the run after writing ``checkpoints/last.pt``.
 

@@ -33,6 +33,9 @@ class Balancer:
             writes (the trainer sets it before each step from ``trainer.log_every_steps``);
             methods compute their diagnostic logs (e.g. gradient cosines) only then. True by
             default, so direct callers always get logs.
+        applied: float [T] or None: the weights that multiplied the task losses in the last
+            :meth:`backward` (what ``train/weight/<task>`` logs for that step), set by methods
+            whose weights change during a step; see :meth:`step`.
     """
 
     needs_task_gradients: bool = False
@@ -42,13 +45,32 @@ class Balancer:
         self.num_tasks = len(loss_names)
         self.cfg = cfg
         self.log_due = True
+        self.applied: torch.Tensor | None = None
 
     def to(self, device: torch.device) -> "Balancer":
         return self
 
     def weights(self) -> torch.Tensor:
-        """float [T]: the current weight of each loss term (1 where the method has none)."""
+        """float [T]: the current weight of each loss term (1 where the method has none): after
+        a :meth:`backward`, the weights the next step starts from."""
         return torch.ones(self.num_tasks)
+
+    def step(self, losses: torch.Tensor, counts: torch.Tensor, model, out: dict) -> tuple[dict[str, float], torch.Tensor]:
+        """:meth:`backward`, and the weights this step applied: (logs, float [T]).
+
+        The weights of a step are those that multiplied its losses, not the updated ones a
+        method keeps for the next step (``weights()`` after the step): a method that sets its
+        weights within the step (RLW's draw, MGDA's and the surgery methods' coefficients)
+        records them in ``self.applied``; otherwise they are ``weights()`` as the step began
+        (fixed weights; DWA, uncertainty and GradNorm, which weight a step with the weights
+        they had and update them after). A task without a valid row in the batch multiplies
+        nothing; its entry is the weight it keeps.
+        """
+        self.applied = None
+        before = self.weights()
+        logs = self.backward(losses, counts, model, out)
+        applied = self.applied if self.applied is not None else before
+        return logs, applied
 
     def backward(self, losses: torch.Tensor, counts: torch.Tensor, model, out: dict) -> dict[str, float]:
         """Compute gradients of the model for one step.

@@ -92,6 +92,7 @@ class DWA(Balancer):
 
     def backward(self, losses, counts, model, out):
         valid = counts > 0
+        self.applied = self.w.detach().clone()  # this step's weights; observe() may set the next ones
         w = self.w.to(losses.device, losses.dtype)
         torch.where(valid, w * losses, torch.zeros_like(losses)).sum().backward()
         self.observe(losses, valid)

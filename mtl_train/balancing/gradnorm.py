@@ -195,6 +195,7 @@ class GradNorm(Balancer):
         K = gram(grads, list(range(len(W))))
         norms = self._norms(K, idx)
         w = self.w.detach()
+        self.applied = w.clone()  # w shares self.w's storage, which update_weights changes in place
         total = torch.where(valid, w.to(losses.dtype) * losses, torch.zeros_like(losses)).sum()
         if self.target == "last_shared_layer":
             # the weight gradient of W is assembled from the per-task ones: skip it in this pass
@@ -226,6 +227,7 @@ class GradNorm(Balancer):
 
     def _backward_fast(self, losses, valid, idx, model, W, X, Z):
         w = self.w.detach()
+        self.applied = w.clone()  # w shares self.w's storage, which update_weights changes in place
         wl = w.tolist()  # one host copy of T numbers
         d = max(idx, key=lambda i: wl[i])
         if wl[d] < DERIVE_MIN_WEIGHT:

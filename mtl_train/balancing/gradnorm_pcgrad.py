@@ -89,6 +89,7 @@ class GradNormPCGrad(GradNorm):
         KW = gram(grads, w_sel)
         norms = self._norms(KW, idx)
         w = self.w.detach()
+        self.applied = w.clone()  # the weights of this step (update_weights changes self.w in place)
         wv = np.array([float(w[i]) for i in idx])
         C = pcgrad_coefficients(K * np.outer(wv, wv), self.generator)  # PCGrad on u_i = w_i g_i
         a = (C.sum(0) * wv).tolist()

@@ -96,6 +96,7 @@ class MGDA(Balancer):
         w[idx] = torch.tensor(a, dtype=w.dtype, device=w.device)
         (w * torch.where(counts > 0, losses, torch.zeros_like(losses))).sum().backward()
         self.a[idx] = torch.tensor(a, dtype=self.a.dtype)
+        self.applied = self.a.clone()  # this step's a; a task without rows (weight 0 here) shows its kept one
         logs = {}
         if self.log_due:
             logs.update(cosine_logs(K, [self.loss_names[i] for i in idx]))

@@ -64,6 +64,7 @@ class RLW(Balancer):
     def backward(self, losses, counts, model, out):
         valid = (counts > 0).to(self.w.device)
         self.w = self.draw(valid)
+        self.applied = self.w.detach().clone()
         w = self.w.to(losses.device, losses.dtype)
         torch.where(valid.to(losses.device), w * losses, torch.zeros_like(losses)).sum().backward()
         return {}

@@ -63,6 +63,7 @@ class SharedGradientSurgery(Balancer):
         for k, p in enumerate(params):
             set_grad(p, combine(grads, k, a if is_shared[k] else b))
         self.coef[idx] = torch.tensor(a, dtype=self.coef.dtype)
+        self.applied = self.coef.clone()
         if self.log_due:
             logs.update(cosine_logs(K, [self.loss_names[i] for i in idx]))
         return logs

@@ -78,6 +78,7 @@ class Uncertainty(Balancer):
     def backward(self, losses, counts, model, out):
         valid = counts > 0
         self.log_var.grad = None
+        self.applied = self.weights()  # c exp(-s) before this step's update of s
         self.objective(losses, valid).backward()
         masked_step(self.opt, self.log_var, valid)
         logs = {}

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from mtl_train.data.schema import OOV_ID, Split
-from mtl_train.errors import ConfigError
+from mtl_train.errors import ConfigError, NonFiniteScores
 from mtl_train.metrics import binary_metrics, group_auc, regression_metrics
 from mtl_train.models.builder import MultiTaskModel
 from mtl_train.train.device import to_device
@@ -54,6 +54,9 @@ def evaluate(model: MultiTaskModel, table: Split, device: torch.device, batch_si
     users unseen in training share id 1) are left out of GAUC only.
 
     Returns {output name: metrics dict} (see :mod:`mtl_train.metrics`).
+
+    Raises:
+        NonFiniteScores: an output scored a row NaN or inf (a broken model).
     """
     was_training = model.training
     model.eval()
@@ -75,6 +78,9 @@ def evaluate(model: MultiTaskModel, table: Split, device: torch.device, batch_si
     for name, parts in scores.items():
         score = torch.cat([p[0] for p in parts]).numpy()
         label = torch.cat([p[1] for p in parts]).numpy()
+        bad = int((~np.isfinite(score)).sum())
+        if bad:
+            raise NonFiniteScores(split, name, bad, score.size)
         if types[name] == "regression":
             result[name] = regression_metrics(score, label, name=name, split=split)
         else:

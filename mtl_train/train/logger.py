@@ -82,6 +82,7 @@ class RunLogger:
         self._samples = 0
         self._loss_sum = torch.zeros(len(loss_names))
         self._loss_n = 0
+        self._last = None  # (step, weights, logs, bar) of the last step added
         self._write_session_start()
 
     def progress(self, total: int, desc: str):
@@ -93,14 +94,41 @@ class RunLogger:
         if bar is not None:
             bar.close()
 
-    def train_step(self, step: int, n: int, losses: torch.Tensor, weights: torch.Tensor, logs: dict, bar) -> None:
+    def train_step(self, step: int, n: int, losses: torch.Tensor, weights: torch.Tensor, logs: dict, bar,
+                   write: bool | None = None) -> None:
+        """Add one optimizer step and write a training point when ``write`` (default: every
+        ``trainer.log_every_steps`` steps).
+
+        Args:
+            step: the step just taken (1-based). n: its rows. losses: float [T], its task losses.
+            weights: float [T], the task weights that multiplied those losses (the step's own,
+                not the balancer's update for the next step). logs: the balancer's scalars
+                (``train/<key>``). bar: the tqdm bar or None.
+            write: write the point at this step: the losses averaged over the steps since the
+                last point, this step's weights and logs, samples/s; a point not written waits
+                for the next one or :meth:`write_pending`.
+        """
         self._samples += n
         self._loss_sum += losses.float().cpu()
         self._loss_n += 1
+        self._last = (step, weights, logs, bar)
         if bar is not None:
             bar.update(1)
-        if step % self.every:
-            return
+        if write is None:
+            write = step % self.every == 0
+        if write:
+            self._write_point()
+
+    def write_pending(self) -> None:
+        """Write the training point of the last step taken, if steps were taken since the last
+        point (called at each evaluation: every run, however short, has its training curve at
+        its evaluations and at its last step)."""
+        if self._loss_n:
+            self._write_point()
+
+    def _write_point(self) -> None:
+        step, weights, logs, bar = self._last
+        self._last = None
         now = time.perf_counter()
         rate = self._samples / max(now - self._t, 1e-9)
         mean = (self._loss_sum / self._loss_n).tolist()
@@ -110,7 +138,7 @@ class RunLogger:
         for k, v in logs.items():
             self.writer.add_scalar(f"train/{k}", v, step)
         self.writer.add_scalar("train/samples_per_s", rate, step)
-        if bar is not None:
+        if bar is not None and not bar.disable:  # a bar closed at its epoch's end shows nothing more
             bar.set_postfix({"samples/s": f"{rate:,.0f}", **{n_: f"{v:.4f}" for n_, v in zip(self.loss_names, mean)}},
                             refresh=False)
         else:  # no progress bar (trainer.progress=false, batch jobs): the same figures as a log line

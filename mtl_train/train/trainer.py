@@ -16,7 +16,13 @@ Runs you can trust:
   and resumed ends with the same metrics.json as an uninterrupted one (CPU, same seed);
 - SIGINT/SIGTERM finish the current step, write last.pt and raise :class:`RunInterrupted`;
 - a non-finite loss stops the run naming the step and task (``trainer.nonfinite=stop``) or
-  skips the batch, counted in run.json (``skip``); a non-finite model is never saved.
+  skips the batch, counted in run.json (``skip``); a non-finite model is never saved. A broken
+  model stops the run as a non-finite loss does, under ``skip`` too: non-finite parameters or
+  scores at a batch that would be skipped, non-finite scores at an evaluation. A stopped run's
+  run.json says how far it got and why (``error``);
+- TensorBoard gets a training point (mean losses, the weights each step applied, the
+  balancer's logs) every ``trainer.log_every_steps`` steps, at every evaluation and at the
+  last step.
 """
 from __future__ import annotations
 
@@ -36,7 +42,7 @@ from mtl_train.balancing.base import build_balancer
 from mtl_train.data.datasets import load_dataset
 from mtl_train.data.schema import DatasetBundle
 from mtl_train.data.stream import train_loader
-from mtl_train.errors import ConfigError, DataError, RunInterrupted, TrainingError
+from mtl_train.errors import ConfigError, DataError, NonFiniteScores, RunInterrupted, TrainingError
 from mtl_train.models.builder import build_model
 from mtl_train.system import tune_malloc
 from mtl_train.train import checkpoint as ckpt
@@ -62,7 +68,8 @@ def run(cfg: DictConfig, run_dir: str, overridden: list[str] = ()) -> dict:
         ConfigError: ``run_dir`` already holds a checkpoint and no resume was asked for;
             a bad resume target or override.
         DataError: bad data (see the dataset loaders); no positive label in train.
-        TrainingError: a non-finite loss (``trainer.nonfinite=stop``).
+        TrainingError: a non-finite loss (``trainer.nonfinite=stop``), a broken model
+            (non-finite parameters or scores, either setting).
         RunInterrupted: SIGINT/SIGTERM (after writing last.pt).
     """
     cfg, state = starting_point(cfg, run_dir, list(overridden))
@@ -121,6 +128,7 @@ class Trainer:
         self.signals = StopSignal()
         self.excluded_seconds = 0.0  # validation and checkpoint time (not in the training rate)
         self.samples = 0
+        self.epoch_batches = len(self.loader)  # batches of the current epoch (set again as each begins)
         self.sign = 1.0 if tcfg.monitor_mode == "max" else -1.0
         self.gauc_index = gauc_column(data.schema, tcfg.gauc_by)
         check_gauc_by(cfg)
@@ -141,7 +149,11 @@ class Trainer:
     # ---- loop -------------------------------------------------------------------------
     def fit(self) -> dict:
         """Train until ``trainer.epochs``, ``trainer.max_steps`` or early stopping, then
-        :meth:`finish`. A resumed trainer continues at its step, epoch and data position."""
+        :meth:`finish`. A resumed trainer continues at its step, epoch and data position.
+
+        Raises:
+            TrainingError: a non-finite loss, parameters or scores (see :meth:`train_step`,
+                :meth:`evaluate`, :meth:`save`), after writing run.json with ``error``."""
         tcfg, p = self.cfg.trainer, self.progress
         self.model.train()
         # a resumed run stops where the run would have: epochs, max_steps, early stopping (so a
@@ -152,28 +164,32 @@ class Trainer:
                  self.cfg.loss.name, len(self.loader), tcfg.batch_size, self.device, torch.get_num_threads(), tcfg.precision,
                  "on" if self.sparse_embedding else "off")
         t_start = time.perf_counter()
-        with self.signals.handled(lambda: p.step + 1):
-            while p.epoch < tcfg.epochs and not stop:
-                stop = self.train_epoch()
-                if stop and self.loader.state_dict()["batch"] < len(self.loader):
-                    # stopped inside the epoch (max_steps, early stopping): the epoch and its data
-                    # position stay, so a resume with a larger trainer.max_steps continues right there
-                    break
-                p.epoch += 1
-                if not tcfg.eval_every_steps:
-                    stop = self.validate() or stop
-                if p.epoch < tcfg.epochs:
-                    self.loader.set_epoch(p.epoch)  # the position a checkpoint now records
-                if not stop:
-                    self.save("last.pt")
-                    log.info("checkpoint: last.pt at step %d (end of epoch %d)", p.step, p.epoch)
-                self._check_signal(None)
-            if p.last_eval_step != p.step:
-                self.validate()
-            p.done = True
-            self.save("last.pt")
-        train_s = time.perf_counter() - t_start
-        return self.finish(train_s)
+        try:
+            with self.signals.handled(lambda: p.step + 1):
+                while p.epoch < tcfg.epochs and not stop:
+                    stop = self.train_epoch()
+                    if stop and self.loader.state_dict()["batch"] < len(self.loader):
+                        # stopped inside the epoch (max_steps, early stopping): the epoch and its data
+                        # position stay, so a resume with a larger trainer.max_steps continues right there
+                        break
+                    p.epoch += 1
+                    if not tcfg.eval_every_steps:
+                        stop = self.validate() or stop
+                    if p.epoch < tcfg.epochs:
+                        self.loader.set_epoch(p.epoch)  # the position a checkpoint now records
+                    if not stop:
+                        self.save("last.pt")
+                        log.info("checkpoint: last.pt at step %d (end of epoch %d)", p.step, p.epoch)
+                    self._check_signal(None)
+                if p.last_eval_step != p.step:
+                    self.validate()
+                p.done = True
+                self.save("last.pt")
+            train_s = time.perf_counter() - t_start
+            return self.finish(train_s)
+        except TrainingError as e:  # run.json still says how far the run got, and why it stopped
+            self.write_run_info(time.perf_counter() - t_start, error=str(e))
+            raise
 
     def train_epoch(self) -> bool:
         """Train on the current epoch from the data position on, validating and writing last.pt
@@ -182,17 +198,18 @@ class Trainer:
         tcfg, p = self.cfg.trainer, self.progress
         self.state.data.begin_epoch(p.epoch)
         start = self.loader.state_dict()["batch"]
-        bar = self.logger.progress(len(self.loader) - start, f"epoch {p.epoch + 1}/{tcfg.epochs}")
+        self.epoch_batches = len(self.loader)
+        bar = self.logger.progress(self.epoch_batches - start, f"epoch {p.epoch + 1}/{tcfg.epochs}")
         stop = False
         for batch in self.loader:
             batch = to_device(batch, self.device)
             result = self.train_step(batch)
             if result is not None:
-                losses, logs = result
+                losses, weights, logs = result
                 p.step += 1
                 n = batch["labels"].shape[0]
                 self.samples += n
-                self.logger.train_step(p.step, n, losses, self.balancer.weights(), logs, bar)
+                self.logger.train_step(p.step, n, losses, weights, logs, bar, write=self._point_due(p.step))
                 if tcfg.eval_every_steps and p.step % tcfg.eval_every_steps == 0:
                     stop = self.validate()
                 stop = stop or self._max_reached()
@@ -214,12 +231,14 @@ class Trainer:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.autocast_dtype)
 
-    def train_step(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict] | None:
-        """One optimizer step; returns (losses [T], logs), or None when the batch was skipped
-        for a non-finite loss (``trainer.nonfinite=skip``).
+    def train_step(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, dict] | None:
+        """One optimizer step; returns (losses [T], the task weights [T] that multiplied them,
+        logs), or None when the batch was skipped for a non-finite loss (``trainer.nonfinite=skip``).
 
         Raises:
-            TrainingError: a non-finite loss with ``trainer.nonfinite=stop``."""
+            TrainingError: a non-finite loss with ``trainer.nonfinite=stop``; with ``skip``, a
+                non-finite loss from a broken model (non-finite parameters or scores), which
+                skipping batches cannot mend."""
         p = self.progress
         with self.autocast():
             out = self.model(batch)
@@ -228,6 +247,11 @@ class Trainer:
             vals = losses.tolist()
             bad = ", ".join(f"'{n}' ({v})" for n, v in zip(self.loss_names, vals) if not math.isfinite(v))
             if self.cfg.trainer.nonfinite == "skip":
+                broken = self._broken(out, batch)
+                if broken:
+                    raise TrainingError(f"non-finite loss at step {p.step + 1} (epoch {p.epoch + 1}) in task {bad}; "
+                                        f"stopped, {self._last_good()}; {broken}: trainer.nonfinite=skip skips bad "
+                                        "batches, not a broken model")
                 p.nonfinite_skipped += 1
                 if p.nonfinite_skipped <= 10 or p.nonfinite_skipped % 100 == 0:
                     log.warning("non-finite loss at step %d in task %s: batch skipped (%d so far%s)", p.step + 1,
@@ -239,19 +263,44 @@ class Trainer:
         for o in self.optimizers:
             o.zero_grad(set_to_none=True)
         # the balancer computes its diagnostics (gradient cosines...) only on steps the logger writes
-        self.balancer.log_due = (p.step + 1) % max(1, int(self.cfg.trainer.log_every_steps)) == 0
-        logs = self.balancer.backward(losses, counts, self.model, out)
+        self.balancer.log_due = self._point_due(p.step + 1)
+        logs, weights = self.balancer.step(losses, counts, self.model, out)
         for o in self.optimizers:
             o.step()
         for sch in self.schedulers:
             sch.step()
         logs = dict(logs)
         logs["lr"] = self.optimizers[0].param_groups[0]["lr"]
-        return losses.detach(), logs
+        return losses.detach(), weights, logs
+
+    def _point_due(self, step: int) -> bool:
+        """Whether the logger writes a training point (losses, weights, the balancer's logs) at
+        ``step``: every ``trainer.log_every_steps``, at each scheduled evaluation and at the last
+        step, so a run shorter than ``log_every_steps`` has its curve too. Evaluations write any
+        point still pending (:meth:`validate`), which covers a last batch that was skipped."""
+        tcfg = self.cfg.trainer
+        if step % max(1, int(tcfg.log_every_steps)) == 0 or step >= self.total_steps:
+            return True
+        if tcfg.eval_every_steps:
+            return step % tcfg.eval_every_steps == 0
+        # evaluation after every epoch: this step ends one when the loader has handed out its last batch
+        return self.loader.state_dict()["batch"] >= self.epoch_batches
+
+    def _broken(self, out: dict, batch: dict) -> str | None:
+        """Why the model itself is broken (non-finite parameters, or non-finite scores on this
+        batch's scored rows), or None; checked when a non-finite loss would be skipped."""
+        if not ckpt.all_finite(self.model.state_dict()):
+            return "the model's parameters are non-finite"
+        with torch.no_grad():
+            for name, eo in self.model.graph.eval_outputs(out, batch).items():
+                if not bool(torch.isfinite(eo.score[eo.mask]).all()):
+                    return f"the model's scores of output '{name}' are non-finite"
+        return None
 
     def validate(self) -> bool:
         """Evaluate on val, keep best.pt, return True when early stopping says stop."""
         tcfg, p = self.cfg.trainer, self.progress
+        self.logger.write_pending()  # the training point of this step, if its schedule did not write it
         t0 = time.perf_counter()
         metrics = self.evaluate("val")
         self.excluded_seconds += time.perf_counter() - t0  # best.pt saves count in save()
@@ -270,9 +319,16 @@ class Trainer:
         return tcfg.patience is not None and p.bad_evals >= tcfg.patience
 
     def evaluate(self, split: str) -> dict:
-        """Metrics of the model on ``split`` (see :func:`~mtl_train.train.evaluate.evaluate`)."""
+        """Metrics of the model on ``split`` (see :func:`~mtl_train.train.evaluate.evaluate`).
+
+        Raises:
+            TrainingError: the model scored a row NaN or inf (naming the step, the split, the
+                output and the last good checkpoint)."""
         table = getattr(self.data, split)
-        return evaluate(self.model, table, self.device, self.cfg.trainer.eval_batch_size, split, self.gauc_index)
+        try:
+            return evaluate(self.model, table, self.device, self.cfg.trainer.eval_batch_size, split, self.gauc_index)
+        except NonFiniteScores as e:  # a broken model: stopped as a non-finite loss stops it
+            raise TrainingError(f"{e} at step {self.progress.step}; stopped, {self._last_good()}") from None
 
     def _max_reached(self) -> bool:
         m = self.cfg.trainer.max_steps
@@ -292,6 +348,15 @@ class Trainer:
             json.dump(results, f, indent=2)
         if p.nonfinite_skipped:
             log.warning("%d batch(es) skipped for a non-finite loss (trainer.nonfinite=skip)", p.nonfinite_skipped)
+        self.write_run_info(train_s)
+        self.logger.close()
+        return results
+
+    def write_run_info(self, train_s: float, error: str | None = None) -> None:
+        """Write run.json: steps, epochs, best step, timings (``train_s`` seconds of training),
+        device, data counts, skipped batches, resumes; for a run stopped by a
+        :class:`~mtl_train.errors.TrainingError`, also ``error``, its one-line message."""
+        p = self.progress
         run_info = {
             "steps": p.step, "epochs": p.epoch, "best_step": p.best_step, "best": p.best,
             "monitor": self.cfg.trainer.monitor, "train_seconds": round(train_s, 3),
@@ -307,10 +372,11 @@ class Trainer:
             "nonfinite_skipped": p.nonfinite_skipped, "resumed_at": p.resumes,
             "funnel_violations": self.data.info.get("funnel_violations"),
         }
+        if error is not None:
+            run_info["error"] = error
+        os.makedirs(self.run_dir, exist_ok=True)
         with open(os.path.join(self.run_dir, "run.json"), "w") as f:
             json.dump(run_info, f, indent=2)
-        self.logger.close()
-        return results
 
     # ---- checkpoint -------------------------------------------------------------------
     def save(self, name: str) -> None:
