@@ -28,6 +28,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from mtl_train import extras
 from mtl_train.config import SECTIONS
 from mtl_train.errors import ConfigError, MtlError, RunInterrupted
 from mtl_train.metrics import METRICS
@@ -110,8 +111,7 @@ def _overrides(args: list[str]) -> list[str]:
 
 def _unknown_option(group: str, option: str, options) -> ConfigError:
     if group == "hydra/sweeper" and option == "optuna":
-        return ConfigError('hydra/sweeper=optuna: the Optuna sweeper is not installed '
-                           '(in the mtl-train clone: pip install ".[optuna]")')
+        return ConfigError(extras.missing_extra_message(extras.OPTUNA[1], extras.OPTUNA[2]))
     return ConfigError(f"{group}={option}: unknown {group} '{option}' (choose from {', '.join(options)})")
 
 
@@ -162,6 +162,8 @@ def precheck_overrides(args: list[str]) -> None:
             continue
         key, value = arg.split("=", 1)
         if key.startswith("hydra/") and "(" not in value:  # Hydra's groups (hydra/sweeper=optuna): composed
+            if key == "hydra/sweeper" and value == "optuna":
+                extras.require_extra(*extras.OPTUNA)
             groups.append(f"{key}={value.split(',')[0]}")
             continue
         if key.startswith("hydra") or "/" in key or "(" in value:
