@@ -246,6 +246,42 @@ def resume_overrides(args: list[str]) -> list[str]:
     return extra
 
 
+# Hydra's flags after which it runs no job (prints, completes): no output directory is created
+_NO_JOB_FLAGS = {"--help", "-h", "--hydra-help", "--version", "--cfg", "-c", "--info", "-i", "-sc", "--shell-completion"}
+
+
+def check_output_dir(args: list[str]) -> None:
+    """Check, before Hydra creates it, that the run's output directory can be created:
+    ``hydra.sweep.dir`` with ``-m``/``--multirun``, else ``hydra.run.dir`` (given, or the default
+    ``outputs/...`` under the working directory), its interpolations resolved as Hydra resolves
+    them. Hydra itself would end with a ``NotADirectoryError``/``PermissionError`` traceback
+    and exit 1. Nothing is created here (see :func:`mtl_train.io.ensure_writable_dir`).
+
+    Raises:
+        ConfigError: ``hydra.run.dir: cannot create '<path>': <reason>``.
+    """
+    from mtl_train.io import ensure_writable_dir
+
+    if _NO_JOB_FLAGS & set(args):
+        return
+    key = "hydra.sweep.dir" if {"-m", "--multirun"} & set(args) else "hydra.run.dir"
+    overrides = []
+    for arg in _overrides(args):
+        if "=" not in arg or arg[0] in "+~":
+            continue
+        k, value = arg.split("=", 1)
+        if k in GROUPS or k == "experiment" or (k.startswith("hydra/") and "(" not in value):
+            overrides.append(f"{k}={value.split(',')[0]}")
+        elif k in ("hydra.run.dir", "hydra.sweep.dir"):
+            overrides.append(arg)
+    try:
+        path = OmegaConf.select(_compose(overrides), key, throw_on_missing=True)
+    except Exception:  # noqa: BLE001 - an interpolation only Hydra's run can resolve: Hydra creates it as before
+        return
+    if isinstance(path, str) and path:
+        ensure_writable_dir(key, path)
+
+
 def _fail(err: Exception, code: int = 2) -> None:
     print(f"mtl-train: error: {err}", file=sys.stderr)
     sys.exit(code)
@@ -353,6 +389,7 @@ def main() -> None:
     try:
         precheck_overrides(sys.argv[1:])
         sys.argv.extend(resume_overrides(sys.argv[1:]))
+        check_output_dir(sys.argv[1:])
     except MtlError as e:
         _fail(e)
     app()

@@ -28,7 +28,7 @@ from mtl_train.data.datasets import load_dataset, read_file
 from mtl_train.data.files import check_readable, require_columns
 from mtl_train.data.schema import Table
 from mtl_train.errors import ConfigError, DataError
-from mtl_train.io import write_atomic
+from mtl_train.io import ensure_writable_dir, write_atomic
 from mtl_train.models.builder import build_model
 from mtl_train.train import checkpoint as ckpt
 from mtl_train.train.device import resolve_device, to_device
@@ -97,7 +97,8 @@ def output_path(cfg: DictConfig, run_dir: str, default: str, formats: dict[str, 
     (else ``<run_dir>/<default>``) and its format, chosen by the file extension from ``formats``.
 
     Raises:
-        ConfigError: an extension not in ``formats``; the path is the input file
+        ConfigError: an extension not in ``formats``; a folder that cannot be created
+            (:func:`~mtl_train.io.ensure_writable_dir`); the path is the input file
             (``infer.input``); or the file exists and ``infer.overwrite`` is false (so neither
             a data file nor a training run's metrics.json is replaced by mistake).
     """
@@ -108,6 +109,7 @@ def output_path(cfg: DictConfig, run_dir: str, default: str, formats: dict[str, 
         raise ConfigError(f"infer.output: {out}: unknown extension '{ext}' (this mode writes {names})")
     if os.path.isdir(out):
         raise ConfigError(f"infer.output: {out} is a directory; name a file")
+    ensure_writable_dir("infer.output", os.path.dirname(out))
     if os.path.exists(out):
         given = os.path.expanduser(cfg.infer.input) if cfg.infer.input else None
         if given and os.path.exists(given) and os.path.samefile(out, given):
