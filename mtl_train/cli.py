@@ -91,10 +91,10 @@ _VALUE_FLAGS = {"--config-path", "-cp", "--config-name", "-cn", "--config-dir", 
 _INFO_TOPICS = {"all", "config", "defaults", "defaults-tree", "plugins", "searchpath"}  # --info [TOPIC]
 
 
-def _overrides(args: list[str]) -> list[str]:
-    """The config overrides among the command-line ``args``: the arguments that are neither
-    Hydra's flags nor their values (``--config-dir DIR``); none with ``-sc``/``--shell-completion``,
-    whose ``install=bash`` is Hydra's command, not an override."""
+def _override_indices(args: list[str]) -> list[int]:
+    """The positions of the config overrides among the command-line ``args``: the arguments that
+    are neither Hydra's flags nor their values (``--config-dir DIR``); none with
+    ``-sc``/``--shell-completion``, whose ``install=bash`` is Hydra's command, not an override."""
     out, i = [], 0
     while i < len(args):
         a = args[i]
@@ -104,8 +104,46 @@ def _overrides(args: list[str]) -> list[str]:
             i += 2
             continue
         if not a.startswith("-"):
-            out.append(a)
+            out.append(i)
         i += 1
+    return out
+
+
+def _overrides(args: list[str]) -> list[str]:
+    """The config overrides among the command-line ``args`` (see :func:`_override_indices`)."""
+    return [args[i] for i in _override_indices(args)]
+
+
+def _path_keys() -> set[str]:
+    """Every config key that holds a path: ``checkpoint`` and the fields declared
+    ``param(..., path=True)`` of every option of every group and section (``dataset.path``,
+    ``dataset.schema_file``, ``trainer.resume``, ``infer.input``, ...)."""
+    from mtl_train import registry
+    from mtl_train.config import TrainerConfig, path_keys
+
+    keys = {"checkpoint"} | {f"trainer.{k}" for k in path_keys(TrainerConfig)}
+    keys |= {f"{s}.{k}" for s, schema in SECTIONS.items() for k in path_keys(schema)}
+    for group in registry.GROUPS:
+        for entry in registry.options(group).values():
+            keys |= {f"{group}.{k}" for k in path_keys(entry.config)}
+    return keys
+
+
+def absolute_path_overrides(args: list[str]) -> list[str]:
+    """``args`` with the value of every path override (see :func:`_path_keys`) made absolute
+    against the launch directory (:func:`mtl_train.config.resolve_path`), so that Hydra's record
+    (``.hydra/config.yaml``, ``overrides.yaml``) holds the path that was read, whatever
+    ``hydra.job.chdir`` does. Quoted values, sweeps (``a,b``), interpolations and ``null`` are
+    left as given: validation resolves every path field anyway."""
+    from mtl_train.config import resolve_path
+
+    keys, out = _path_keys(), list(args)
+    for i in _override_indices(args):
+        key, eq, value = args[i].partition("=")
+        name = key.lstrip("+")
+        if (eq and name in keys and value and value != "null" and value[0] not in "'\"[{"
+                and not any(c in value for c in ",${}()'\" ")):
+            out[i] = f"{key}={_quote(resolve_path(value))}"
     return out
 
 
@@ -386,8 +424,12 @@ def app(cfg: DictConfig) -> float | None:
 
 def main() -> None:
     """Console-script entry point (``mtl-train``, ``python -m mtl_train``)."""
+    from mtl_train.config import set_launch_dir
+
+    set_launch_dir(os.getcwd())  # relative paths mean this directory, whatever hydra.job.chdir does
     try:
         precheck_overrides(sys.argv[1:])
+        sys.argv[1:] = absolute_path_overrides(sys.argv[1:])
         sys.argv.extend(resume_overrides(sys.argv[1:]))
         check_output_dir(sys.argv[1:])
     except MtlError as e:
