@@ -141,9 +141,31 @@ def absolute_path_overrides(args: list[str]) -> list[str]:
     for i in _override_indices(args):
         key, eq, value = args[i].partition("=")
         name = key.lstrip("+")
+        if name.startswith("infer.dataset."):  # a checkpoint's dataset path on mode=eval/predict
+            name = "dataset." + name[len("infer.dataset."):]
         if (eq and name in keys and value and value != "null" and value[0] not in "'\"[{"
                 and not any(c in value for c in ",${}()'\" ")):
             out[i] = f"{key}={_quote(resolve_path(value))}"
+    return out
+
+
+INFER_MODES = ("eval", "predict")
+
+
+def eval_dataset_overrides(args: list[str]) -> list[str]:
+    """``args`` with, for ``mode=eval``/``predict``, every ``dataset=<name>`` and
+    ``dataset.<key>=<value>`` moved to ``+infer.dataset.name`` / ``+infer.dataset.<key>``: those
+    modes score the checkpoint's dataset, and these overrides apply to it (its paths may point
+    at other files, see :func:`mtl_train.train.infer.checkpoint_config`), instead of to the
+    command line's default dataset, which would refuse the key or ignore it."""
+    if _last_value(args, "mode") not in INFER_MODES:
+        return list(args)
+    out = list(args)
+    for i in _override_indices(args):
+        key, eq, value = args[i].partition("=")
+        if eq and (key == "dataset" or key.startswith("dataset.")):
+            sub = "name" if key == "dataset" else key[len("dataset."):]
+            out[i] = f"+infer.dataset.{sub}={value}"
     return out
 
 
@@ -428,6 +450,7 @@ def main() -> None:
 
     set_launch_dir(os.getcwd())  # relative paths mean this directory, whatever hydra.job.chdir does
     try:
+        sys.argv[1:] = eval_dataset_overrides(sys.argv[1:])
         precheck_overrides(sys.argv[1:])
         sys.argv[1:] = absolute_path_overrides(sys.argv[1:])
         sys.argv.extend(resume_overrides(sys.argv[1:]))

@@ -119,6 +119,8 @@ class InferConfig:
     overwrite: bool = param(False, "an existing infer.output is refused unless true")
     id_columns: Optional[List[str]] = param(None, "predict: columns copied next to the probabilities")
     batch_size: Optional[int] = param(None, "null: the checkpoint's trainer.eval_batch_size", positive=True)
+    dataset: Dict[str, Any] = param(doc="changes to the checkpoint's dataset: its paths (dataset.<path key>=... on "
+                                        "an eval/predict command line lands here)", factory=dict)
 
 
 @dataclass
