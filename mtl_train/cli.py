@@ -28,6 +28,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from mtl_train import extras
 from mtl_train.config import SECTIONS
 from mtl_train.errors import ConfigError, MtlError, RunInterrupted
 from mtl_train.metrics import METRICS
@@ -90,10 +91,10 @@ _VALUE_FLAGS = {"--config-path", "-cp", "--config-name", "-cn", "--config-dir", 
 _INFO_TOPICS = {"all", "config", "defaults", "defaults-tree", "plugins", "searchpath"}  # --info [TOPIC]
 
 
-def _overrides(args: list[str]) -> list[str]:
-    """The config overrides among the command-line ``args``: the arguments that are neither
-    Hydra's flags nor their values (``--config-dir DIR``); none with ``-sc``/``--shell-completion``,
-    whose ``install=bash`` is Hydra's command, not an override."""
+def _override_indices(args: list[str]) -> list[int]:
+    """The positions of the config overrides among the command-line ``args``: the arguments that
+    are neither Hydra's flags nor their values (``--config-dir DIR``); none with
+    ``-sc``/``--shell-completion``, whose ``install=bash`` is Hydra's command, not an override."""
     out, i = [], 0
     while i < len(args):
         a = args[i]
@@ -103,15 +104,74 @@ def _overrides(args: list[str]) -> list[str]:
             i += 2
             continue
         if not a.startswith("-"):
-            out.append(a)
+            out.append(i)
         i += 1
+    return out
+
+
+def _overrides(args: list[str]) -> list[str]:
+    """The config overrides among the command-line ``args`` (see :func:`_override_indices`)."""
+    return [args[i] for i in _override_indices(args)]
+
+
+def _path_keys() -> set[str]:
+    """Every config key that holds a path: ``checkpoint`` and the fields declared
+    ``param(..., path=True)`` of every option of every group and section (``dataset.path``,
+    ``dataset.schema_file``, ``trainer.resume``, ``infer.input``, ...)."""
+    from mtl_train import registry
+    from mtl_train.config import TrainerConfig, path_keys
+
+    keys = {"checkpoint"} | {f"trainer.{k}" for k in path_keys(TrainerConfig)}
+    keys |= {f"{s}.{k}" for s, schema in SECTIONS.items() for k in path_keys(schema)}
+    for group in registry.GROUPS:
+        for entry in registry.options(group).values():
+            keys |= {f"{group}.{k}" for k in path_keys(entry.config)}
+    return keys
+
+
+def absolute_path_overrides(args: list[str]) -> list[str]:
+    """``args`` with the value of every path override (see :func:`_path_keys`) made absolute
+    against the launch directory (:func:`mtl_train.config.resolve_path`), so that Hydra's record
+    (``.hydra/config.yaml``, ``overrides.yaml``) holds the path that was read, whatever
+    ``hydra.job.chdir`` does. Quoted values, sweeps (``a,b``), interpolations and ``null`` are
+    left as given: validation resolves every path field anyway."""
+    from mtl_train.config import resolve_path
+
+    keys, out = _path_keys(), list(args)
+    for i in _override_indices(args):
+        key, eq, value = args[i].partition("=")
+        name = key.lstrip("+")
+        if name.startswith("infer.dataset."):  # a checkpoint's dataset path on mode=eval/predict
+            name = "dataset." + name[len("infer.dataset."):]
+        if (eq and name in keys and value and value != "null" and value[0] not in "'\"[{"
+                and not any(c in value for c in ",${}()'\" ")):
+            out[i] = f"{key}={_quote(resolve_path(value))}"
+    return out
+
+
+INFER_MODES = ("eval", "predict")
+
+
+def eval_dataset_overrides(args: list[str]) -> list[str]:
+    """``args`` with, for ``mode=eval``/``predict``, every ``dataset=<name>`` and
+    ``dataset.<key>=<value>`` moved to ``+infer.dataset.name`` / ``+infer.dataset.<key>``: those
+    modes score the checkpoint's dataset, and these overrides apply to it (its paths may point
+    at other files, see :func:`mtl_train.train.infer.checkpoint_config`), instead of to the
+    command line's default dataset, which would refuse the key or ignore it."""
+    if _last_value(args, "mode") not in INFER_MODES:
+        return list(args)
+    out = list(args)
+    for i in _override_indices(args):
+        key, eq, value = args[i].partition("=")
+        if eq and (key == "dataset" or key.startswith("dataset.")):
+            sub = "name" if key == "dataset" else key[len("dataset."):]
+            out[i] = f"+infer.dataset.{sub}={value}"
     return out
 
 
 def _unknown_option(group: str, option: str, options) -> ConfigError:
     if group == "hydra/sweeper" and option == "optuna":
-        return ConfigError('hydra/sweeper=optuna: the Optuna sweeper is not installed '
-                           '(in the mtl-train clone: pip install ".[optuna]")')
+        return ConfigError(extras.missing_extra_message(extras.OPTUNA[1], extras.OPTUNA[2]))
     return ConfigError(f"{group}={option}: unknown {group} '{option}' (choose from {', '.join(options)})")
 
 
@@ -162,6 +222,8 @@ def precheck_overrides(args: list[str]) -> None:
             continue
         key, value = arg.split("=", 1)
         if key.startswith("hydra/") and "(" not in value:  # Hydra's groups (hydra/sweeper=optuna): composed
+            if key == "hydra/sweeper" and value == "optuna":
+                extras.require_extra(*extras.OPTUNA)
             groups.append(f"{key}={value.split(',')[0]}")
             continue
         if key.startswith("hydra") or "/" in key or "(" in value:
@@ -242,6 +304,42 @@ def resume_overrides(args: list[str]) -> list[str]:
             k += 1
         extra.append(f"hydra.output_subdir=.hydra/resume-{k}")
     return extra
+
+
+# Hydra's flags after which it runs no job (prints, completes): no output directory is created
+_NO_JOB_FLAGS = {"--help", "-h", "--hydra-help", "--version", "--cfg", "-c", "--info", "-i", "-sc", "--shell-completion"}
+
+
+def check_output_dir(args: list[str]) -> None:
+    """Check, before Hydra creates it, that the run's output directory can be created:
+    ``hydra.sweep.dir`` with ``-m``/``--multirun``, else ``hydra.run.dir`` (given, or the default
+    ``outputs/...`` under the working directory), its interpolations resolved as Hydra resolves
+    them. Hydra itself would end with a ``NotADirectoryError``/``PermissionError`` traceback
+    and exit 1. Nothing is created here (see :func:`mtl_train.io.ensure_writable_dir`).
+
+    Raises:
+        ConfigError: ``hydra.run.dir: cannot create '<path>': <reason>``.
+    """
+    from mtl_train.io import ensure_writable_dir
+
+    if _NO_JOB_FLAGS & set(args):
+        return
+    key = "hydra.sweep.dir" if {"-m", "--multirun"} & set(args) else "hydra.run.dir"
+    overrides = []
+    for arg in _overrides(args):
+        if "=" not in arg or arg[0] in "+~":
+            continue
+        k, value = arg.split("=", 1)
+        if k in GROUPS or k == "experiment" or (k.startswith("hydra/") and "(" not in value):
+            overrides.append(f"{k}={value.split(',')[0]}")
+        elif k in ("hydra.run.dir", "hydra.sweep.dir"):
+            overrides.append(arg)
+    try:
+        path = OmegaConf.select(_compose(overrides), key, throw_on_missing=True)
+    except Exception:  # noqa: BLE001 - an interpolation only Hydra's run can resolve: Hydra creates it as before
+        return
+    if isinstance(path, str) and path:
+        ensure_writable_dir(key, path)
 
 
 def _fail(err: Exception, code: int = 2) -> None:
@@ -348,9 +446,15 @@ def app(cfg: DictConfig) -> float | None:
 
 def main() -> None:
     """Console-script entry point (``mtl-train``, ``python -m mtl_train``)."""
+    from mtl_train.config import set_launch_dir
+
+    set_launch_dir(os.getcwd())  # relative paths mean this directory, whatever hydra.job.chdir does
     try:
+        sys.argv[1:] = eval_dataset_overrides(sys.argv[1:])
         precheck_overrides(sys.argv[1:])
+        sys.argv[1:] = absolute_path_overrides(sys.argv[1:])
         sys.argv.extend(resume_overrides(sys.argv[1:]))
+        check_output_dir(sys.argv[1:])
     except MtlError as e:
         _fail(e)
     app()

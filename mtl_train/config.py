@@ -9,6 +9,7 @@ outside a field's closed set of choices or a size that is zero or negative (the 
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, fields
 from typing import Any, Dict, List, Optional
 
@@ -19,6 +20,52 @@ from mtl_train import registry
 from mtl_train.errors import ConfigError
 from mtl_train.metrics import METRICS
 from mtl_train.registry import param
+
+# ---- paths -------------------------------------------------------------------------------
+_LAUNCH_DIR: str | None = None
+
+
+def set_launch_dir(path: str | None) -> None:
+    """Record the directory mtl-train was launched in (:func:`mtl_train.cli.main` does, before
+    Hydra may change into the run directory with ``hydra.job.chdir=true``); None forgets it."""
+    global _LAUNCH_DIR
+    _LAUNCH_DIR = os.path.abspath(path) if path is not None else None
+
+
+def launch_dir() -> str:
+    """The directory the user's relative paths mean: the one recorded by :func:`set_launch_dir`,
+    else Hydra's original working directory where Hydra changed it (``hydra.job.chdir=true``),
+    else the current one."""
+    if _LAUNCH_DIR is not None:
+        return _LAUNCH_DIR
+    from hydra.core.hydra_config import HydraConfig
+
+    if HydraConfig.initialized():
+        hc = HydraConfig.get()
+        if hc.job.get("chdir") and hc.runtime.get("cwd"):
+            return hc.runtime.cwd
+    return os.getcwd()
+
+
+def resolve_path(value: Any, base: str | None = None) -> Any:
+    """A user's path made absolute: ``~`` expanded, a relative path joined to ``base`` (default
+    :func:`launch_dir`) and normalised. Globs and Hive-style ``key=value`` folders keep their
+    patterns; a URL (``scheme://``), an empty string and a non-string value are returned as given."""
+    if not isinstance(value, str) or not value or "://" in value:
+        return value
+    return os.path.normpath(os.path.join(base or launch_dir(), os.path.expanduser(value)))
+
+
+def _resolve_paths(cfg: DictConfig, schema: type) -> None:
+    """Resolve, in place, every field of ``schema`` declared ``param(..., path=True)``."""
+    for f in fields(schema):
+        if registry.field_meta(schema, f.name)["path"] and isinstance(cfg.get(f.name), str):
+            cfg[f.name] = resolve_path(cfg[f.name])
+
+
+def path_keys(schema: type) -> list[str]:
+    """The fields of the config dataclass ``schema`` that hold paths (``param(..., path=True)``)."""
+    return [f.name for f in fields(schema) if registry.field_meta(schema, f.name)["path"]]
 
 
 # ---- trainer, infer, objective --------------------------------------------------------
@@ -53,7 +100,8 @@ class TrainerConfig:
     step_size: int = param(1000, "step: optimizer steps between decays", positive=True)
     gamma: float = param(0.1, "step: decay factor", positive=True)
     checkpoint_every_steps: Optional[int] = param(None, "also write checkpoints/last.pt every N steps", positive=True)
-    resume: Optional[str] = param(None, "a run directory or checkpoint file: continue that run (in its directory)")
+    resume: Optional[str] = param(None, "a run directory or checkpoint file: continue that run (in its directory)",
+                                  path=True)
     nonfinite: str = param("stop", "a non-finite loss: stop (keep the last good checkpoint) or skip the batch (counted)",
                            choices=("stop", "skip"))
     fused_kernels: bool = param(True, "hand-written expert passes, sparse lookup and row-sparse Adam; false: their "
@@ -66,11 +114,13 @@ class InferConfig:
 
     split: str = param("test", "the split of the checkpoint's dataset to score (when input is null)",
                        choices=("train", "val", "test"))
-    input: Optional[str] = param(None, "or a data file in the dataset's format")
-    output: Optional[str] = param(None, "eval: JSON, predict: Parquet or CSV; null: in this run's directory")
+    input: Optional[str] = param(None, "or a data file in the dataset's format", path=True)
+    output: Optional[str] = param(None, "eval: JSON, predict: Parquet or CSV; null: in this run's directory", path=True)
     overwrite: bool = param(False, "an existing infer.output is refused unless true")
     id_columns: Optional[List[str]] = param(None, "predict: columns copied next to the probabilities")
     batch_size: Optional[int] = param(None, "null: the checkpoint's trainer.eval_batch_size", positive=True)
+    dataset: Dict[str, Any] = param(doc="changes to the checkpoint's dataset: its paths (dataset.<path key>=... on "
+                                        "an eval/predict command line lands here)", factory=dict)
 
 
 @dataclass
@@ -149,6 +199,7 @@ def validate_group(group: str, cfg: DictConfig) -> DictConfig:
     except OmegaConfBaseException as e:  # pragma: no cover - any other OmegaConf complaint
         raise ConfigError(f"{group}: {str(e).splitlines()[0]}") from None
     _check_values(group, typed, schema)
+    _resolve_paths(typed, schema)
     return typed
 
 
@@ -163,6 +214,7 @@ def _typed(key: str, schema: type, cfg) -> DictConfig:
     except OmegaConfBaseException as e:  # pragma: no cover
         raise ConfigError(f"{key}: {str(e).splitlines()[0]}") from None
     _check_values(key, typed, schema)
+    _resolve_paths(typed, schema)
     return typed
 
 
@@ -186,6 +238,8 @@ def validate(cfg: DictConfig) -> DictConfig:
     Top-level keys: the groups (``GROUPS``), ``seed`` (int), ``mode`` (train, eval or
     predict), ``checkpoint`` (str or null: the checkpoint or run directory of eval/predict)
     and the sections ``infer`` (:class:`InferConfig`) and ``objective`` (:class:`Objective`).
+    Paths (``checkpoint`` and the fields declared ``param(..., path=True)``) come back
+    absolute, resolved against the launch directory (:func:`resolve_path`).
 
     Raises:
         ConfigError: see :func:`validate_group`; also an unknown top-level key or a
@@ -214,6 +268,7 @@ def validate(cfg: DictConfig) -> DictConfig:
     out.setdefault("checkpoint", None)
     if out["checkpoint"] is not None and not isinstance(out["checkpoint"], str):
         raise ConfigError(f"checkpoint: must be a path (string), got {out['checkpoint']!r}")
+    out["checkpoint"] = resolve_path(out["checkpoint"])
     for key, schema in SECTIONS.items():
         if key not in out:
             out[key] = OmegaConf.structured(schema)

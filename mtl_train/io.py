@@ -61,3 +61,64 @@ def _fsync_folder(folder: str) -> None:
         pass
     finally:
         os.close(dfd)
+
+
+def _first_missing(path: str) -> tuple[str | None, str]:
+    """(the shallowest missing component of ``path`` or None where all of it exists, the deepest
+    existing ancestor)."""
+    missing, cur = None, path
+    while not os.path.lexists(cur):
+        missing, parent = cur, os.path.dirname(cur)
+        if parent == cur:  # pragma: no cover - a root that does not exist
+            break
+        cur = parent
+    return missing, cur
+
+
+def creatable_dir_problem(path: str) -> str | None:
+    """Why the directory ``path`` cannot be created or written (a reason for a message), or None
+    where it exists as a writable directory or can be created. Nothing is left behind: where
+    part of ``path`` is missing, its shallowest missing folder is created and removed again,
+    which finds what a permission check alone would not (root on a read-only mount, ``/proc``)."""
+    path = os.path.abspath(os.path.expanduser(path))
+    missing, existing = _first_missing(path)
+    if not os.path.isdir(existing):
+        return f"'{existing}' is a file, not a directory"
+    if missing is None:
+        return None if os.access(path, os.W_OK | os.X_OK) else "permission denied"
+    try:
+        os.mkdir(missing)
+    except FileExistsError:  # created meanwhile by another process
+        return None
+    except OSError as e:
+        return e.strerror.lower() if e.strerror else str(e)
+    try:
+        os.rmdir(missing)
+    except OSError:  # pragma: no cover - filled meanwhile by another process
+        pass
+    return None
+
+
+def ensure_writable_dir(key: str, path: str, create: bool = False) -> str:
+    """Check, before any work, that the output directory ``path`` given by config key ``key``
+    (``hydra.run.dir``, ``hydra.sweep.dir``, the folder of ``infer.output``, an export's
+    output, ...) can be created and written; with ``create``, create it.
+
+    Returns:
+        ``path``, absolute, ``~`` expanded.
+
+    Raises:
+        ConfigError: ``<key>: cannot create '<path>': <reason>`` (one line; the CLI exits 2).
+    """
+    from mtl_train.errors import ConfigError
+
+    full = os.path.abspath(os.path.expanduser(path))
+    why = creatable_dir_problem(full)
+    if why is None and create:
+        try:
+            os.makedirs(full, exist_ok=True)
+        except OSError as e:
+            why = e.strerror.lower() if e.strerror else str(e)
+    if why is not None:
+        raise ConfigError(f"{key}: cannot create '{full}': {why}")
+    return full

@@ -102,13 +102,17 @@ def get(group: str, name: Optional[str]) -> Entry:
 
 
 def param(default: Any = dataclasses.MISSING, doc: str = "", *, factory: Optional[Callable[[], Any]] = None,
-          positive: bool = False, non_negative: bool = False, choices: Optional[tuple] = None) -> Any:
+          positive: bool = False, non_negative: bool = False, choices: Optional[tuple] = None,
+          path: bool = False) -> Any:
     """A config field with its default, docstring and constraints (checked by
     :func:`mtl_train.config.validate`): ``positive`` (> 0 where set), ``non_negative`` (>= 0),
     ``choices`` (a closed set of values). ``factory`` gives a mutable default (a list, a dict).
+    ``path``: a file system path given by the user (a file, directory or glob); validation
+    resolves it, ``~`` expanded, against the directory mtl-train was launched in (whatever
+    ``hydra.job.chdir`` says), so the stored config holds it absolute.
     """
     meta = {"doc": doc, "positive": positive, "non_negative": non_negative,
-            "choices": tuple(choices) if choices is not None else None}
+            "choices": tuple(choices) if choices is not None else None, "path": path}
     if factory is not None:
         return dataclasses.field(default_factory=factory, metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
@@ -116,14 +120,14 @@ def param(default: Any = dataclasses.MISSING, doc: str = "", *, factory: Optiona
 
 def field_meta(config: type, name: str) -> dict:
     """What :func:`param` declared for field ``name`` of the dataclass ``config``: ``doc``,
-    ``positive``, ``non_negative`` and ``choices`` (empty values for a plain field).
+    ``positive``, ``non_negative``, ``choices`` and ``path`` (empty values for a plain field).
 
     Raises:
         KeyError: ``config`` has no field ``name``.
     """
     for f in dataclasses.fields(config):
         if f.name == name:
-            return {"doc": "", "positive": False, "non_negative": False, "choices": None, **f.metadata}
+            return {"doc": "", "positive": False, "non_negative": False, "choices": None, "path": False, **f.metadata}
     raise KeyError(f"{config.__name__} has no field '{name}'")
 
 

@@ -43,6 +43,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from mtl_train import extras
 from mtl_train.errors import MtlError
 from mtl_train.metrics import METRICS
 
@@ -504,6 +505,8 @@ def main(argv: list[str] | None = None) -> None:
     write_runs_csv(rep, out.with_name(out.name + "_runs.csv"))
     written = [out.with_suffix(".md"), out.with_suffix(".csv"), out.with_name(out.name + "_runs.csv")]
     try:
+        if not extras.has_module("matplotlib"):  # also where its parent is absent: never a traceback
+            raise ImportError("matplotlib")
         if write_plot(rep, out.with_suffix(".png"), args.plot_split, args.plot_metric):
             written.append(out.with_suffix(".png"))
     except ImportError:

@@ -102,3 +102,29 @@ def test_an_error_is_not_written_into_another_runs_directory(tmp_path):
         handler.close()
     assert (fresh / "error.txt").read_text() == "bad value\n"
     assert "error: bad value" in (tmp_path / "x.log").read_text()
+
+
+def test_eval_and_predict_move_dataset_overrides_to_the_checkpoints_dataset():
+    from mtl_train.cli import eval_dataset_overrides
+
+    args = ["mode=eval", "checkpoint=r", "dataset=hillstrom", "dataset.path=d/h.csv", "--config-dir", "dataset.x=1"]
+    assert eval_dataset_overrides(args) == ["mode=eval", "checkpoint=r", "+infer.dataset.name=hillstrom",
+                                            "+infer.dataset.path=d/h.csv", "--config-dir", "dataset.x=1"]
+    train = ["dataset=hillstrom", "dataset.path=d/h.csv"]
+    assert eval_dataset_overrides(train) == train
+
+
+def test_path_overrides_are_made_absolute_before_hydra_records_them(tmp_path):
+    from mtl_train.cli import absolute_path_overrides
+    from mtl_train.config import set_launch_dir
+
+    set_launch_dir(str(tmp_path))
+    try:
+        out = absolute_path_overrides(["dataset.path=d/h.csv", "+infer.dataset.path=x.csv", "checkpoint=run",
+                                       "infer.output=null", "dataset.train_path=a.csv,b.csv", "model.num_experts=4",
+                                       "hydra.run.dir=rel", "dataset.cache_dir=${oc.env:HOME}/c"])
+    finally:
+        set_launch_dir(None)
+    assert out == [f"dataset.path='{tmp_path}/d/h.csv'", f"+infer.dataset.path='{tmp_path}/x.csv'",
+                   f"checkpoint='{tmp_path}/run'", "infer.output=null", "dataset.train_path=a.csv,b.csv",
+                   "model.num_experts=4", "hydra.run.dir=rel", "dataset.cache_dir=${oc.env:HOME}/c"]

@@ -7,6 +7,7 @@ its :class:`~mtl_train.data.schema.FeatureSchema` with the fitted encoders
     mtl-train mode=eval checkpoint=<run dir | file.pt> infer.split=test
     mtl-train mode=eval checkpoint=<run dir | file.pt> infer.input=new.parquet
     mtl-train mode=predict checkpoint=<run dir | file.pt> infer.input=new.parquet infer.output=p.parquet
+    mtl-train mode=eval checkpoint=<run dir | file.pt> dataset.path=moved/data.csv   # its dataset, elsewhere
 
 A run directory means its ``checkpoints/best.pt`` (else ``last.pt``). Scoring uses the same
 batches and the same forward pass as the training run's evaluation, so ``mode=eval`` on a
@@ -28,7 +29,7 @@ from mtl_train.data.datasets import load_dataset, read_file
 from mtl_train.data.files import check_readable, require_columns
 from mtl_train.data.schema import Table
 from mtl_train.errors import ConfigError, DataError
-from mtl_train.io import write_atomic
+from mtl_train.io import ensure_writable_dir, write_atomic
 from mtl_train.models.builder import build_model
 from mtl_train.train import checkpoint as ckpt
 from mtl_train.train.device import resolve_device, to_device
@@ -38,18 +39,52 @@ from mtl_train.train.resume import same_schema
 log = logging.getLogger(__name__)
 
 
-def load_model(checkpoint: str | None, device: torch.device):
+def checkpoint_config(stored: dict, dataset: dict | None = None) -> DictConfig:
+    """The validated config of a checkpoint, with the changes ``dataset`` (``infer.dataset``:
+    the ``dataset=<name>`` / ``dataset.<key>=<value>`` of an eval/predict command line) applied
+    to its dataset. Only the dataset's path keys may change (another copy of its files, a cache
+    elsewhere); a relative path is resolved against the launch directory, as in training.
+
+    Raises:
+        ConfigError: another dataset than the checkpoint's, or a key that is not one of its paths
+            (any other key would change the rows or their encoding the model was trained on).
+    """
+    from mtl_train import registry
+    from mtl_train.config import path_keys, validate
+
+    stored = dict(stored)
+    changes = dict(dataset or {})
+    name = stored["dataset"]["name"]
+    asked = changes.pop("name", None)
+    if asked is not None and asked != name:
+        raise ConfigError(f"dataset={asked}: this checkpoint was trained on dataset={name}, which eval/predict score; "
+                          f"point it at other files with dataset.<path key>=..., or score a file with infer.input=...")
+    allowed = path_keys(registry.get("dataset", name).config)
+    for key in changes:
+        if key not in allowed:
+            keys = ", ".join(f"dataset.{k}" for k in allowed) or f"none for dataset={name}"
+            raise ConfigError(f"dataset.{key}: eval/predict keep the checkpoint's dataset config; only its paths may be "
+                              f"given ({keys}); score another file with infer.input=...")
+    if changes:
+        stored["dataset"] = {**stored["dataset"], **changes}
+        log.info("checkpoint's dataset with %s", ", ".join(f"dataset.{k}={v}" for k, v in changes.items()))
+    return validate(OmegaConf.create(stored))
+
+
+def load_model(checkpoint: str | None, device: torch.device, dataset: dict | None = None):
     """Rebuild the model of a checkpoint.
+
+    Args:
+        dataset: changes to the checkpoint's dataset config (``infer.dataset``, see
+            :func:`checkpoint_config`).
 
     Returns:
         (model in eval mode, the checkpoint's validated config, its FeatureSchema, the file path).
 
     Raises:
-        ConfigError: no ``checkpoint`` given, or nothing at that path.
+        ConfigError: no ``checkpoint`` given, or nothing at that path; a refused dataset change.
         DataError: an unreadable checkpoint or one without a stored schema.
     """
-    from mtl_train.config import validate
-
     if not checkpoint:
         raise ConfigError("checkpoint: eval and predict need checkpoint=<checkpoint file or run directory>")
     path = ckpt.find_checkpoint(checkpoint, "checkpoint", prefer=("best.pt", "last.pt"))
@@ -57,7 +92,7 @@ def load_model(checkpoint: str | None, device: torch.device):
     schema = state.get("schema")
     if schema is None:
         raise DataError(f"{path}: the checkpoint holds no feature schema (written by an older mtl-train)")
-    cfg = validate(OmegaConf.create(state["config"]))
+    cfg = checkpoint_config(state["config"], dataset)
     model = build_model(schema, cfg.model, cfg.graph).to(device)
     model.load_state_dict(state["model"])
     model.eval()
@@ -97,7 +132,8 @@ def output_path(cfg: DictConfig, run_dir: str, default: str, formats: dict[str, 
     (else ``<run_dir>/<default>``) and its format, chosen by the file extension from ``formats``.
 
     Raises:
-        ConfigError: an extension not in ``formats``; the path is the input file
+        ConfigError: an extension not in ``formats``; a folder that cannot be created
+            (:func:`~mtl_train.io.ensure_writable_dir`); the path is the input file
             (``infer.input``); or the file exists and ``infer.overwrite`` is false (so neither
             a data file nor a training run's metrics.json is replaced by mistake).
     """
@@ -108,6 +144,7 @@ def output_path(cfg: DictConfig, run_dir: str, default: str, formats: dict[str, 
         raise ConfigError(f"infer.output: {out}: unknown extension '{ext}' (this mode writes {names})")
     if os.path.isdir(out):
         raise ConfigError(f"infer.output: {out} is a directory; name a file")
+    ensure_writable_dir("infer.output", os.path.dirname(out))
     if os.path.exists(out):
         given = os.path.expanduser(cfg.infer.input) if cfg.infer.input else None
         if given and os.path.exists(given) and os.path.samefile(out, given):
@@ -127,7 +164,7 @@ def run_eval(cfg: DictConfig, run_dir: str) -> dict:
         ConfigError: see :func:`output_path` (checked before the model is loaded)."""
     out, _ = output_path(cfg, run_dir, "eval.json", {".json": "json", "": "json"})
     device = resolve_device(cfg.trainer.device)
-    model, trained, schema, _ = load_model(cfg.checkpoint, device)
+    model, trained, schema, _ = load_model(cfg.checkpoint, device, cfg.infer.get("dataset"))
     table, name, _ = load_input(cfg, trained, schema, labels_required=True)
     bs = cfg.infer.batch_size or trained.trainer.eval_batch_size
     gauc_by = cfg.trainer.gauc_by or trained.trainer.get("gauc_by")  # the command line's, else the run's
@@ -182,7 +219,7 @@ def run_predict(cfg: DictConfig, run_dir: str) -> str:
     """
     out, fmt = output_path(cfg, run_dir, "predictions.parquet", PREDICT_FORMATS)
     device = resolve_device(cfg.trainer.device)
-    model, trained, schema, _ = load_model(cfg.checkpoint, device)
+    model, trained, schema, _ = load_model(cfg.checkpoint, device, cfg.infer.get("dataset"))
     table, name, raw = load_input(cfg, trained, schema, labels_required=False)
     bs = cfg.infer.batch_size or trained.trainer.eval_batch_size
     scores = predict_table(model, table, device, bs)

@@ -49,14 +49,15 @@ from mtl_train.registry import param, register
 @dataclass
 class AliCCPData:
     name: str = "aliccp"
-    train_path: Optional[str] = param(None, "preprocessed train CSV")
-    val_path: Optional[str] = param(None, "null: a seeded half of the test file is val, the other half test")
-    test_path: Optional[str] = param(None, "preprocessed test CSV")
-    raw_dir: Optional[str] = param(None, "or the raw Tianchi release: sample_skeleton_* and common_features_* CSVs")
+    train_path: Optional[str] = param(None, "preprocessed train CSV", path=True)
+    val_path: Optional[str] = param(None, "null: a seeded half of the test file is val, the other half test", path=True)
+    test_path: Optional[str] = param(None, "preprocessed test CSV", path=True)
+    raw_dir: Optional[str] = param(None, "or the raw Tianchi release: sample_skeleton_* and common_features_* CSVs",
+                                   path=True)
     split_seed: Optional[int] = param(None, "null: use the run's seed")
     min_count: int = param(1, "values seen fewer times in train map to the out-of-vocabulary id", positive=True)
     max_rows: Optional[int] = param(None, "read only the first N rows of each file (quick checks)", positive=True)
-    cache_dir: Optional[str] = param(None, "null: next to the data if writable, else ~/.cache/mtl-train")
+    cache_dir: Optional[str] = param(None, "null: next to the data if writable, else ~/.cache/mtl-train", path=True)
 
 
 log = logging.getLogger(__name__)

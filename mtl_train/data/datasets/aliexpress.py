@@ -30,13 +30,13 @@ from mtl_train.registry import param, register
 @dataclass
 class AliExpressData:
     name: str = "aliexpress"
-    train_path: Optional[str] = param(None, "train CSV of one country")
-    test_path: Optional[str] = param(None, "test CSV of the same country")
+    train_path: Optional[str] = param(None, "train CSV of one country", path=True)
+    test_path: Optional[str] = param(None, "test CSV of the same country", path=True)
     val_fraction: float = param(0.1, "val = a seeded fraction of the train file", positive=True)
     split_seed: Optional[int] = param(None, "null: use the run's seed")
     min_count: int = param(1, "values seen fewer times in train map to the out-of-vocabulary id", positive=True)
     max_rows: Optional[int] = param(None, "read only the first N rows of each file (quick checks)", positive=True)
-    cache_dir: Optional[str] = param(None, "null: next to the data if writable, else ~/.cache/mtl-train")
+    cache_dir: Optional[str] = param(None, "null: next to the data if writable, else ~/.cache/mtl-train", path=True)
 
 
 log = logging.getLogger(__name__)

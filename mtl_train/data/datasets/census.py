@@ -47,9 +47,9 @@ from mtl_train.registry import param, register
 @dataclass
 class CensusData:
     name: str = "census"
-    path: Optional[str] = param(None, "one file, split by a seeded permutation (split)")
-    train_path: Optional[str] = param(None, "or train_path + test_path: the paper's protocol")
-    test_path: Optional[str] = param(None, "split half/half into val and test")
+    path: Optional[str] = param(None, "one file, split by a seeded permutation (split)", path=True)
+    train_path: Optional[str] = param(None, "or train_path + test_path: the paper's protocol", path=True)
+    test_path: Optional[str] = param(None, "split half/half into val and test", path=True)
     tasks: List[str] = param(doc="income, marital, education", factory=lambda: ["income", "marital"])
     split: List[float] = param(doc="train/val/test fractions when path is given", factory=lambda: [0.6, 0.2, 0.2])
     split_seed: Optional[int] = param(None, "null: use the run's seed")

@@ -34,14 +34,14 @@ from mtl_train.registry import param, register
 @dataclass
 class HillstromData:
     name: str = "hillstrom"
-    path: Optional[str] = param(None, "hillstrom.csv")
+    path: Optional[str] = param(None, "hillstrom.csv", path=True)
     tasks: List[str] = param(doc="visit, conversion, spend (regression: log1p(spend in $))",
                              factory=lambda: ["visit", "conversion"])
     split: List[float] = param(doc="train/val/test fractions", factory=lambda: [0.6, 0.2, 0.2])
     split_seed: Optional[int] = param(None, "null: use the run's seed")
     min_count: int = param(1, "values seen fewer times in train map to the out-of-vocabulary id", positive=True)
     max_rows: Optional[int] = param(None, "read only the first N rows of each file (quick checks)", positive=True)
-    cache_dir: Optional[str] = param(None, "null: next to the data if writable, else ~/.cache/mtl-train")
+    cache_dir: Optional[str] = param(None, "null: next to the data if writable, else ~/.cache/mtl-train", path=True)
 
 
 log = logging.getLogger(__name__)
