@@ -1,107 +1,11 @@
-"""The fast paths of issue 5 give the same numbers as the plain formulas."""
-import numpy as np
+"""mtl_train.kernels.experts: fused ReLU experts and mix against the plain-autograd reference."""
 import pytest
 import torch
-import torch.nn as nn
-from sklearn.metrics import roc_auc_score
+from helpers import _loop_experts
 
-from mtl_train.data.schema import DenseFeature, FeatureSchema, SequenceFeature, SparseFeature, Task
-from mtl_train.metrics import binary_metrics, exact_auc
-from mtl_train.models.embedding import FeatureEmbedding, lookup
+from mtl_train import kernels
+from mtl_train.kernels.experts import mix, mix_reference, relu_experts, relu_experts_reference
 from mtl_train.models.layers import BatchedExperts, Gate, gate_probabilities, mix_experts
-from mtl_train.train.optim import RowSparseAdam
-
-
-@pytest.mark.parametrize("n, decimals, dtype", [(2, 1, np.float32), (50, 1, np.float64), (5000, 2, np.float32),
-                                                (20000, 6, np.float64), (3000, 20, np.float64)])
-def test_exact_auc_equals_sklearn_with_and_without_ties(n, decimals, dtype):
-    rng = np.random.default_rng(n)
-    y = (rng.random(n) < 0.2).astype(np.float64)
-    y[0], y[1] = 1, 0
-    s = np.round(rng.random(n) + 0.3 * y, decimals).astype(dtype)
-    assert exact_auc(s, y) == pytest.approx(roc_auc_score(y, s), abs=1e-12)
-    assert exact_auc(-s, y) == pytest.approx(1 - roc_auc_score(y, s), abs=1e-12)
-
-
-def test_exact_auc_hand_computed_ties_signs_and_one_class():
-    # pairs (pos, neg): 0.35 vs 0.1 win, 0.35 vs 0.4 lose, 0.8 wins both -> 3/4
-    assert exact_auc(np.array([0.1, 0.4, 0.35, 0.8], np.float32), np.array([0, 0, 1, 1])) == 0.75
-    # all tied: 1/2; -0.0 ties with +0.0; negative scores order correctly
-    assert exact_auc(np.zeros(4, np.float32), np.array([0, 1, 0, 1])) == 0.5
-    assert exact_auc(np.array([-0.0, 0.0, -3.0, 2.0], np.float32), np.array([1, 0, 0, 1])) == 0.875
-    assert exact_auc(np.ones(3), np.ones(3)) is None
-    m = binary_metrics(np.array([0.2, 0.7, 0.7, 0.9]), np.array([0, 1, 0, 1]))
-    assert m["auc"] == pytest.approx(0.875)
-
-
-@pytest.mark.parametrize("fused", [True, False], ids=["fused_kernel", "op_by_op"])
-def test_sparse_lookup_gradient_equals_dense_and_row_sparse_adam_equals_adam_on_touched_rows(fused, monkeypatch):
-    if not fused:  # the formula RowSparseAdam falls back to (CUDA, or a torch without the kernel)
-        monkeypatch.setattr(torch, "_fused_adam_", None, raising=False)
-    torch.manual_seed(0)
-    dense, sparse = nn.Embedding(6, 3), nn.Embedding(6, 3, sparse=True)
-    sparse.weight.data.copy_(dense.weight.data)
-    w = torch.randn(4, 5, 3)
-    opt_d = torch.optim.Adam(dense.parameters(), lr=0.05)
-    opt_s = RowSparseAdam(sparse.parameters(), lr=0.05)
-    for step in range(4):
-        ids = torch.randint(0, 6, (4, 5))
-        ids[0, :] = torch.tensor([0, 1, 2, 3, 4])
-        ids[1, 0] = 5  # every row is touched every step: lazy Adam == Adam
-        for emb, opt in ((dense, opt_d), (sparse, opt_s)):
-            opt.zero_grad()
-            (lookup(emb, ids) * w).sum().backward()
-        rows = sparse.weight.grad._indices()[0]
-        assert sparse.weight.grad.is_sparse and bool((rows[1:] > rows[:-1]).all())  # unique, sorted
-        torch.testing.assert_close(sparse.weight.grad.to_dense(), dense.weight.grad)
-        opt_d.step()
-        opt_s.step()
-        torch.testing.assert_close(sparse.weight.data, dense.weight.data, rtol=1e-6, atol=1e-7)
-    # a row absent from the batch keeps its weight (lazy)
-    before = sparse.weight.data.clone()
-    opt_s.zero_grad()
-    lookup(sparse, torch.tensor([[0, 1]])).sum().backward()
-    opt_s.step()
-    assert torch.equal(sparse.weight.data[2:], before[2:]) and not torch.equal(sparse.weight.data[:2], before[:2])
-
-
-def test_sequence_pooling_mean_and_sum_by_hand():
-    schema = FeatureSchema([SparseFeature("u", 3)], [DenseFeature("x")], [Task("t", "t")],
-                           sequence=[SequenceFeature("h", 5, 3, "mean"), SequenceFeature("g", 4, 2, "sum")])
-    emb = FeatureEmbedding(schema, 2)
-    W = emb.table.weight.detach()
-    batch = {"sparse": torch.tensor([[1], [0]]), "dense": torch.tensor([[0.5], [-1.0]]),
-             "seq": torch.tensor([[2, 4, 0, 3, 3], [0, 0, 0, 0, 0]])}
-    out = emb(batch)
-    assert out.shape == (2, 2 * 3 + 1) and emb.out_dim == 7
-    h0, g0 = 3, 3 + 5  # table offsets of the two sequence features
-    torch.testing.assert_close(out[0, :2], W[1])
-    torch.testing.assert_close(out[0, 2:4], (W[h0 + 2] + W[h0 + 4]) / 2)  # padding id 0 left out
-    torch.testing.assert_close(out[0, 4:6], 2 * W[g0 + 3])
-    torch.testing.assert_close(out[1, 2:6], torch.zeros(4))  # empty lists: zero vectors
-    assert out[1, 6] == -1.0
-
-
-def test_batched_experts_and_gate_mix_equal_a_loop_over_experts():
-    torch.manual_seed(0)
-    ex = BatchedExperts(3, 5, [4, 2])
-    x = torch.randn(7, 5)
-    y = ex(x)
-    torch.testing.assert_close(y, _loop_experts(ex, x))
-    gate = Gate(5, 3)
-    g = torch.softmax(gate.linear(x), -1)
-    torch.testing.assert_close(gate.mix(x, y), sum(g[:, e:e + 1] * y[e] for e in range(3)))
-
-
-def _loop_experts(ex: BatchedExperts, x: torch.Tensor) -> torch.Tensor:
-    """Expert e as its own MLP, layer by layer (the definition the fused path must match)."""
-    outs = []
-    for e in range(ex.num_experts):
-        h = x
-        for w, b in zip(ex.weights, ex.biases):
-            h = torch.relu(h @ w[e] + b[e])
-        outs.append(h)
-    return torch.stack(outs)
 
 
 @pytest.mark.parametrize("hidden", [[6], [6, 4], [6, 5, 3]])
@@ -135,3 +39,93 @@ def test_fused_experts_gradcheck():
     from mtl_train.kernels.experts import _ReluExperts
     params = [p for pair in zip(ex.weights, ex.biases) for p in pair]  # W1, b1, W2, b2
     assert torch.autograd.gradcheck(lambda x, *p: _ReluExperts.apply(x, *p), (x, *params))
+
+
+BF16 = {"rtol": 2e-2, "atol": 2e-2}
+
+
+@pytest.fixture(autouse=True)
+def _fused_on():
+    """Each test starts with the kernels on and leaves them on."""
+    with kernels.use_fused(True):
+        yield
+
+
+def _expert_params(e, d, hidden, seed):
+    g = torch.Generator().manual_seed(seed)
+    params, d_in = [], d
+    for h in hidden:
+        params += [torch.randn(e, d_in, h, generator=g) / d_in ** 0.5, torch.randn(e, h, generator=g) * 0.1]
+        d_in = h
+    return [p.requires_grad_() for p in params]
+
+
+def _grads(fn, x, params, d_out):
+    y = fn(x, params)
+    return y, torch.autograd.grad(y, [x, *params], d_out)
+
+
+@pytest.mark.parametrize("hidden", [[6], [6, 4], [7, 5, 3]])
+def test_relu_experts_forward_and_backward_equal_the_reference_fp32(hidden):
+    x = torch.randn(11, 5, requires_grad=True)
+    params = _expert_params(3, 5, hidden, seed=len(hidden))
+    d_out = torch.randn(3, 11, hidden[-1])
+    y, g = _grads(relu_experts, x, params, d_out)
+    y_ref, g_ref = _grads(relu_experts_reference, x, params, d_out)
+    assert type(y.grad_fn).__name__ == "_ReluExpertsBackward"
+    torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-6)
+    for a, b in zip(g, g_ref):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("hidden", [[16], [16, 8]])
+def test_relu_experts_under_bf16_autocast_match_the_reference(hidden):
+    x = torch.randn(32, 12, requires_grad=True)
+    params = _expert_params(4, 12, hidden, seed=7)
+    d_out = torch.randn(4, 32, hidden[-1])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y, g = _grads(relu_experts, x, params, d_out)
+        y_ref, g_ref = _grads(relu_experts_reference, x, params, d_out)
+    assert y.dtype == y_ref.dtype == torch.bfloat16
+    torch.testing.assert_close(y.float(), y_ref.float(), **BF16)
+    for a, b, p in zip(g, g_ref, [x, *params]):
+        assert a.dtype == b.dtype == p.dtype == torch.float32  # float32 master weights
+        torch.testing.assert_close(a, b, rtol=3e-2, atol=3e-2 * float(b.abs().max()))
+
+
+@pytest.mark.parametrize("autocast", [False, True], ids=["fp32", "bf16"])
+def test_mix_forward_and_backward_equal_the_reference(autocast):
+    g = torch.softmax(torch.randn(13, 3, 4), -1).requires_grad_()
+    ex = torch.randn(4, 13, 6, requires_grad=True)
+    d_out = torch.randn(13, 3, 6)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        y = mix(g, ex)
+        y_ref = mix_reference(g, ex)
+        grads = torch.autograd.grad(y, [g, ex], d_out)
+        grads_ref = torch.autograd.grad(y_ref, [g, ex], d_out)
+    assert type(y.grad_fn).__name__ == "_MixExpertsBackward" and y.dtype == y_ref.dtype
+    tol = BF16 if autocast else {"rtol": 1e-5, "atol": 1e-6}
+    torch.testing.assert_close(y.float(), y_ref.float(), **tol)
+    for a, b in zip(grads, grads_ref):
+        assert a.dtype == b.dtype == torch.float32
+        torch.testing.assert_close(a, b, **tol)
+
+
+def test_reference_experts_and_mix_export_with_torch_export():
+    # the reason for the reference path (issue 16): the custom autograd functions do not export
+    class Mixed(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.experts = BatchedExperts(3, 5, [6, 4])
+            self.gate = torch.nn.Linear(5, 6)
+
+        def forward(self, x):
+            gates = torch.softmax(self.gate(x).view(-1, 2, 3), -1)
+            return tuple(mix_experts(gates, self.experts(x)))
+
+    m = Mixed()
+    x, x2 = torch.randn(8, 5), torch.randn(8, 5)
+    with kernels.use_fused(False):
+        program = torch.export.export(m, (x,))
+        for a, b in zip(program.module()(x2), m(x2)):
+            torch.testing.assert_close(a, b)

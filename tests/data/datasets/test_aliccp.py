@@ -1,69 +1,14 @@
-"""Funnel datasets (hillstrom, aliccp preprocessed and raw, aliexpress), the prepare cache,
-the label checks and the synthetic click bias."""
-import json
-import math
-
+"""dataset=aliccp: the preprocessed sample and a raw fragment."""
 import pytest
 import torch
-from conftest import REPO, SHARED, find_run_dir, run_cli
-from omegaconf import OmegaConf
+from conftest import SHARED
+from helpers import dataset_cfg
 
-from mtl_train.config import validate_group
 from mtl_train.data.datasets import load_dataset
 from mtl_train.data.datasets.aliccp import convert_raw, write_raw
-from mtl_train.data.schema import DenseFeature, FeatureSchema, SparseFeature, Task
-from mtl_train.errors import ConfigError, DataError
+from mtl_train.errors import DataError
 
-HILLSTROM = SHARED / "hillstrom-email" / "hillstrom.csv"
 ALICCP = SHARED / "ali-ccp-sample"
-ALIEXPRESS = SHARED / "aliexpress-sample"
-
-
-def dataset_cfg(name, **over):
-    c = OmegaConf.load(REPO / "conf" / "dataset" / f"{name}.yaml")
-    for k, v in over.items():
-        c[k] = v
-    return validate_group("dataset", c)
-
-
-@pytest.mark.skipif(not HILLSTROM.exists(), reason="shared hillstrom data not present")
-def test_hillstrom_converts_once_splits_and_keeps_labels_out_of_features(tmp_path):
-    cfg = dataset_cfg("hillstrom", path=str(HILLSTROM), tasks=["visit", "conversion", "spend"], cache_dir=str(tmp_path))
-    b = load_dataset(cfg, seed=3)
-    assert [len(t) for _, t in b.splits()] == [38400, 12800, 12800]  # 64,000 rows split 60/20/20
-    assert b.schema.task_names == ["visit", "conversion", "spend"]
-    assert [t.parent for t in b.schema.tasks] == [None, "visit", None]
-    assert b.schema.tasks[2].type == "regression"
-    features = {f.name for f in b.schema.sparse} | {f.name for f in b.schema.dense}
-    assert not features & {"visit", "conversion", "spend", "log1p_spend"}
-    labels = torch.cat([t.labels for _, t in b.splits()])
-    assert int(labels[:, 0].sum()) == 9394 and int(labels[:, 1].sum()) == 578  # SOURCE.md counts
-    assert b.info["funnel_violations"] == {s: {"conversion": 0} for s in ("train", "val", "test")}
-    assert float(labels[:, 2].max()) == pytest.approx(math.log1p(499.0), abs=1e-4)
-    parquet = list(tmp_path.glob("hillstrom-*.parquet"))
-    assert len(parquet) == 1
-    mtime = parquet[0].stat().st_mtime_ns
-    b2 = load_dataset(cfg, seed=3)  # the cached Parquet is read back, not rebuilt
-    assert parquet[0].stat().st_mtime_ns == mtime and torch.equal(b2.train.sparse, b.train.sparse)
-    with pytest.raises(ConfigError, match="'purchase'"):
-        load_dataset(dataset_cfg("hillstrom", path=str(HILLSTROM), tasks=["purchase"], cache_dir=str(tmp_path)), 0)
-
-
-@pytest.mark.skipif(not ALIEXPRESS.exists(), reason="shared aliexpress sample not present")
-def test_aliexpress_sample_loads(tmp_path):
-    cfg = dataset_cfg("aliexpress", train_path=str(ALIEXPRESS / "aliexpress_train_sample.csv"),
-                      test_path=str(ALIEXPRESS / "aliexpress_test_sample.csv"), cache_dir=str(tmp_path))
-    b = load_dataset(cfg, seed=0)
-    assert [len(t) for _, t in b.splits()] == [90, 10, 20]
-    assert b.train.sparse.shape[1] == 16 and b.train.dense.shape[1] == 63
-    assert int(b.train.labels[:, 0].sum() + b.val.labels[:, 0].sum()) == 60  # click=1 in 60 of 100
-    assert int(b.test.labels[:, 1].sum()) == 2
-    # eval/predict read a file of the same format and encode it with the training encoders
-    from mtl_train.data.datasets import read_file
-
-    again, _ = b.schema.encoders.transform(read_file(cfg, str(ALIEXPRESS / "aliexpress_test_sample.csv")))
-    assert torch.equal(again.sparse, b.test.sparse) and torch.equal(again.labels, b.test.labels)
-    assert torch.allclose(again.dense, b.test.dense)
 
 
 @pytest.mark.skipif(not ALICCP.exists(), reason="shared ali-ccp sample not present")
@@ -129,45 +74,3 @@ def test_raw_aliccp_fragment_joins_common_features(tmp_path):
     (raw / "sample_skeleton_train.csv").write_text("1,1,0,idxA,1,205i1\n")
     with pytest.raises(DataError, match="sample_skeleton_train.csv"):
         load_dataset(dataset_cfg("aliccp", raw_dir=str(raw), cache_dir=str(tmp_path / "cache")), seed=0)
-
-
-def test_label_column_listed_as_feature_is_refused():
-    with pytest.raises(ConfigError, match="label leakage"):
-        FeatureSchema([SparseFeature("click", 4)], [DenseFeature("x")], [Task("click", "click")])
-    with pytest.raises(ConfigError, match="funnel order"):
-        FeatureSchema([SparseFeature("a", 4)], [], [Task("buy", "buy", parent="click"), Task("click", "click")])
-
-
-def test_synthetic_click_bias_selects_the_clicked_population():
-    def conv_rate_of_clicked(bias):
-        cfg = dataset_cfg("synthetic", train_rows=20000, val_rows=10, test_rows=10, click_bias=bias)
-        t = load_dataset(cfg, seed=0).train
-        clicked = t.labels[:, 0] == 1
-        return float(t.extra["purchase_if_click"][clicked].mean()), float(t.extra["purchase_if_click"].mean())
-
-    clicked0, all0 = conv_rate_of_clicked(0.0)
-    clicked1, all1 = conv_rate_of_clicked(1.0)
-    assert all0 == all1  # the conversion ground truth does not depend on the click model
-    assert clicked1 > clicked0 + 0.05  # the bias makes the clicked rows likelier converters
-
-
-def test_esmm_run_reports_ctr_cvr_ctcvr_and_entire_space_cvr(tmp_path):
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    run_cli(["model=esmm", "model.embedding_dim=4", "graph.tower_hidden=[8]", "dataset.train_rows=3000",
-             "dataset.val_rows=1000", "dataset.test_rows=1000", "dataset.click_bias=1.0", "trainer.progress=false",
-             "trainer.batch_size=256", "trainer.epochs=1", "trainer.log_every_steps=5"], cwd=tmp_path)
-    run = find_run_dir(tmp_path)
-    m = json.loads((run / "metrics.json").read_text())["test"]
-    assert set(m) == {"click", "purchase", "purchase_given_click", "purchase_given_click_entire"}
-    assert m["click"]["rows"] == m["purchase"]["rows"] == m["purchase_given_click_entire"]["rows"] == 1000
-    assert m["purchase_given_click"]["rows"] == m["click"]["positives"]  # CVR on clicked rows only
-    assert m["purchase_given_click_entire"]["eval_only"] is True
-    info = json.loads((run / "run.json").read_text())
-    assert info["funnel_violations"]["train"] == {"purchase": 0}
-    acc = EventAccumulator(str(run / "tb"))
-    acc.Reload()
-    tags = set(acc.Tags()["scalars"])
-    assert {"val/auc/click", "val/auc/purchase", "val/auc/purchase_given_click", "test/auc/purchase_given_click_entire",
-            "train/loss/purchase"} <= tags
-    assert not any("eval_only" in t for t in tags)
