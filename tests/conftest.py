@@ -34,6 +34,15 @@ def find_run_dir(root: Path) -> Path:
 
 
 @pytest.fixture
+def fused_on():
+    """The hand-written kernels on for the test (trainer.fused_kernels=true), and on again after it."""
+    from mtl_train import kernels
+
+    with kernels.use_fused(True):
+        yield
+
+
+@pytest.fixture
 def data(tmp_path):
     """A small Parquet impression log (helpers.write_log): the folder, the train and the val table."""
     from helpers import write_log  # helpers imports conftest: not at the top

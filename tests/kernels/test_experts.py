@@ -7,6 +7,8 @@ from mtl_train import kernels
 from mtl_train.kernels.experts import mix, mix_reference, relu_experts, relu_experts_reference
 from mtl_train.models.layers import BatchedExperts, Gate, gate_probabilities, mix_experts
 
+pytestmark = pytest.mark.usefixtures("fused_on")  # conftest.fused_on
+
 
 @pytest.mark.parametrize("hidden", [[6], [6, 4], [6, 5, 3]])
 def test_fused_relu_experts_and_mix_match_autograd_of_the_loop(hidden):
@@ -42,13 +44,6 @@ def test_fused_experts_gradcheck():
 
 
 BF16 = {"rtol": 2e-2, "atol": 2e-2}
-
-
-@pytest.fixture(autouse=True)
-def _fused_on():
-    """Each test starts with the kernels on and leaves them on."""
-    with kernels.use_fused(True):
-        yield
 
 
 def _expert_params(e, d, hidden, seed):

@@ -6,12 +6,7 @@ from mtl_train import kernels
 from mtl_train.kernels.sparse import sparse_lookup
 from mtl_train.models.layers import BatchedExperts, mix_experts
 
-
-@pytest.fixture(autouse=True)
-def _fused_on():
-    """Each test starts with the kernels on and leaves them on."""
-    with kernels.use_fused(True):
-        yield
+pytestmark = pytest.mark.usefixtures("fused_on")  # conftest.fused_on
 
 
 def test_switch_off_runs_plain_torch_ops_in_the_model():

@@ -2,15 +2,9 @@
 import pytest
 import torch
 
-from mtl_train import kernels
 from mtl_train.kernels.sparse import sparse_lookup, sparse_lookup_reference
 
-
-@pytest.fixture(autouse=True)
-def _fused_on():
-    """Each test starts with the kernels on and leaves them on."""
-    with kernels.use_fused(True):
-        yield
+pytestmark = pytest.mark.usefixtures("fused_on")  # conftest.fused_on
 
 
 def test_sparse_lookup_values_and_gradient_equal_the_reference():

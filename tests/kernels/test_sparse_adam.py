@@ -7,6 +7,8 @@ from mtl_train import kernels
 from mtl_train.kernels.sparse_adam import RowSparseAdam
 from mtl_train.models.embedding import lookup
 
+pytestmark = pytest.mark.usefixtures("fused_on")  # conftest.fused_on
+
 
 @pytest.mark.parametrize("fused", [True, False], ids=["fused_kernel", "op_by_op"])
 def test_sparse_lookup_gradient_equals_dense_and_row_sparse_adam_equals_adam_on_touched_rows(fused, monkeypatch):
@@ -37,13 +39,6 @@ def test_sparse_lookup_gradient_equals_dense_and_row_sparse_adam_equals_adam_on_
     lookup(sparse, torch.tensor([[0, 1]])).sum().backward()
     opt_s.step()
     assert torch.equal(sparse.weight.data[2:], before[2:]) and not torch.equal(sparse.weight.data[:2], before[:2])
-
-
-@pytest.fixture(autouse=True)
-def _fused_on():
-    """Each test starts with the kernels on and leaves them on."""
-    with kernels.use_fused(True):
-        yield
 
 
 def _sparse_grad(rows, values, shape):

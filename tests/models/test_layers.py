@@ -3,8 +3,9 @@ import pytest
 import torch
 from helpers import _loop_experts
 
-from mtl_train import kernels
 from mtl_train.models.layers import BatchedExperts, Gate
+
+pytestmark = pytest.mark.usefixtures("fused_on")  # conftest.fused_on
 
 
 def test_batched_experts_and_gate_mix_equal_a_loop_over_experts():
@@ -16,13 +17,6 @@ def test_batched_experts_and_gate_mix_equal_a_loop_over_experts():
     gate = Gate(5, 3)
     g = torch.softmax(gate.linear(x), -1)
     torch.testing.assert_close(gate.mix(x, y), sum(g[:, e:e + 1] * y[e] for e in range(3)))
-
-
-@pytest.fixture(autouse=True)
-def _fused_on():
-    """Each test starts with the kernels on and leaves them on."""
-    with kernels.use_fused(True):
-        yield
 
 
 def test_gradnorm_records_the_experts_last_layer_through_their_methods():
