@@ -93,7 +93,8 @@ class TrainerConfig:
                                     "(mtl_train/system.py)")
     precision: str = param("fp32", "fp32, or bf16: embedding + backbone under torch.autocast (see Trainer.autocast)",
                            choices=("fp32", "bf16"))
-    scheduler: str = param("none", "learning-rate schedule, stepped once per optimizer step (see trainer.lr_factor)",
+    scheduler: str = param("none", "learning-rate schedule, stepped once per optimizer step "
+                                   "(see mtl_train.train.optim.lr_factor)",
                            choices=("none", "cosine", "step"))
     warmup_steps: int = param(0, "linear warmup over the first N optimizer steps (any scheduler)", non_negative=True)
     min_lr_ratio: float = param(0.0, "cosine: final lr = min_lr_ratio * lr", non_negative=True)

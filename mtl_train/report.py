@@ -396,6 +396,53 @@ def write_runs_csv(rep: Report, path: Path) -> None:
                         *["" if v is None else repr(v) for v in vals], j.error or ""])
 
 
+_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
+
+
+def _x_and_hue(rep: Report, row, first: str | None, metric: str) -> tuple[str, str]:
+    """A row's place on the plot: its x label (the first axis' value) and its hue (the other axes' values)."""
+    x = row.key[0] if first else "all"
+    hue = ", ".join(f"{a}={v}" for a, v in zip(rep.group_axes[1:], row.key[1:])) or metric
+    return x, hue
+
+
+def _plot_panel(ax, rep: Report, col: str, xs: list[str], hues: list[str], first: str | None, split: str,
+                metric: str) -> None:
+    """One task's panel: a marker per row at (x, mean) with a std error bar, "n/a" where a row has no value."""
+    width = 0.6 / max(1, len(hues))
+    lo, hi = math.inf, -math.inf
+    missing: list[float] = []  # rows without a value (failed jobs, undefined AUC): marked "n/a"
+    for h_i, hue in enumerate(hues):
+        pos, means, errs = [], [], []
+        for row in rep.rows:
+            x, hue_r = _x_and_hue(rep, row, first, metric)
+            if hue_r != hue:
+                continue
+            m, s, _ = rep.stats(row, col)
+            if m is None:
+                missing.append(xs.index(x) + (h_i - (len(hues) - 1) / 2) * width)
+                continue
+            pos.append(xs.index(x) + (h_i - (len(hues) - 1) / 2) * width)
+            means.append(m)
+            errs.append(s or 0.0)
+            lo, hi = min(lo, m - (s or 0.0)), max(hi, m + (s or 0.0))
+        ax.errorbar(pos, means, yerr=errs, fmt=_MARKERS[h_i % len(_MARKERS)], capsize=3, markersize=6, label=hue)
+    if lo < hi:
+        pad = 0.15 * (hi - lo) + 1e-4
+        ax.set_ylim(lo - pad, hi + pad)
+    elif lo == hi and math.isfinite(lo):
+        ax.set_ylim(lo - 0.01, hi + 0.01)
+    for x_pos in missing:
+        ax.text(x_pos, ax.get_ylim()[0], "n/a", ha="center", va="bottom", fontsize=7, color="gray")
+    task = col.split("/", 2)[2]
+    ax.set_title(f"{task}: {split} {metric}")
+    ax.set_xlim(-0.5, len(xs) - 0.5)
+    ax.set_xticks(range(len(xs)))
+    ax.set_xticklabels(xs, rotation=30 if len(xs) > 4 else 0, ha="right" if len(xs) > 4 else "center")
+    ax.set_xlabel(first or "")
+    ax.grid(axis="y", alpha=0.3)
+
+
 def write_plot(rep: Report, path: Path, split: str = "test", metric: str = "auc") -> bool:
     """Per-task ``metric`` on ``split``: one panel per task, x = the first axis, one marker per
     value of the other axes (side by side), error bars = std over seeds. Returns False when there is nothing to plot.
@@ -415,47 +462,13 @@ def write_plot(rep: Report, path: Path, split: str = "test", metric: str = "auc"
     xs: list[str] = []
     hues: list[str] = []
     for row in rep.rows:
-        x = row.key[0] if first else "all"
-        hue = ", ".join(f"{a}={v}" for a, v in zip(rep.group_axes[1:], row.key[1:])) or metric
+        x, hue = _x_and_hue(rep, row, first, metric)
         xs += [x] if x not in xs else []
         hues += [hue] if hue not in hues else []
     fig, axes = plt.subplots(1, len(cols), figsize=(max(6.0, 0.9 * len(xs) * max(1, len(hues)) ** 0.5 * 2) * len(cols) / 1.6,
                                                     4.2), squeeze=False)
-    width = 0.6 / max(1, len(hues))
-    markers = ("o", "s", "^", "D", "v", "P", "X", "*")
     for ax, col in zip(axes[0], cols):
-        lo, hi = math.inf, -math.inf
-        missing: list[float] = []  # rows without a value (failed jobs, undefined AUC): marked "n/a"
-        for h_i, hue in enumerate(hues):
-            pos, means, errs = [], [], []
-            for row in rep.rows:
-                x = row.key[0] if first else "all"
-                hue_r = ", ".join(f"{a}={v}" for a, v in zip(rep.group_axes[1:], row.key[1:])) or metric
-                if hue_r != hue:
-                    continue
-                m, s, _ = rep.stats(row, col)
-                if m is None:
-                    missing.append(xs.index(x) + (h_i - (len(hues) - 1) / 2) * width)
-                    continue
-                pos.append(xs.index(x) + (h_i - (len(hues) - 1) / 2) * width)
-                means.append(m)
-                errs.append(s or 0.0)
-                lo, hi = min(lo, m - (s or 0.0)), max(hi, m + (s or 0.0))
-            ax.errorbar(pos, means, yerr=errs, fmt=markers[h_i % len(markers)], capsize=3, markersize=6, label=hue)
-        if lo < hi:
-            pad = 0.15 * (hi - lo) + 1e-4
-            ax.set_ylim(lo - pad, hi + pad)
-        elif lo == hi and math.isfinite(lo):
-            ax.set_ylim(lo - 0.01, hi + 0.01)
-        for x_pos in missing:
-            ax.text(x_pos, ax.get_ylim()[0], "n/a", ha="center", va="bottom", fontsize=7, color="gray")
-        task = col.split("/", 2)[2]
-        ax.set_title(f"{task}: {split} {metric}")
-        ax.set_xlim(-0.5, len(xs) - 0.5)
-        ax.set_xticks(range(len(xs)))
-        ax.set_xticklabels(xs, rotation=30 if len(xs) > 4 else 0, ha="right" if len(xs) > 4 else "center")
-        ax.set_xlabel(first or "")
-        ax.grid(axis="y", alpha=0.3)
+        _plot_panel(ax, rep, col, xs, hues, first, split, metric)
     seeds = "mean ± std over seeds" if any(len(r.jobs) > 1 for r in rep.rows) else "one run per point"
     fig.suptitle(f"{rep.sweep_dir.name}: {split} {metric} per task ({seeds})", fontsize=10)
     if len(hues) > 1 or rep.group_axes[1:]:

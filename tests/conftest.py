@@ -31,3 +31,22 @@ def find_run_dir(root: Path) -> Path:
     runs = sorted(p.parent for p in root.glob("outputs/*/*/metrics.json"))
     assert len(runs) == 1, runs
     return runs[0]
+
+
+@pytest.fixture
+def fused_on():
+    """The hand-written kernels on for the test (trainer.fused_kernels=true), and on again after it."""
+    from mtl_train import kernels
+
+    with kernels.use_fused(True):
+        yield
+
+
+@pytest.fixture
+def data(tmp_path):
+    """A small Parquet impression log (helpers.write_log): the folder, the train and the val table."""
+    from helpers import write_log  # helpers imports conftest: not at the top
+
+    train = write_log(tmp_path / "train.parquet", 500, 0)
+    val = write_log(tmp_path / "val.parquet", 200, 1)
+    return tmp_path, train, val

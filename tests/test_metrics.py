@@ -1,7 +1,9 @@
+"""mtl_train.metrics: exact AUC, group AUC, logloss and regression metrics."""
 import numpy as np
 import pytest
+from sklearn.metrics import roc_auc_score
 
-from mtl_train.metrics import binary_metrics, regression_metrics
+from mtl_train.metrics import binary_metrics, exact_auc, regression_metrics
 
 
 def test_auc_hand_computed():
@@ -78,3 +80,25 @@ def test_binary_metrics_refuses_labels_other_than_0_1_and_scores_outside_0_1():
     with pytest.raises(ValueError, match=r"\(val click\): score outside \[0, 1\] \(-1.5 to 0.7\)"):
         binary_metrics(np.array([-1.5, 0.7, 0.4]), label, "click", "val")  # logits
     assert binary_metrics(score, label)["auc"] == 1.0
+
+
+@pytest.mark.parametrize("n, decimals, dtype", [(2, 1, np.float32), (50, 1, np.float64), (5000, 2, np.float32),
+                                                (20000, 6, np.float64), (3000, 20, np.float64)])
+def test_exact_auc_equals_sklearn_with_and_without_ties(n, decimals, dtype):
+    rng = np.random.default_rng(n)
+    y = (rng.random(n) < 0.2).astype(np.float64)
+    y[0], y[1] = 1, 0
+    s = np.round(rng.random(n) + 0.3 * y, decimals).astype(dtype)
+    assert exact_auc(s, y) == pytest.approx(roc_auc_score(y, s), abs=1e-12)
+    assert exact_auc(-s, y) == pytest.approx(1 - roc_auc_score(y, s), abs=1e-12)
+
+
+def test_exact_auc_hand_computed_ties_signs_and_one_class():
+    # pairs (pos, neg): 0.35 vs 0.1 win, 0.35 vs 0.4 lose, 0.8 wins both -> 3/4
+    assert exact_auc(np.array([0.1, 0.4, 0.35, 0.8], np.float32), np.array([0, 0, 1, 1])) == 0.75
+    # all tied: 1/2; -0.0 ties with +0.0; negative scores order correctly
+    assert exact_auc(np.zeros(4, np.float32), np.array([0, 1, 0, 1])) == 0.5
+    assert exact_auc(np.array([-0.0, 0.0, -3.0, 2.0], np.float32), np.array([1, 0, 0, 1])) == 0.875
+    assert exact_auc(np.ones(3), np.ones(3)) is None
+    m = binary_metrics(np.array([0.2, 0.7, 0.7, 0.9]), np.array([0, 1, 0, 1]))
+    assert m["auc"] == pytest.approx(0.875)

@@ -1,59 +1,9 @@
-"""mtl-report on folders that are not one sweep: single runs, several sweeps, a sweep plus runs."""
-import csv
+"""mtl-report (mtl_train.report) on hand-made run folders: single runs, several sweeps, failed jobs."""
 import json
-import shutil
 from pathlib import Path
 
 import pytest
-from conftest import run_cli
-
-TINY = ["dataset.train_rows=2000", "dataset.val_rows=500", "dataset.test_rows=500", "trainer.epochs=1",
-        "trainer.progress=false"]
-
-
-def _report(folder: Path, out: Path, *extra) -> list[dict]:
-    from mtl_train import report
-
-    report.main([str(folder), "--out", str(out / "rep"), *extra])
-    with open(out / "rep.csv") as f:
-        return list(csv.DictReader(f))
-
-
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory) -> Path:
-    """Three separate single runs in one folder: the default learning rate twice (the same command
-    run twice), and trainer.lr=0.01 once."""
-    root = tmp_path_factory.mktemp("runs")
-    for name, extra in (("a", []), ("b", ["trainer.lr=0.01"]), ("c", [])):
-        run_cli([*TINY, *extra, f"hydra.run.dir=runs/{name}"], cwd=root)
-    return root / "runs"
-
-
-def test_separate_runs_that_differ_get_a_row_each(runs, tmp_path, capsys):
-    rows = _report(runs, tmp_path)
-    out = capsys.readouterr().out
-    # a and c are the same command: not seeds of one row, so each run is a row; b differs in trainer.lr
-    assert "3 jobs (3 single runs, no sweep), axes: trainer.lr; one job per row" in out
-    assert [(r["trainer.lr"], r["source"], r["n"]) for r in rows] == [("0.001", "a", "1"), ("0.01", "b", "1"),
-                                                                      ("0.001", "c", "1")]
-    for r in rows:  # each row is its run's metrics.json, with no std
-        m = json.loads((runs / r["source"] / "metrics.json").read_text())
-        assert float(r["test/auc/click_mean"]) == m["test"]["click"]["auc"] and r["test/auc/click_std"] == ""
-    assert rows[0]["test/auc/click_mean"] == rows[2]["test/auc/click_mean"]  # same command, same numbers
-    assert rows[0]["test/auc/click_mean"] != rows[1]["test/auc/click_mean"]
-    assert "±" not in out
-    assert (tmp_path / "rep.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # matplotlib is a dependency
-
-
-def test_two_separate_runs_differing_in_an_override(runs, tmp_path, capsys):
-    two = tmp_path / "two"
-    for name in ("a", "b"):
-        shutil.copytree(runs / name, two / name)
-    rows = _report(two, tmp_path)
-    out = capsys.readouterr().out
-    assert "2 jobs (2 single runs, no sweep), axes: trainer.lr; one job per row" in out
-    assert [(r["trainer.lr"], r["n"], r["jobs"]) for r in rows] == [("0.001", "1", "1"), ("0.01", "1", "1")]
-    assert "source" not in rows[0]  # no two runs share their values: the axis names each row
+from helpers import _report
 
 
 def _fake(root: Path, name: str, overrides: list[str], auc: float | None, *, seed: int = 0, single: bool = False,
@@ -111,3 +61,51 @@ def test_one_sweep_report_is_unchanged(tmp_path, capsys):
     out = capsys.readouterr().out
     assert out.startswith(f"{f}: 2 jobs, axes: seed; mean ± std (sample, ddof=1) over seeds 0, 1")
     assert [(r["n"], r["jobs"]) for r in rows] == [("2", "2")] and "source" not in rows[0]
+
+
+def _fake_job(root: Path, name: str, overrides: list[str], metrics: dict | None, error: str | None = None):
+    d = root / name
+    (d / ".hydra").mkdir(parents=True)
+    (d / ".hydra" / "config.yaml").write_text("seed: 0\n")
+    (d / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
+    if metrics is not None:
+        (d / "metrics.json").write_text(json.dumps(metrics))
+    if error is not None:
+        (d / "error.txt").write_text(error + "\n")
+
+
+def test_report_hand_computed_and_failed_jobs(tmp_path, capsys):
+    sw = tmp_path / "sw"
+
+    def m(auc, logloss):
+        return {"val": {"a": {"auc": auc, "logloss": logloss}}, "test": {"a": {"auc": None, "logloss": logloss}}}
+
+    _fake_job(sw, "0_x", ["model=mmoe", "seed=0", "trainer.lr=0.1"], m(0.7, 0.5))
+    _fake_job(sw, "1_x", ["model=mmoe", "seed=1", "trainer.lr=0.1"], m(0.8, 0.3))
+    _fake_job(sw, "2_x", ["model=mmoe", "seed=2", "trainer.lr=0.1"], m(0.9, 0.4))
+    _fake_job(sw, "3_x", ["model=single_task", "seed=0", "trainer.lr=0.1"], None, "loss=gradnorm: no shared layer")
+    _fake_job(sw, "4_x", ["model=single_task", "seed=1", "trainer.lr=0.1"], None, "loss=gradnorm: no shared layer")
+    _fake_job(sw, "5_x", ["model=single_task", "seed=2", "trainer.lr=0.1"], None)  # still running
+    rows = _report(sw, tmp_path, "--splits", "val")
+    out = capsys.readouterr().out
+    assert "axes: model, seed" in out  # trainer.lr did not vary: not an axis
+    mm, st = rows
+    assert (mm["model"], mm["n"], mm["jobs"], mm["failed"]) == ("mmoe", "3", "3", "0")
+    assert float(mm["val/auc/a_mean"]) == pytest.approx(0.8)
+    assert float(mm["val/auc/a_std"]) == pytest.approx(0.1)  # sample std of 0.7, 0.8, 0.9
+    assert float(mm["val/logloss/a_std"]) == pytest.approx(0.1)
+    assert mm["test/auc/a_mean"] == "" and float(mm["test/logloss/a_mean"]) == pytest.approx(0.4)
+    assert (st["n"], st["failed"], st["val/auc/a_mean"]) == ("0", "3", "")
+    line = next(line for line in out.splitlines() if line.startswith("single_task"))
+    assert "0/3" in line and "loss=gradnorm: no shared layer" in line and "running or killed" in line
+    assert "0.8000 ± 0.1000" in out
+
+
+def test_report_bad_directory_is_one_line(tmp_path, capsys):
+    from mtl_train import report
+
+    with pytest.raises(SystemExit) as e:
+        report.main([str(tmp_path / "nope")])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("mtl-report: error:") and "nope" in err[0]

@@ -39,7 +39,7 @@ class LoaderPosition:
             DataError: a position inside an epoch taken by a loader of the other kind (the same
                 position would repeat some rows and skip others; a resumed run with
                 ``dataset.mode=auto`` reads the split as the interrupted run did, see
-                :func:`mtl_train.train.trainer.run`), or the batch index is outside
+                :func:`mtl_train.train.resume.starting_point`), or the batch index is outside
                 [0, len(self)] (the data changed)."""
         kind = state.get("kind", self.kind)
         epoch, batch = int(state["epoch"]), int(state["batch"])

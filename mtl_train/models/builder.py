@@ -85,7 +85,7 @@ def build_model(schema: FeatureSchema, model_cfg, graph_cfg, sparse_default: boo
     option's typed config as keyword arguments.
 
     ``model_cfg.sparse_embedding`` (true/false) chooses sparse embedding gradients; null
-    takes ``sparse_default`` (see :func:`mtl_train.train.trainer.sparse_embedding_default`).
+    takes ``sparse_default`` (see :func:`mtl_train.train.optim.sparse_embedding_default`).
 
     Raises:
         ConfigError: unknown backbone or graph, or an invalid size.

@@ -43,7 +43,7 @@ class FeatureEmbedding(nn.Module):
         schema: the dataset's features.
         dim: embedding size per feature.
         sparse_grad: sparse gradients for the table (only the rows looked up in a batch get a
-            gradient); :func:`mtl_train.train.trainer.build_optimizer` pairs the table with
+            gradient); :func:`mtl_train.train.optim.build_optimizer` pairs the table with
             :class:`~mtl_train.kernels.sparse_adam.RowSparseAdam`.
 
     Raises:

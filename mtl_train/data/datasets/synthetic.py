@@ -58,9 +58,8 @@ def _standardise(x: np.ndarray) -> np.ndarray:
     return (x - x.mean()) / (x.std() + 1e-12)
 
 
-@register("dataset", "synthetic", SyntheticData)
-def generate(cfg, seed: int) -> DatasetBundle:
-    """Generate train/val/test tables from the config (see the module docstring).
+def _check(cfg) -> float:
+    """Check the sizes and rates; returns ``task_correlation`` as a float.
 
     Raises:
         ConfigError: a size is not positive, a rate is outside (0, 1), or |task_correlation| > 1.
@@ -76,45 +75,73 @@ def generate(cfg, seed: int) -> DatasetBundle:
     rho = float(cfg.task_correlation)
     if not -1 <= rho <= 1:
         raise ConfigError(f"dataset.task_correlation: must be in [-1, 1], got {rho}")
+    return rho
 
+
+@dataclass
+class _HiddenModel:
+    """The hidden logistic model's weights, drawn once from the seed: ``w_click[f]`` and ``w_own[f]``
+    ([vocab_sizes[f]] each) weigh feature f's ids in the click and own scores, ``u_click`` and
+    ``u_own`` ([num_dense]) the numeric features."""
+    w_click: list[np.ndarray]
+    w_own: list[np.ndarray]
+    u_click: np.ndarray
+    u_own: np.ndarray
+
+
+def _hidden_model(vocab: list[int], num_dense: int, seed: int) -> _HiddenModel:
     wrng = np.random.default_rng([seed, 0])
-    vocab = [int(v) for v in cfg.vocab_sizes]
     w_click = [wrng.normal(0, 1, v) for v in vocab]
     w_own = [wrng.normal(0, 1, v) for v in vocab]
-    u_click = wrng.normal(0, 1, cfg.num_dense)
-    u_own = wrng.normal(0, 1, cfg.num_dense)
+    u_click = wrng.normal(0, 1, num_dense)
+    u_own = wrng.normal(0, 1, num_dense)
+    return _HiddenModel(w_click, w_own, u_click, u_own)
 
-    def make(rows: int, split_id: int) -> Table:
-        rng = np.random.default_rng([seed, 1 + split_id])
-        ids = np.empty((rows, len(vocab)), dtype=np.int64)
-        s_click = np.zeros(rows)
-        s_own = np.zeros(rows)
-        for f, v in enumerate(vocab):
-            col = (rng.zipf(cfg.zipf_a, rows) - 1) % v
-            # a random relabelling so that frequent ids are not simply the small ones
-            col = np.random.default_rng([seed, 100 + f]).permutation(v)[col]
-            ids[:, f] = col
-            s_click += w_click[f][col]
-            s_own += w_own[f][col]
-        dense = rng.normal(0, 1, (rows, cfg.num_dense)).astype(np.float32)
-        s_click += dense @ u_click
-        s_own += dense @ u_own
-        s_click, s_own = _standardise(s_click), _standardise(s_own)
-        s_cvr = rho * s_click + np.sqrt(1 - rho**2) * s_own
-        bias = float(cfg.get("click_bias", 0.0))
-        p_click = 1 / (1 + np.exp(-(_logit(cfg.click_rate) + cfg.signal * (s_click + bias * s_cvr))))
-        p_cvr = 1 / (1 + np.exp(-(_logit(cfg.cvr_rate) + cfg.signal * s_cvr)))
-        click = rng.random(rows) < p_click
-        pic = rng.random(rows) < p_cvr
-        purchase = click & pic
-        labels = np.stack([click, purchase], 1).astype(np.float32)
-        return Table(
-            torch.from_numpy(ids + NUM_RESERVED_IDS),
-            torch.from_numpy(dense),
-            torch.from_numpy(labels),
-            {"purchase_if_click": torch.from_numpy(pic.astype(np.float32))},
-        )
 
+def _split_table(cfg, hidden: _HiddenModel, vocab: list[int], rho: float, seed: int, rows: int, split_id: int) -> Table:
+    """One split of ``rows`` impressions: ids [rows, F], dense [rows, num_dense], labels (click,
+    purchase) [rows, 2] and the evaluation-only ``purchase_if_click`` [rows]."""
+    rng = np.random.default_rng([seed, 1 + split_id])
+    ids = np.empty((rows, len(vocab)), dtype=np.int64)
+    s_click = np.zeros(rows)
+    s_own = np.zeros(rows)
+    for f, v in enumerate(vocab):
+        col = (rng.zipf(cfg.zipf_a, rows) - 1) % v
+        # a random relabelling so that frequent ids are not simply the small ones
+        col = np.random.default_rng([seed, 100 + f]).permutation(v)[col]
+        ids[:, f] = col
+        s_click += hidden.w_click[f][col]
+        s_own += hidden.w_own[f][col]
+    dense = rng.normal(0, 1, (rows, cfg.num_dense)).astype(np.float32)
+    s_click += dense @ hidden.u_click
+    s_own += dense @ hidden.u_own
+    s_click, s_own = _standardise(s_click), _standardise(s_own)
+    s_cvr = rho * s_click + np.sqrt(1 - rho**2) * s_own
+    bias = float(cfg.get("click_bias", 0.0))
+    p_click = 1 / (1 + np.exp(-(_logit(cfg.click_rate) + cfg.signal * (s_click + bias * s_cvr))))
+    p_cvr = 1 / (1 + np.exp(-(_logit(cfg.cvr_rate) + cfg.signal * s_cvr)))
+    click = rng.random(rows) < p_click
+    pic = rng.random(rows) < p_cvr
+    purchase = click & pic
+    labels = np.stack([click, purchase], 1).astype(np.float32)
+    return Table(
+        torch.from_numpy(ids + NUM_RESERVED_IDS),
+        torch.from_numpy(dense),
+        torch.from_numpy(labels),
+        {"purchase_if_click": torch.from_numpy(pic.astype(np.float32))},
+    )
+
+
+@register("dataset", "synthetic", SyntheticData)
+def generate(cfg, seed: int) -> DatasetBundle:
+    """Generate train/val/test tables from the config (see the module docstring).
+
+    Raises:
+        ConfigError: a size is not positive, a rate is outside (0, 1), or |task_correlation| > 1.
+    """
+    rho = _check(cfg)
+    vocab = [int(v) for v in cfg.vocab_sizes]
+    hidden = _hidden_model(vocab, cfg.num_dense, seed)
     schema = FeatureSchema(
         sparse=[SparseFeature(f"c{f}", v + NUM_RESERVED_IDS) for f, v in enumerate(vocab)],
         dense=[DenseFeature(f"d{j}") for j in range(cfg.num_dense)],
@@ -123,8 +150,8 @@ def generate(cfg, seed: int) -> DatasetBundle:
     )
     return DatasetBundle(
         schema,
-        make(cfg.train_rows, 0),
-        make(cfg.val_rows, 1),
-        make(cfg.test_rows, 2),
+        _split_table(cfg, hidden, vocab, rho, seed, cfg.train_rows, 0),
+        _split_table(cfg, hidden, vocab, rho, seed, cfg.val_rows, 1),
+        _split_table(cfg, hidden, vocab, rho, seed, cfg.test_rows, 2),
         {"protocol": f"synthetic (seed {seed})"},
     )

@@ -1,12 +1,16 @@
+"""loss=gradnorm (Chen et al., ICML 2018): weights, hand-computed steps, the paper toy problem, fast path."""
 import math
 
 import pytest
 import torch
 import torch.nn as nn
+from helpers import batches, loss_cfg, reference_grads, small_model
 from omegaconf import OmegaConf
 
+from mtl_train.balancing.base import build_balancer
 from mtl_train.balancing.gradnorm import GradNorm
 from mtl_train.data.schema import FeatureSchema, Task
+from mtl_train.errors import ConfigError
 
 
 class Toy(nn.Module):
@@ -101,7 +105,6 @@ def test_log2_initial_loss_for_binary_tasks():
 
 
 def test_gradnorm_refuses_a_model_without_shared_layer():
-    from mtl_train.errors import ConfigError
 
     class NoShare(Toy):
         def last_shared_layer(self):
@@ -206,3 +209,118 @@ def check_gradnorm_steps(target, alpha=2.0, decay=(0.5, 0.7, 0.9), steps=8, lr=0
     assert (r_seen[-1] - 1).abs().max() > 0.3
     assert abs(float(Lt.mean()) - 1) > 0.3
     return clamped
+
+
+class ToyNet(nn.Module):
+    """4 shared ReLU layers and one linear head per task (the paper's toy network, smaller)."""
+
+    def __init__(self, d_in, d_out, hidden, tasks):
+        super().__init__()
+        layers, d = [], d_in
+        for _ in range(4):
+            layers += [nn.Linear(d, hidden), nn.ReLU()]
+            d = hidden
+        self.trunk = nn.Sequential(*layers)
+        self.heads = nn.ModuleList(nn.Linear(hidden, d_out) for _ in range(tasks))
+        self.schema = None
+
+    def shared_parameters(self):
+        return list(self.trunk.parameters())
+
+    def last_shared_layer(self):
+        return [self.trunk[6].weight]
+
+    def forward(self, x):
+        h = self.trunk(x)
+        return {"pred": torch.stack([hd(h) for hd in self.heads], 1), "shared": h}
+
+
+def toy_run(method, steps=300):
+    """Chen et al. (ICML 2018), Section 4: f_i(x) = sigma_i tanh((B + eps_i) x), B ~ N(0, 10),
+    eps_i ~ N(0, 3.5) elementwise, sigma = (1, 100), squared-error losses. Smaller than the paper
+    (inputs 50, outputs 20, hidden 64, 300 Adam steps of 100 samples) to stay fast."""
+    d_in, d_out, sigma = 50, 20, torch.tensor([1.0, 100.0])
+    g = torch.Generator().manual_seed(0)
+    B = torch.randn(d_out, d_in, generator=g) * math.sqrt(10)
+    eps = torch.randn(2, d_out, d_in, generator=g) * math.sqrt(3.5)
+
+    def sample(n, gen):
+        x = torch.randn(n, d_in, generator=gen) / math.sqrt(d_in)
+        return x, torch.stack([sigma[i] * torch.tanh(x @ (B + eps[i]).T) for i in range(2)], 1)
+
+    def losses(net, x, y):
+        out = net(x)
+        return ((out["pred"] - y) ** 2).mean((0, 2)), out
+
+    xt, yt = sample(2000, torch.Generator().manual_seed(2))
+    torch.manual_seed(0)
+    net = ToyNet(d_in, d_out, 64, 2)
+    cfg = loss_cfg(method, **({"alpha": 0.12} if method == "gradnorm" else {}))
+    bal = build_balancer(cfg, ["small", "big"], net)
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    with torch.no_grad():
+        L0 = losses(net, xt, yt)[0]
+    gen = torch.Generator().manual_seed(1)
+    for _ in range(steps):
+        x, y = sample(100, gen)
+        l, out = losses(net, x, y)
+        opt.zero_grad()
+        bal.backward(l, torch.tensor([100, 100]), net, out)
+        opt.step()
+    with torch.no_grad():
+        L = losses(net, xt, yt)[0]
+    return float((L / L0).sum()), bal.weights()
+
+
+def test_gradnorm_on_the_paper_toy_problem_beats_equal_weights():
+    torch.set_num_threads(1)
+    equal, _ = toy_run("equal")
+    gradnorm, w = toy_run("gradnorm")
+    assert w[0] > 1.5 and w[1] < 0.5  # the small-sigma task's weight goes up
+    assert gradnorm < equal - 0.05  # lower task-normalised test loss sum_i L_i / L_i(0)
+
+
+@pytest.mark.parametrize("target", ["last_shared_layer", "shared_representation"])
+def test_gradnorm_model_gradient_is_that_of_the_weighted_sum(target):
+    model = small_model(2)
+    bal = build_balancer(loss_cfg("gradnorm", target=target), ["a", "b"], model)
+    with torch.no_grad():
+        bal.w.copy_(torch.tensor([0.3, 1.7]))
+    b = batches(2, 1)[0]
+    ref = reference_grads(model, b, torch.tensor([0.3, 1.7]))
+    out = model(b)
+    losses, counts = model.graph.losses(out, b["labels"])
+    bal.backward(losses, counts, model, out)
+    for p, r in zip(model.parameters(), ref):
+        assert torch.allclose(p.grad, r, atol=1e-6), p.shape
+
+
+@pytest.mark.parametrize("tasks,weights", [(2, [0.3, 1.7]), (2, [1.99, 0.01]), (3, [0.02, 0.03, 2.95]),
+                                           (3, [0.01, 0.02, 0.03])])
+def test_gradnorm_fast_path_norms_and_cosines_equal_plain_autograd(tasks, weights):
+    # MMoE: W is the experts' last layer, so GradNorm takes the fast path (per-task gradients at the
+    # layer's pre-activation, the derived task's gradient from the full backward)
+    model = small_model(tasks)
+    names = ["a", "b", "r"][:tasks]
+    assert build_balancer(loss_cfg("gradnorm_pcgrad"), names, model).experts is None  # no fast path there:
+    assert not model.backbone.experts.record_last  # the experts keep their fused forward
+    bal = build_balancer(loss_cfg("gradnorm"), names, model)
+    assert bal.experts is not None and bal.experts.record_last
+    w = torch.tensor(weights)
+    with torch.no_grad():
+        bal.w.copy_(w)
+    b = batches(tasks, 1)[0]
+    out = model(b)
+    losses, counts = model.graph.losses(out, b["labels"])
+    W = model.last_shared_layer()[0]
+    g = [torch.autograd.grad(losses[i], [W], retain_graph=True)[0] for i in range(tasks)]
+    ref = torch.autograd.grad((losses * w).sum(), list(model.parameters()), retain_graph=True)
+    bal.log_due = True
+    logs = bal.backward(losses, counts, model, out)
+    for i, n in enumerate(names):
+        assert logs[f"grad_norm/{n}"] == pytest.approx(float(w[i] * g[i].norm()), rel=1e-4, abs=1e-9)
+    cos = float(torch.dot(g[0].flatten(), g[1].flatten()) / (g[0].norm() * g[1].norm()))
+    assert logs[f"grad_cos/{names[0]}/{names[1]}"] == pytest.approx(cos, abs=1e-4)
+    for p, r in zip(model.parameters(), ref):
+        assert torch.allclose(p.grad, r, atol=1e-6), p.shape
+    assert bal.experts.last_input is None and bal.experts.last_pre is None

@@ -1,12 +1,12 @@
 """Sweeps: TensorBoard HPARAMS rows per job, the sweep report, failing jobs, the Optuna sweeper."""
 import csv
 import json
-import math
 import statistics
 from pathlib import Path
 
 import pytest
 from conftest import CENSUS, REPO, run_cli
+from helpers import _report
 
 TINY = ["dataset.train_rows=1500", "dataset.val_rows=400", "dataset.test_rows=400", "trainer.progress=false",
         "trainer.batch_size=128", "trainer.epochs=1", "trainer.eval_batch_size=4096"]
@@ -76,14 +76,6 @@ def test_every_job_is_one_hparams_row_with_its_final_metrics(sweep):
             assert f"{split}/{metric}/{task}" in tags  # the curve lives under its own tag
 
 
-def _report(sweep: Path, tmp: Path, *extra):
-    from mtl_train import report
-
-    report.main([str(sweep), "--out", str(tmp / "rep"), *extra])
-    with open(tmp / "rep.csv") as f:
-        return list(csv.DictReader(f))
-
-
 def test_report_averages_seeds_of_the_sweep(sweep, tmp_path, capsys):
     rows = _report(sweep, tmp_path)
     out = capsys.readouterr().out
@@ -112,54 +104,6 @@ def test_report_averages_seeds_of_the_sweep(sweep, tmp_path, capsys):
     assert (tmp_path / "rep.md").read_text().count("\n| ") == 4  # header + 3 rows (the separator starts "|-")
 
 
-def _fake_job(root: Path, name: str, overrides: list[str], metrics: dict | None, error: str | None = None):
-    d = root / name
-    (d / ".hydra").mkdir(parents=True)
-    (d / ".hydra" / "config.yaml").write_text("seed: 0\n")
-    (d / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
-    if metrics is not None:
-        (d / "metrics.json").write_text(json.dumps(metrics))
-    if error is not None:
-        (d / "error.txt").write_text(error + "\n")
-
-
-def test_report_hand_computed_and_failed_jobs(tmp_path, capsys):
-    sw = tmp_path / "sw"
-
-    def m(auc, logloss):
-        return {"val": {"a": {"auc": auc, "logloss": logloss}}, "test": {"a": {"auc": None, "logloss": logloss}}}
-
-    _fake_job(sw, "0_x", ["model=mmoe", "seed=0", "trainer.lr=0.1"], m(0.7, 0.5))
-    _fake_job(sw, "1_x", ["model=mmoe", "seed=1", "trainer.lr=0.1"], m(0.8, 0.3))
-    _fake_job(sw, "2_x", ["model=mmoe", "seed=2", "trainer.lr=0.1"], m(0.9, 0.4))
-    _fake_job(sw, "3_x", ["model=single_task", "seed=0", "trainer.lr=0.1"], None, "loss=gradnorm: no shared layer")
-    _fake_job(sw, "4_x", ["model=single_task", "seed=1", "trainer.lr=0.1"], None, "loss=gradnorm: no shared layer")
-    _fake_job(sw, "5_x", ["model=single_task", "seed=2", "trainer.lr=0.1"], None)  # still running
-    rows = _report(sw, tmp_path, "--splits", "val")
-    out = capsys.readouterr().out
-    assert "axes: model, seed" in out  # trainer.lr did not vary: not an axis
-    mm, st = rows
-    assert (mm["model"], mm["n"], mm["jobs"], mm["failed"]) == ("mmoe", "3", "3", "0")
-    assert float(mm["val/auc/a_mean"]) == pytest.approx(0.8)
-    assert float(mm["val/auc/a_std"]) == pytest.approx(0.1)  # sample std of 0.7, 0.8, 0.9
-    assert float(mm["val/logloss/a_std"]) == pytest.approx(0.1)
-    assert mm["test/auc/a_mean"] == "" and float(mm["test/logloss/a_mean"]) == pytest.approx(0.4)
-    assert (st["n"], st["failed"], st["val/auc/a_mean"]) == ("0", "3", "")
-    line = next(line for line in out.splitlines() if line.startswith("single_task"))
-    assert "0/3" in line and "loss=gradnorm: no shared layer" in line and "running or killed" in line
-    assert "0.8000 ± 0.1000" in out
-
-
-def test_report_bad_directory_is_one_line(tmp_path, capsys):
-    from mtl_train import report
-
-    with pytest.raises(SystemExit) as e:
-        report.main([str(tmp_path / "nope")])
-    assert e.value.code == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("mtl-report: error:") and "nope" in err[0]
-
-
 def test_nothing_leaks_from_job_to_job(sweep):
     """Event writers (and their threads) are closed after each job, also after a failed job; the
     full 50-job measurement is scripts/leak_check.py."""
@@ -175,28 +119,6 @@ def test_a_failing_job_writes_its_error_and_no_metrics(sweep):
         job = sweep / f"{4 + seed}_single_task_independent_gradnorm_seed{seed}"
         assert "shares no layer" in (job / "error.txt").read_text()
         assert not (job / "metrics.json").exists()
-
-
-def test_objective_is_a_weighted_sum_of_tasks():
-    from omegaconf import OmegaConf
-
-    from mtl_train.config import validate_objective
-    from mtl_train.errors import ConfigError
-    from mtl_train.objective import objective_value
-
-    val = {"a": {"auc": 0.8, "logloss": 0.3}, "b": {"auc": 0.6, "logloss": 0.5}, "c": {"auc": None, "logloss": 0.1}}
-    obj = validate_objective(OmegaConf.create({"metric": "auc", "tasks": {"a": 1.0, "b": 0.5}}))
-    assert objective_value(val, obj, "auc/mean") == pytest.approx(0.8 + 0.3)
-    obj = validate_objective(OmegaConf.create({"metric": "logloss", "tasks": {"b": 2.0}}))
-    assert objective_value(val, obj, "auc/mean") == pytest.approx(1.0)
-    assert objective_value(val, validate_objective(OmegaConf.create({"tasks": None})), "auc/mean") == pytest.approx(0.7)
-    assert math.isnan(objective_value(val, validate_objective(OmegaConf.create({"tasks": {"c": 1.0}})), "auc/a"))
-    with pytest.raises(ConfigError, match="objective.tasks.z"):
-        objective_value(val, validate_objective(OmegaConf.create({"tasks": {"z": 1.0}})), "auc/mean")
-    with pytest.raises(ConfigError, match="objective.metric"):
-        validate_objective(OmegaConf.create({"metric": "acc"}))
-    with pytest.raises(ConfigError, match="objective.weight"):
-        validate_objective(OmegaConf.create({"weight": 1}))
 
 
 @pytest.mark.skipif(not CENSUS.exists(), reason="shared census data not present")
@@ -224,52 +146,3 @@ def test_optuna_example_searches_returns_the_objective_and_persists_in_sqlite(tm
 
     study = optuna.load_study(study_name="census_mmoe_gradnorm", storage=f"sqlite:///{tmp_path / 'study.db'}")
     assert sorted(t.value for t in study.trials) == pytest.approx(sorted(values.values()), abs=1e-9)
-
-
-@pytest.mark.parametrize("name", sorted(p.stem for p in (REPO / "conf" / "experiment").glob("*.yaml")))
-def test_every_experiment_composes_validates_and_sweeps_known_keys(name):
-    """Each experiment config composes, passes the typed schemas, and sweeps only keys and options
-    that exist (checked for every value of a group axis)."""
-    if name.endswith("_optuna"):
-        pytest.importorskip("hydra_plugins.hydra_optuna_sweeper", reason="the optuna extra is not installed")
-    from hydra import compose, initialize_config_module
-    from omegaconf import OmegaConf
-
-    from mtl_train.cli import GROUPS, group_options
-    from mtl_train.config import validate
-
-    with initialize_config_module(config_module="mtl_train.conf", version_base="1.3"):
-        cfg = compose(config_name="config", overrides=[f"experiment={name}"], return_hydra_config=True)
-        params = OmegaConf.to_container(cfg.hydra.sweeper.params)
-        assert params, f"{name} sweeps nothing"
-        for key, spec in params.items():
-            if key in GROUPS:
-                for option in str(spec).split(","):
-                    assert option.strip() in group_options(key), (key, option)
-                    one = compose(config_name="config", overrides=[f"experiment={name}", f"{key}={option.strip()}"])
-                    validate(one)
-            else:
-                assert OmegaConf.select(cfg, key, default="MISSING") != "MISSING", key
-        validate(compose(config_name="config", overrides=[f"experiment={name}"]))
-
-
-@pytest.mark.parametrize("failed, status", [(True, "STATUS_FAILURE"), (False, "STATUS_UNKNOWN")])
-def test_a_run_closed_before_its_final_metrics_ends_its_session(tmp_path, failed, status):
-    from omegaconf import OmegaConf
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-    from tensorboard.plugins.hparams import api_pb2, metadata
-
-    from mtl_train.train.logger import RunLogger
-
-    cfg = OmegaConf.create({"trainer": {"log_every_steps": 1, "lr": 0.01}, "model": {"hidden": [8, 4], "x": None}})
-    logger = RunLogger(str(tmp_path / "job"), cfg, ["a"], progress=False)
-    logger.close(failed=failed)
-    logger.close()  # twice is fine
-    acc = EventAccumulator(str(tmp_path / "job" / "tb"))
-    acc.Reload()
-    content = acc.PluginTagToContent(metadata.PLUGIN_NAME)
-    end = metadata.parse_session_end_info_plugin_data(content[metadata.SESSION_END_INFO_TAG])
-    assert end.status == getattr(api_pb2, status)
-    hp = metadata.parse_session_start_info_plugin_data(content[metadata.SESSION_START_INFO_TAG]).hparams
-    assert (hp["trainer.lr"].number_value, hp["model.hidden"].string_value, hp["model.x"].string_value) == (
-        0.01, "[8, 4]", "None")

@@ -1,7 +1,8 @@
-"""trainer.precision=bf16: backbone in bfloat16 autocast, float32 master weights, towers and losses."""
+"""trainer.precision=bf16 (mtl_train.train.device): backbone in bfloat16 autocast, float32 master
+weights, towers and losses."""
 import pytest
 import torch
-from test_models import MODELS, batch, graph_cfg, model_cfg, schema
+from helpers import MODELS, batch, graph_cfg, model_cfg, schema
 
 from mtl_train.errors import ConfigError
 from mtl_train.models.builder import build_model
@@ -78,27 +79,3 @@ def test_bf16_training_lowers_the_loss_like_fp32():
         final[precision] = float(losses.detach().sum())
         assert final[precision] < 0.25 * first, precision
     assert final["bf16"] < 2 * final["fp32"] + 0.02
-
-
-def test_bf16_cli_run_records_precision_logs_steps_and_evaluates_in_float32(tmp_path):
-    import json
-
-    from conftest import CENSUS, find_run_dir, run_cli
-
-    if not CENSUS.exists():
-        pytest.skip("shared census data not present")
-    args = ["dataset=census", f"dataset.path={CENSUS}", "dataset.max_rows=600", "trainer.progress=false",
-            "trainer.batch_size=64", "trainer.epochs=2", "model.expert_hidden=[16,8]", "model.num_experts=2"]
-    proc = run_cli([*args, "trainer.precision=bf16", "trainer.log_every_steps=5"], cwd=tmp_path)
-    run = find_run_dir(tmp_path)
-    info = json.loads((run / "run.json").read_text())
-    assert (info["precision"], info["sparse_embedding"]) == ("bf16", True)
-    out = proc.stderr + proc.stdout
-    assert "precision bf16, sparse embedding on" in out
-    # without a progress bar the training figures are log lines every log_every_steps
-    assert "train @ step 5: loss income=" in out and "train @ step 10: loss income=" in out
-    metrics = json.loads((run / "metrics.json").read_text())
-    assert metrics["test"]["marital"]["auc"] > 0.8
-    # eval of best.pt (float32) reproduces the run's own test metrics exactly
-    run_cli(["mode=eval", f"checkpoint={run}", "hydra.run.dir=ev"], cwd=tmp_path)
-    assert json.loads((tmp_path / "ev" / "eval.json").read_text())["test"] == metrics["test"]

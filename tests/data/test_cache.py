@@ -1,3 +1,4 @@
+"""mtl_train.data.cache: fingerprints and atomic cached files."""
 import os
 
 import pytest

@@ -12,6 +12,8 @@ from mtl_train.config import validate_group
 
 # torch.randn(3, generator=torch.Generator().manual_seed(0)), the first two draws
 Z1 = [1.5409960746765137, -0.293428897857666, -2.1787893772125244]
+
+
 Z2 = [0.5684312582015991, -1.0845223665237427, -1.3985954523086548]
 
 
