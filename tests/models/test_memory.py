@@ -124,3 +124,25 @@ def test_a_model_that_cannot_fit_is_refused_in_one_line_and_a_close_one_warned(m
     with caplog.at_level(logging.WARNING, logger=memory.__name__):
         check_memory(big, cfg, torch.device("cpu"))
     assert caplog.text == "" and est.total < need
+
+
+def test_on_a_gpu_the_device_memory_bounds_the_model_and_the_cpu_its_weights(monkeypatch):
+    from mtl_train.data.datasets import load_dataset
+
+    cfg = config("dataset.vocab_sizes=[50,50,20]", "model.embedding_dim=8", "model.sparse_embedding=false")
+    schema = load_dataset(cfg.dataset, cfg.seed).schema
+    import dataclasses
+
+    big = dataclasses.replace(schema, sparse=[dataclasses.replace(schema.sparse[0], vocab_size=40_000_000)]
+                              + schema.sparse[1:])
+    gpu = torch.device("cuda", 0)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda d=None: (int(3e9), int(8e9)))  # 5 GB in use
+    _refuse_setup(monkeypatch, 100_000)
+    with pytest.raises(ConfigError, match=r"need ~5\.1 GB .* more than the 3\.0 GB this process may use "
+                                          r"\(cuda:0 memory 8\.0 GB, 5\.0 GB already held\)"):
+        check_memory(big, cfg, gpu)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda d=None: (int(80e9), int(80e9)))
+    check_memory(big, cfg, gpu)
+    _refuse_setup(monkeypatch, 1000)  # the 1.3 GB of weights are built on the CPU first
+    with pytest.raises(ConfigError, match=r"model: the weights \(built on the CPU\) need ~1\.3 GB"):
+        check_memory(big, cfg, gpu)
