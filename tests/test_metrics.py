@@ -157,3 +157,14 @@ def test_group_auc_leaves_out_negative_only_groups_and_keeps_ties_within_a_group
     tiny = np.array([1e-17, 2e-17, 3e-17, 4e-17])
     y = np.array([0, 1, 0, 1])
     assert group_auc(tiny, y, np.zeros(4, int))["gauc"] == pytest.approx(roc_auc_score(y, tiny)) == 0.75
+
+
+def test_exact_auc_keeps_adjacent_and_tiny_float32_scores_apart():
+    from mtl_train.metrics import exact_auc
+
+    a = np.float32(0.5)
+    b = np.nextafter(a, np.float32(1))  # one ulp above: no tie
+    assert exact_auc(np.array([b, a], np.float32), np.array([1, 0])) == 1.0
+    assert exact_auc(np.array([a, b], np.float32), np.array([1, 0])) == 0.0
+    tiny = np.array([1e-30, 2e-30, 3e-30, 4e-30], np.float32)  # would tie if shifted by 1.0
+    assert exact_auc(tiny, np.array([0, 1, 0, 1])) == 0.75

@@ -84,3 +84,12 @@ def test_all_finite_checks_every_floating_tensor():
     assert not ckpt.all_finite({**ok, "b": torch.tensor([0.0, float("nan")])})
     assert not ckpt.all_finite({"a": torch.ones(2), "b": torch.tensor([float("-inf")], dtype=torch.float64)})
     assert ckpt.all_finite({})
+
+
+def test_load_restores_non_tensor_objects_such_as_the_feature_schema(tmp_path):
+    from mtl_train.data.schema import FeatureSchema, SparseFeature, Task
+
+    schema = FeatureSchema(sparse=[SparseFeature("u", 5)], dense=[], tasks=[Task("click", "click")])
+    path = str(tmp_path / "last.pt")
+    ckpt.save_atomic({"model": {}, "schema": schema}, path)
+    assert ckpt.load(path)["schema"] == schema  # a pickle, not weights only
