@@ -110,3 +110,22 @@ def test_a_column_min_count_overrides_the_dataset_one(tmp_path):
     v = Vocabulary(pa.array(vocabulary(tmp_path, "s")))
     assert v.encode(pa.array(["c", "d", None]))[0].tolist() == [4, 1, 0]
     assert np.array_equal(bundle.train.sparse[:, 0].unique(sorted=True).numpy(), np.arange(5))
+
+
+@pytest.mark.parametrize("exact", [True, False])
+def test_numeric_statistics_of_empty_constant_and_small_spread_columns(exact):
+    from mtl_train.data.prepare import _Moments
+
+    def stats(*batches):
+        m = _Moments(exact)
+        for b in batches:
+            m.add(np.asarray(b, dtype=np.float64))
+        return m.result()
+
+    assert stats() == stats([]) == {"mean": 0.0, "std": 1.0, "min": 0.0, "max": 1.0}  # no value: identity scaling
+    assert stats([3.0, 3.0], [3.0]) == {"mean": 3.0, "std": 1.0, "min": 3.0, "max": 3.0}  # constant: std 1, not 0
+    s = stats([0.1, 0.2], [], [0.3, 0.4])  # a spread below 1 is kept
+    assert s == {"mean": pytest.approx(0.25), "std": pytest.approx(np.std([0.1, 0.2, 0.3, 0.4])),
+                 "min": 0.1, "max": 0.4}
+    assert stats([-2.0], [5.0, 1.0]) == {"mean": pytest.approx(4 / 3), "std": pytest.approx(np.std([-2, 5, 1])),
+                                         "min": -2.0, "max": 5.0}
