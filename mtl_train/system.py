@@ -1,5 +1,5 @@
-"""The process and its machine: how much memory the data may take, and the allocator settings
-of a training process. Imported by data and train alike; imports nothing of mtl_train.
+"""The process and its machine: how much memory the process may use and the data may take,
+and the allocator settings of a training process. Imported by data and train alike; imports nothing of mtl_train.
 
 Malloc tuning: keep glibc's malloc from returning training-step buffers to the kernel between
 steps.
@@ -92,21 +92,48 @@ def cgroup_limit_files() -> list[str]:
     return files
 
 
-def memory_budget(budget_mb: int | None = None) -> int:
-    """Bytes the in-memory data may take: ``budget_mb`` MiB when given, else a quarter of the
-    memory this process may use: the machine's physical memory, or the lowest memory limit of
-    its cgroups (see :func:`cgroup_limit_files`) where that is lower."""
-    if budget_mb is not None:
-        return int(budget_mb) << 20
+LIMIT_ENV = "MTL_TRAIN_MEMORY_LIMIT_MB"
+"""Environment variable: when set, the memory limit in MiB this process takes as its own
+(overrides the physical memory and the cgroup limits; for tests and for a user who shares
+the machine)."""
+
+
+def memory_limit() -> tuple[int, str]:
+    """(bytes, source): the memory this process may use at most, and where that figure comes
+    from: ``$MTL_TRAIN_MEMORY_LIMIT_MB`` MiB when set (source ``"MTL_TRAIN_MEMORY_LIMIT_MB"``),
+    else the machine's physical memory (``"physical memory"``), or the lowest memory limit of
+    its cgroups (``"cgroup limit"``, see :func:`cgroup_limit_files`) where that is lower."""
+    env = os.environ.get(LIMIT_ENV, "").strip()
+    if env:
+        return int(float(env) * (1 << 20)), LIMIT_ENV
     try:
-        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        total, source = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), "physical memory"
     except (ValueError, OSError, AttributeError):  # pragma: no cover
-        total = 16 << 30
+        total, source = 16 << 30, "assumed 16 GiB"
     for f in cgroup_limit_files():
         try:
             limit = open(f).read().strip()
         except OSError:
             continue
-        if limit.isdigit():
-            total = min(total, int(limit))
-    return total // 4
+        if limit.isdigit() and int(limit) < total:
+            total, source = int(limit), "cgroup limit"
+    return total, source
+
+
+def memory_held() -> int:
+    """Bytes this process holds now: its resident set size (``/proc/self/statm``; the data
+    loaded so far, the libraries, the interpreter), 0 where that file does not exist."""
+    try:
+        pages = int(open("/proc/self/statm").read().split()[1])
+        return pages * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError, AttributeError):  # pragma: no cover
+        return 0
+
+
+def memory_budget(budget_mb: int | None = None) -> int:
+    """Bytes the in-memory data may take: ``budget_mb`` MiB when given, else a quarter of the
+    memory this process may use (:func:`memory_limit`), leaving the rest to the model, its
+    optimizer state and the training step."""
+    if budget_mb is not None:
+        return int(budget_mb) << 20
+    return memory_limit()[0] // 4

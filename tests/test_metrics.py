@@ -102,3 +102,93 @@ def test_exact_auc_hand_computed_ties_signs_and_one_class():
     assert exact_auc(np.ones(3), np.ones(3)) is None
     m = binary_metrics(np.array([0.2, 0.7, 0.7, 0.9]), np.array([0, 1, 0, 1]))
     assert m["auc"] == pytest.approx(0.875)
+
+
+# ---- edge cases the mutation run (docs/RESULTS.md, "Mutation testing") found untested -----------
+def test_empty_splits_give_every_key_with_null_values(caplog):
+    from mtl_train.metrics import group_auc
+
+    empty = {"auc": None, "logloss": None, "rows": 0, "positives": 0, "calibration": None}
+    assert binary_metrics(np.zeros(0), np.zeros(0), "click", "val") == empty
+    assert "val click: no rows to evaluate" in caplog.text
+    assert binary_metrics(np.zeros(0), np.zeros(0), group=np.zeros(0, int)) == {
+        **empty, "gauc": None, "gauc_groups": 0, "gauc_rows": 0}
+    assert group_auc(np.zeros(0), np.zeros(0), np.zeros(0, int)) == {"gauc": None, "gauc_groups": 0, "gauc_rows": 0}
+    assert regression_metrics(np.zeros(0), np.zeros(0)) == {"mse": None, "r2": None, "rows": 0}
+
+
+def test_one_row_one_positive_and_all_positive_splits(caplog):
+    from mtl_train.metrics import group_auc
+
+    one = binary_metrics(np.array([0.25]), np.array([1.0]), "buy", "test")
+    assert one == {"auc": None, "logloss": pytest.approx(-np.log(0.25)), "rows": 1, "positives": 1,
+                   "calibration": 0.25}
+    assert "test buy: only one class in 1 rows, AUC is undefined (null)" in caplog.text
+    assert group_auc(np.array([0.3]), np.array([1]), np.array([4])) == {"gauc": None, "gauc_groups": 0, "gauc_rows": 0}
+    m = binary_metrics(np.array([0.9, 0.2, 0.1]), np.array([1, 0, 0]))  # a single positive: AUC defined
+    assert m["auc"] == 1.0 and m["calibration"] == pytest.approx(0.4 / (1 / 3))
+    allpos = binary_metrics(np.array([0.9, 0.2]), np.array([1, 1]))
+    assert allpos["auc"] is None and allpos["calibration"] == pytest.approx(0.55)
+    assert binary_metrics(np.array([0.2, 0.3]), np.array([0, 0]))["calibration"] is None  # no positive: undefined
+
+
+def test_scores_at_0_and_1_are_clipped_and_outside_refused_with_exact_messages():
+    # confident mistakes cost -log(EPS) each, not infinity
+    m = binary_metrics(np.array([1.0, 0.0, 0.5]), np.array([0.0, 1.0, 1.0]))
+    assert m["logloss"] == pytest.approx((-2 * np.log(1e-7) - np.log(0.5)) / 3, rel=1e-9)
+    assert binary_metrics(np.array([1.0, 0.0]), np.array([1.0, 0.0]))["logloss"] == pytest.approx(-np.log(1 - 1e-7))
+    with pytest.raises(ValueError) as e:
+        binary_metrics(np.array([1.5, 0.2]), np.array([1.0, 0.0]))
+    assert str(e.value) == ("binary_metrics: score outside [0, 1] (0.2 to 1.5); it takes probabilities, "
+                            "as binary_metrics(score, label)")
+    with pytest.raises(ValueError) as e:
+        binary_metrics(np.array([0.5, 0.2]), np.array([2.0, 0.0]), name="click")
+    assert str(e.value) == ("binary_metrics (click): label holds 1 values other than 0/1 (first: 2); "
+                            "call binary_metrics(score, label) on the rows with a label")
+    with pytest.raises(ValueError, match=r"^binary_metrics \(val\): label holds"):
+        binary_metrics(np.array([0.5]), np.array([-1.0]), split="val")
+    from mtl_train.metrics import exact_auc
+
+    with pytest.raises(ValueError, match=r"^exact_auc: NaN scores$"):
+        exact_auc(np.array([0.1, np.nan]), np.array([0, 1]))
+
+
+def test_boolean_labels_and_half_precision_inputs_are_computed_in_float64():
+    m = binary_metrics(np.array([0.8, 0.3, 0.6]), np.array([True, False, False]))
+    assert m["positives"] == 1 and m["auc"] == 1.0
+    assert m["logloss"] == pytest.approx(-(np.log(0.8) + np.log(0.7) + np.log(0.4)) / 3)
+    r = regression_metrics(np.array([300.0, -300.0], np.float16), np.array([-300.0, 300.0], np.float16))
+    assert r == {"mse": 360000.0, "r2": pytest.approx(1 - 720000 / 180000), "rows": 2}  # float16 would overflow
+
+
+def test_r2_of_a_small_variance_target_and_of_a_constant_one():
+    r = regression_metrics(np.array([0.1, 0.2, 0.2]), np.array([0.1, 0.2, 0.3]))
+    assert r["rows"] == 3 and r["r2"] == pytest.approx(1 - 0.01 / 0.02)
+    assert regression_metrics(np.array([1.0, 2.0]), np.array([3.0, 3.0])) == {"mse": 2.5, "r2": None, "rows": 2}
+
+
+def test_group_auc_leaves_out_negative_only_groups_and_keeps_ties_within_a_group():
+    from sklearn.metrics import roc_auc_score
+
+    from mtl_train.metrics import group_auc
+
+    # group 1's highest score equals group 2's lowest: a tie across groups is no tie
+    score = np.array([0.1, 0.5, 0.5, 0.9, 0.2, 0.3])
+    label = np.array([0, 1, 0, 1, 0, 0])
+    group = np.array([1, 1, 2, 2, 3, 3])  # group 3: negatives only
+    assert group_auc(score, label, group) == {"gauc": 1.0, "gauc_groups": 2, "gauc_rows": 4}
+    # scores closer than float64's spacing at 1: distinct, not tied
+    tiny = np.array([1e-17, 2e-17, 3e-17, 4e-17])
+    y = np.array([0, 1, 0, 1])
+    assert group_auc(tiny, y, np.zeros(4, int))["gauc"] == pytest.approx(roc_auc_score(y, tiny)) == 0.75
+
+
+def test_exact_auc_keeps_adjacent_and_tiny_float32_scores_apart():
+    from mtl_train.metrics import exact_auc
+
+    a = np.float32(0.5)
+    b = np.nextafter(a, np.float32(1))  # one ulp above: no tie
+    assert exact_auc(np.array([b, a], np.float32), np.array([1, 0])) == 1.0
+    assert exact_auc(np.array([a, b], np.float32), np.array([1, 0])) == 0.0
+    tiny = np.array([1e-30, 2e-30, 3e-30, 4e-30], np.float32)  # would tie if shifted by 1.0
+    assert exact_auc(tiny, np.array([0, 1, 0, 1])) == 0.75

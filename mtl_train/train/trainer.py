@@ -44,6 +44,7 @@ from mtl_train.data.schema import DatasetBundle
 from mtl_train.data.stream import train_loader
 from mtl_train.errors import ConfigError, DataError, NonFiniteScores, RunInterrupted, TrainingError
 from mtl_train.models.builder import build_model
+from mtl_train.models.memory import check_memory
 from mtl_train.system import tune_malloc
 from mtl_train.train import checkpoint as ckpt
 from mtl_train.train.device import resolve_device, resolve_precision, to_device
@@ -110,6 +111,7 @@ class Trainer:
         tcfg = cfg.trainer
         kernels.set_fused(tcfg.fused_kernels)  # hand-written kernels or their references, process-wide
         self.device = resolve_device(tcfg.device)
+        check_memory(data.schema, cfg, self.device, sparse_embedding_default(cfg, self.device))  # before allocating
         self.model = build_model(data.schema, cfg.model, cfg.graph,
                                  sparse_default=sparse_embedding_default(cfg, self.device)).to(self.device)
         self.loss_names = self.model.graph.loss_names
