@@ -89,7 +89,8 @@ def open_dataset(name: str, spec: ParquetSchema, sources: dict[str, SplitSource]
 
     Returns:
         The bundle; its info holds ``report`` (see :func:`mtl_train.data.prepare.prepare`),
-        ``modes`` {split: memory|stream} and ``row_bytes``; the caller adds ``protocol``.
+        ``modes`` {split: memory|stream}, ``row_bytes`` and ``origins`` {split: where its rows
+        come from, :attr:`~mtl_train.data.sources.SplitSource.origin`}; the caller adds ``protocol``.
     """
     from mtl_train.data.stream import StreamSplit, read_table
 
@@ -110,7 +111,8 @@ def open_dataset(name: str, spec: ParquetSchema, sources: dict[str, SplitSource]
         modes[split] = "memory" if in_memory else "stream"
     _log_report(name, report, modes)
     return DatasetBundle(schema, splits["train"], splits["val"], splits["test"],
-                         {"report": report, "modes": modes, "row_bytes": row_bytes})
+                         {"report": report, "modes": modes, "row_bytes": row_bytes,
+                          "origins": {s: src.origin for s, src in sources.items()}})
 
 
 def load(cfg, seed: int) -> DatasetBundle:

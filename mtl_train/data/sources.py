@@ -156,12 +156,17 @@ class RowAssigner:
 
 @dataclass
 class SplitSource:
-    """Where one split's rows are: row groups plus, for carved splits, a row filter."""
+    """Where one split's rows are: row groups plus, for carved splits, a row filter.
+
+    ``origin`` says where the rows come from in the user's terms, to end the sentence
+    "<split> split: no rows ..." (e.g. ``in /data/val.parquet (dataset.val_path)``, ``carved
+    from /data/train.parquet (dataset.train_path) by dataset.split=[0.8, 0.1, 0.1]``)."""
 
     name: str
     units: list[Unit]
     assigner: SplitAssigner | RowAssigner | None = None
     index: int = 0  # this split's index in the assigner's splits
+    origin: str = ""
 
     def rows_per_unit(self) -> list[int]:
         if self.assigner is None:
@@ -186,11 +191,16 @@ class SplitSource:
 
 
 def permuted_sources(file: str, columns: list[str], fractions: dict[str, float], seed: int,
-                     max_rows: int | None = None) -> dict[str, SplitSource]:
+                     max_rows: int | None = None, origin: str | None = None,
+                     by: str = "dataset.split") -> dict[str, SplitSource]:
     """Splits carved from one Parquet file by a seeded permutation of its first ``max_rows``
     rows (all rows when None): :func:`split_indices` with the fractions of ``fractions``
     ({split name: fraction}, in order); a single split with fraction 1 is the file's head.
     Each split keeps the file's row order.
+
+    ``origin`` names the file as the user gave it (default ``file``, e.g. the CSV behind a
+    converted Parquet file, with its config key) and ``by`` what carves it: both go into each
+    :attr:`SplitSource.origin`.
 
     Raises:
         DataError: the file is not Parquet or lacks a column.
@@ -199,13 +209,17 @@ def permuted_sources(file: str, columns: list[str], fractions: dict[str, float],
     total = sum(u.rows for u in units)
     n = total if max_rows is None else min(total, int(max_rows))
     names = list(fractions)
+    origin = origin or file
+    if max_rows is not None and int(max_rows) < total:
+        origin = f"the first dataset.max_rows={int(max_rows)} rows of {origin}"
     if len(names) == 1 and n == total:
-        return {names[0]: SplitSource(names[0], units)}
+        return {names[0]: SplitSource(names[0], units, origin=f"in {origin}")}
     member = np.full(total, -1, dtype=np.int8)
     for k, idx in enumerate(split_indices(n, tuple(fractions.values()), seed)):
         member[idx] = k
     assigner = RowAssigner({file: member})
-    return {name: SplitSource(name, units, assigner, k) for k, name in enumerate(names)}
+    origin = f"in {origin}" if len(names) == 1 else f"carved from {origin} by {by}"
+    return {name: SplitSource(name, units, assigner, k, origin) for k, name in enumerate(names)}
 
 
 def _split_seed(cfg) -> int:
@@ -234,12 +248,14 @@ def make_sources(cfg, columns: list[str]) -> dict[str, SplitSource]:
         # splits with their own files take no rows of the train files
         eff = [f if n == "train" or n in carved else 0.0 for n, f in zip(names, fr)]
         assigner = SplitAssigner([f / sum(eff) for f in eff], _split_seed(cfg), names)
-        sources["train"] = SplitSource("train", train_units, assigner, 0)
+        origin = f"carved from {cfg.train_path} (dataset.train_path) by dataset.split={fr}"
+        sources["train"] = SplitSource("train", train_units, assigner, 0, origin)
         for s in carved:
-            sources[s] = SplitSource(s, train_units, assigner, names.index(s))
+            sources[s] = SplitSource(s, train_units, assigner, names.index(s), origin)
     else:
-        sources["train"] = SplitSource("train", train_units)
+        sources["train"] = SplitSource("train", train_units, origin=f"in {cfg.train_path} (dataset.train_path)")
     for s in ("val", "test"):
         if cfg[f"{s}_path"]:
-            sources[s] = SplitSource(s, row_groups(resolve_files(cfg[f"{s}_path"], f"{s}_path"), columns))
+            sources[s] = SplitSource(s, row_groups(resolve_files(cfg[f"{s}_path"], f"{s}_path"), columns),
+                                     origin=f"in {cfg[f'{s}_path']} (dataset.{s}_path)")
     return sources

@@ -9,9 +9,10 @@ its :class:`~mtl_train.data.schema.FeatureSchema` with the fitted encoders
     mtl-train mode=predict checkpoint=<run dir | file.pt> infer.input=new.parquet infer.output=p.parquet
     mtl-train mode=eval checkpoint=<run dir | file.pt> dataset.path=moved/data.csv   # its dataset, elsewhere
 
-A run directory means its ``checkpoints/best.pt`` (else ``last.pt``). Scoring uses the same
-batches and the same forward pass as the training run's evaluation, so ``mode=eval`` on a
-split reproduces that split's entry of the run's metrics.json, and the AUC of a prediction
+A run directory means its ``checkpoints/best.pt`` (else ``last.pt``). Scoring is the training
+run's evaluation (:func:`mtl_train.train.evaluate.score_chunks`, batch-invariant: a row's
+score does not depend on ``infer.batch_size``), so ``mode=eval`` on a split reproduces that
+split's entry of the run's metrics.json, and the AUC of a prediction
 file scored afterwards (rows with a non-null ``label_<task>``) equals ``mode=eval``'s.
 """
 from __future__ import annotations
@@ -32,8 +33,8 @@ from mtl_train.errors import ConfigError, DataError
 from mtl_train.io import ensure_writable_dir, write_atomic
 from mtl_train.models.builder import build_model
 from mtl_train.train import checkpoint as ckpt
-from mtl_train.train.device import resolve_device, to_device
-from mtl_train.train.evaluate import evaluate, gauc_column
+from mtl_train.train.device import resolve_device
+from mtl_train.train.evaluate import evaluate, gauc_column, score_chunks
 from mtl_train.train.resume import same_schema
 
 log = logging.getLogger(__name__)
@@ -179,22 +180,20 @@ def run_eval(cfg: DictConfig, run_dir: str) -> dict:
     return results
 
 
-@torch.no_grad()
 def predict_table(model, table: Table, device: torch.device,
                   batch_size: int) -> dict[str, tuple[np.ndarray, np.ndarray, str]]:
     """Scores of every evaluated output on every row of ``table``, in row order.
 
     Returns:
         {output: (score float32 [N], label float32 [N] with NaN where the row is not scored
-        for that output, type)}. Same batches and forward pass as
-        :func:`mtl_train.train.evaluate.evaluate`.
+        for that output, type)}. Scored by :func:`mtl_train.train.evaluate.score_chunks`, as
+        :func:`mtl_train.train.evaluate.evaluate` scores: a row's bits depend neither on
+        ``batch_size`` nor on the other rows.
     """
     parts: dict[str, list] = {}
     types: dict[str, str] = {}
-    for s in range(0, len(table), batch_size):
-        batch = to_device(table.slice(s, min(s + batch_size, len(table))), device)
-        out = model(batch)
-        for name, eo in model.graph.eval_outputs(out, batch).items():
+    for outputs, _ in score_chunks(model, table, device, batch_size):
+        for name, eo in outputs.items():
             label = torch.where(eo.mask, eo.label.float(), torch.full_like(eo.label.float(), float("nan")))
             parts.setdefault(name, []).append((eo.score.float().cpu(), label.cpu()))
             types[name] = eo.type

@@ -8,8 +8,19 @@ import logging
 
 from mtl_train import registry
 from mtl_train.data.schema import DatasetBundle
+from mtl_train.errors import DataError
 
 log = logging.getLogger(__name__)
+
+
+def require_rows(bundle: DatasetBundle, name: str) -> None:
+    """Raises DataError, one line naming the split and where its rows come from
+    (``bundle.info["origins"]``, else the dataset ``name``), when a split has no rows: an empty
+    val split would select no best.pt and an empty test split would score nothing, silently."""
+    for split, table in bundle.splits():
+        if len(table) == 0:
+            origin = bundle.info.get("origins", {}).get(split) or f"in dataset {name}"
+            raise DataError(f"{split} split: no rows {origin}")
 
 
 def funnel_violations(bundle: DatasetBundle) -> dict[str, dict[str, int]]:
@@ -35,8 +46,10 @@ def load_dataset(cfg, seed: int) -> DatasetBundle:
 
     Raises:
         ConfigError: unknown dataset name.
+        DataError: a split without rows (see :func:`require_rows`), and the loader's own.
     """
     bundle = registry.get("dataset", cfg.name).target(cfg, seed)
+    require_rows(bundle, cfg.name)
     bundle.info["funnel_violations"] = funnel_violations(bundle)
     return bundle
 
@@ -50,8 +63,16 @@ def read_file(cfg, path: str):
     called on the checked path); otherwise the file is read as Parquet.
 
     Raises:
-        DataError: missing, unreadable or corrupt file (naming it).
+        DataError: missing, unreadable or corrupt file (naming it); a file without rows
+            (``infer.input``: nothing to score).
     """
+    raw = _read_file(cfg, path)
+    if raw.num_rows == 0:
+        raise DataError(f"infer.input: no rows in {path} (nothing to score)")
+    return raw
+
+
+def _read_file(cfg, path: str):
     from mtl_train.data.files import check_readable, read_parquet
 
     entry = registry.options("dataset").get(cfg.name)

@@ -247,15 +247,18 @@ def load(cfg, seed: int) -> DatasetBundle:
                                 write=lambda tmp: write_raw(*paths["test"], tmp))
         val = None
         source = f"raw release in {cfg.raw_dir}"
+        origins = {s: f"{paths[s][0]} (dataset.raw_dir)" for s in ("train", "test")}
     elif cfg.train_path and cfg.test_path and not cfg.raw_dir:
         tr = require_file(cfg.train_path, "dataset.train_path")
         te = require_file(cfg.test_path, "dataset.test_path")
         train = prepared_parquet("aliccp", [tr], {}, cache, lambda: _convert_csv(tr))
         test = prepared_parquet("aliccp", [te], {}, cache, lambda: _convert_csv(te))
         val = None
+        origins = {"train": f"{tr} (dataset.train_path)", "test": f"{te} (dataset.test_path)"}
         if cfg.val_path:
             va = require_file(cfg.val_path, "dataset.val_path")
             val = prepared_parquet("aliccp", [va], {}, cache, lambda: _convert_csv(va))
+            origins["val"] = f"{va} (dataset.val_path)"
         source = f"preprocessed CSVs {tr}, {cfg.val_path or '-'}, {te}"
     else:
         raise ConfigError("dataset: aliccp needs either dataset.train_path and dataset.test_path (preprocessed CSVs) "
@@ -263,12 +266,13 @@ def load(cfg, seed: int) -> DatasetBundle:
     split_seed = seed if cfg.split_seed is None else cfg.split_seed
     spec = column_schema(FIELDS, NUMERIC, TASKS)
     cols, m = spec.columns(), cfg.max_rows
-    sources = permuted_sources(train, cols, {"train": 1.0}, split_seed, m)
+    sources = permuted_sources(train, cols, {"train": 1.0}, split_seed, m, origin=origins["train"])
     if val is None:
-        sources.update(permuted_sources(test, cols, {"val": 0.5, "test": 0.5}, split_seed, m))
+        sources.update(permuted_sources(test, cols, {"val": 0.5, "test": 0.5}, split_seed, m, origin=origins["test"],
+                                        by="a seeded half/half val/test split"))
         protocol = f"{source}; test split half/half into val/test (seed {split_seed})"
     else:
-        sources.update(permuted_sources(val, cols, {"val": 1.0}, split_seed, m))
-        sources.update(permuted_sources(test, cols, {"test": 1.0}, split_seed, m))
+        sources.update(permuted_sources(val, cols, {"val": 1.0}, split_seed, m, origin=origins["val"]))
+        sources.update(permuted_sources(test, cols, {"test": 1.0}, split_seed, m, origin=origins["test"]))
         protocol = source
     return open_converted("aliccp", spec, sources, os.path.dirname(train), cfg.min_count, protocol)

@@ -75,8 +75,10 @@ def load(cfg, seed: int) -> DatasetBundle:
     split_seed = seed if cfg.split_seed is None else cfg.split_seed
     spec = column_schema(CATEGORICAL, NUMERIC, TASKS)
     sources = permuted_sources(train, spec.columns(), {"train": 1 - cfg.val_fraction, "val": cfg.val_fraction},
-                               split_seed, cfg.max_rows)
-    sources.update(permuted_sources(test, spec.columns(), {"test": 1.0}, split_seed, cfg.max_rows))
+                               split_seed, cfg.max_rows, origin=f"{train_path} (dataset.train_path)",
+                               by=f"dataset.val_fraction={cfg.val_fraction:g}")
+    sources.update(permuted_sources(test, spec.columns(), {"test": 1.0}, split_seed, cfg.max_rows,
+                                    origin=f"{test_path} (dataset.test_path)"))
     protocol = (f"train {train_path} less a seeded {cfg.val_fraction:g} for val (seed {split_seed}); "
                 f"test {test_path}")
     return open_converted("aliexpress", spec, sources, os.path.dirname(train), cfg.min_count, protocol)

@@ -139,6 +139,11 @@ def read_file(cfg, path: str) -> pa.Table:
     return _with_labels(read_raw(path, key="infer.input"), cfg.tasks)
 
 
+def _origin(path: str, key: str, max_rows: int | None) -> str:
+    """A raw file as the user named it, for the messages about its splits."""
+    return f"{'the first dataset.max_rows=%d rows of ' % max_rows if max_rows else ''}{path} ({key})"
+
+
 @register("dataset", "census", CensusData)
 def load(cfg, seed: int) -> DatasetBundle:
     """Load Census-Income from ``cfg.path`` or ``cfg.train_path`` + ``cfg.test_path``.
@@ -162,13 +167,17 @@ def load(cfg, seed: int) -> DatasetBundle:
         if cfg.path and not (cfg.train_path or cfg.test_path):
             raw = convert(cfg.path, "dataset.path", "data")
             fr = check_fractions(cfg.split)
-            sources = permuted_sources(raw, spec.columns(), dict(zip(SPLITS, fr)), split_seed)
+            sources = permuted_sources(raw, spec.columns(), dict(zip(SPLITS, fr)), split_seed,
+                                       origin=_origin(cfg.path, "dataset.path", cfg.max_rows), by=f"dataset.split={fr}")
             protocol = f"{cfg.path}: seeded random split {list(fr)} (seed {split_seed})"
         elif cfg.train_path and cfg.test_path and not cfg.path:
             train = convert(cfg.train_path, "dataset.train_path", "train")
             test = convert(cfg.test_path, "dataset.test_path", "test")
-            sources = permuted_sources(train, spec.columns(), {"train": 1.0}, split_seed)
-            sources.update(permuted_sources(test, spec.columns(), {"val": 0.5, "test": 0.5}, split_seed))
+            sources = permuted_sources(train, spec.columns(), {"train": 1.0}, split_seed,
+                                       origin=_origin(cfg.train_path, "dataset.train_path", cfg.max_rows))
+            sources.update(permuted_sources(test, spec.columns(), {"val": 0.5, "test": 0.5}, split_seed,
+                                            origin=_origin(cfg.test_path, "dataset.test_path", cfg.max_rows),
+                                            by="a seeded half/half val/test split"))
             protocol = f"train {cfg.train_path}; {cfg.test_path} split half/half into val/test (seed {split_seed})"
         else:
             raise ConfigError(

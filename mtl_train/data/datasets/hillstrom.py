@@ -91,6 +91,7 @@ def load(cfg, seed: int) -> DatasetBundle:
     raw = prepared_parquet("hillstrom", [path], {}, cfg.cache_dir, lambda: convert_file(path))
     split_seed = seed if cfg.split_seed is None else cfg.split_seed
     spec = column_schema(["recency_id" if c == "recency" else c for c in CATEGORICAL], NUMERIC, tasks)
-    sources = permuted_sources(raw, spec.columns(), dict(zip(SPLITS, fr)), split_seed, cfg.max_rows)
+    sources = permuted_sources(raw, spec.columns(), dict(zip(SPLITS, fr)), split_seed, cfg.max_rows,
+                               origin=f"{path} (dataset.path)", by=f"dataset.split={fr}")
     protocol = f"{path}: seeded random split {list(fr)} (seed {split_seed})"
     return open_converted("hillstrom", spec, sources, os.path.dirname(raw), cfg.min_count, protocol)
