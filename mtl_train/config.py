@@ -74,7 +74,8 @@ class TrainerConfig:
     device: str = param("auto", "auto, cpu, cuda, cuda:1")
     epochs: int = param(5, "passes over the train split", positive=True)
     batch_size: int = param(1024, "rows per training step", positive=True)
-    eval_batch_size: int = param(16384, "rows per evaluation batch", positive=True)
+    eval_batch_size: int = param(16384, "rows read at once for evaluation (the model always scores chunks of "
+                                  "evaluate.EVAL_CHUNK rows, so scores do not depend on it)", positive=True)
     optimizer: str = param("adam", "adam, adamw, sgd", choices=("adam", "adamw", "sgd"))
     lr: float = param(1e-3, "learning rate", positive=True)
     weight_decay: float = param(0.0, "weight decay of the dense parameters", non_negative=True)
@@ -119,7 +120,8 @@ class InferConfig:
     output: Optional[str] = param(None, "eval: JSON, predict: Parquet or CSV; null: in this run's directory", path=True)
     overwrite: bool = param(False, "an existing infer.output is refused unless true")
     id_columns: Optional[List[str]] = param(None, "predict: columns copied next to the probabilities")
-    batch_size: Optional[int] = param(None, "null: the checkpoint's trainer.eval_batch_size", positive=True)
+    batch_size: Optional[int] = param(None, "rows read at once (scores do not depend on it); null: the checkpoint's "
+                                        "trainer.eval_batch_size", positive=True)
     dataset: Dict[str, Any] = param(doc="changes to the checkpoint's dataset: its paths (dataset.<path key>=... on "
                                         "an eval/predict command line lands here)", factory=dict)
 
