@@ -29,7 +29,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import math
 import os
 import time
 
@@ -42,7 +41,7 @@ from mtl_train.balancing.base import build_balancer
 from mtl_train.data.datasets import load_dataset
 from mtl_train.data.schema import DatasetBundle
 from mtl_train.data.stream import train_loader
-from mtl_train.errors import ConfigError, DataError, NonFiniteScores, RunInterrupted, TrainingError
+from mtl_train.errors import DataError, NonFiniteScores, RunInterrupted, TrainingError
 from mtl_train.models.builder import build_model
 from mtl_train.models.memory import check_memory
 from mtl_train.system import tune_malloc
@@ -50,6 +49,7 @@ from mtl_train.train import checkpoint as ckpt
 from mtl_train.train.device import resolve_device, resolve_precision, to_device
 from mtl_train.train.evaluate import check_gauc_by, evaluate, gauc_column, monitor_value
 from mtl_train.train.logger import RunLogger
+from mtl_train.train.nonfinite import NonFiniteGuard
 from mtl_train.train.optim import build_optimizer, build_schedulers, sparse_embedding_default
 from mtl_train.train.resume import starting_point
 from mtl_train.train.signals import StopSignal
@@ -122,6 +122,7 @@ class Trainer:
         self.total_steps = min(steps, tcfg.max_steps) if tcfg.max_steps else steps
         self.schedulers = build_schedulers(self.optimizers, tcfg, self.total_steps)
         self.progress = Progress()
+        self.nonfinite = NonFiniteGuard(tcfg.nonfinite, self.loss_names, self.progress, self._last_good)
         self.state = TrainState(model=self.model, optimizers=Each(self.optimizers), schedulers=Each(self.schedulers),
                                 balancer=self.balancer, data=DataPosition(self.loader), rng=RNG(),
                                 progress=self.progress, config=cfg, schema=data.schema)
@@ -139,8 +140,6 @@ class Trainer:
             log.warning("trainer.precision=%s changes nothing here: model.backbone=%s has no layers of its own, and "
                         "the embedding lookup and the task graph run in float32", tcfg.precision, cfg.model.backbone)
         self.sparse_embedding = any(isinstance(m, torch.nn.Embedding) and m.sparse for m in self.model.modules())
-        if tcfg.monitor_mode not in ("max", "min"):
-            raise ConfigError(f"trainer.monitor_mode: '{tcfg.monitor_mode}' is not one of max, min")
         if resume_state is not None:
             self.state.load_state_dict(resume_state)
             self.progress.resumes.append({"step": self.progress.step, "epoch": self.progress.epoch})
@@ -241,31 +240,15 @@ class Trainer:
             TrainingError: a non-finite loss with ``trainer.nonfinite=stop``; with ``skip``, a
                 non-finite loss from a broken model (non-finite parameters or scores), which
                 skipping batches cannot mend."""
-        p = self.progress
         with self.autocast():
             out = self.model(batch)
         losses, counts = self.model.graph.losses(out, batch["labels"])
-        if not bool(torch.isfinite(losses).all()):
-            vals = losses.tolist()
-            bad = ", ".join(f"'{n}' ({v})" for n, v in zip(self.loss_names, vals) if not math.isfinite(v))
-            if self.cfg.trainer.nonfinite == "skip":
-                broken = self._broken(out, batch)
-                if broken:
-                    raise TrainingError(f"non-finite loss at step {p.step + 1} (epoch {p.epoch + 1}) in task {bad}; "
-                                        f"stopped, {self._last_good()}; {broken}: trainer.nonfinite=skip skips bad "
-                                        "batches, not a broken model")
-                p.nonfinite_skipped += 1
-                if p.nonfinite_skipped <= 10 or p.nonfinite_skipped % 100 == 0:
-                    log.warning("non-finite loss at step %d in task %s: batch skipped (%d so far%s)", p.step + 1,
-                                bad, p.nonfinite_skipped, "; further skips are logged every 100th"
-                                if p.nonfinite_skipped == 10 else "")
-                return None
-            raise TrainingError(f"non-finite loss at step {p.step + 1} (epoch {p.epoch + 1}) in task {bad}; "
-                                f"stopped, {self._last_good()}; trainer.nonfinite=skip skips such batches")
+        if self.nonfinite.skip(losses, self.model, out, batch):
+            return None
         for o in self.optimizers:
             o.zero_grad(set_to_none=True)
         # the balancer computes its diagnostics (gradient cosines...) only on steps the logger writes
-        self.balancer.log_due = self._point_due(p.step + 1)
+        self.balancer.log_due = self._point_due(self.progress.step + 1)
         logs, weights = self.balancer.step(losses, counts, self.model, out)
         for o in self.optimizers:
             o.step()
@@ -287,17 +270,6 @@ class Trainer:
             return step % tcfg.eval_every_steps == 0
         # evaluation after every epoch: this step ends one when the loader has handed out its last batch
         return self.loader.state_dict()["batch"] >= self.epoch_batches
-
-    def _broken(self, out: dict, batch: dict) -> str | None:
-        """Why the model itself is broken (non-finite parameters, or non-finite scores on this
-        batch's scored rows), or None; checked when a non-finite loss would be skipped."""
-        if not ckpt.all_finite(self.model.state_dict()):
-            return "the model's parameters are non-finite"
-        with torch.no_grad():
-            for name, eo in self.model.graph.eval_outputs(out, batch).items():
-                if not bool(torch.isfinite(eo.score[eo.mask]).all()):
-                    return f"the model's scores of output '{name}' are non-finite"
-        return None
 
     def validate(self) -> bool:
         """Evaluate on val, keep best.pt, return True when early stopping says stop."""
