@@ -44,13 +44,9 @@ from mtl_train.data.prepare import prepare
 from mtl_train.data.schema import DatasetBundle, DenseFeature, FeatureSchema, SequenceFeature, SparseFeature, Task
 from mtl_train.data.sources import SPLITS, SplitSource, make_sources
 from mtl_train.data.spec import ParquetSchema, load_schema
-from mtl_train.errors import ConfigError
 from mtl_train.system import memory_budget
 
 log = logging.getLogger(__name__)
-
-MODES = ("auto", "memory", "stream")
-
 
 def feature_schema(spec: ParquetSchema, sizes: dict[str, int], encoder: Encoder) -> FeatureSchema:
     """The model-facing schema of a prepared dataset: features with their embedding rows
@@ -121,8 +117,6 @@ def load(cfg, seed: int) -> DatasetBundle:
     Raises:
         ConfigError: a bad schema or option. DataError: missing files/columns, bad labels.
     """
-    if cfg.mode not in MODES:
-        raise ConfigError(f"dataset.mode: '{cfg.mode}' is not one of auto, memory, stream")
     spec = load_schema(cfg)
     sources = make_sources(cfg, spec.columns())
     # the prepare cache: next to the training files (the folder that holds them all), whatever

@@ -7,7 +7,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from mtl_train.data.schema import NULL_ID, FeatureSchema
-from mtl_train.errors import ConfigError
 from mtl_train.kernels.sparse import sparse_lookup
 
 
@@ -45,15 +44,10 @@ class FeatureEmbedding(nn.Module):
         sparse_grad: sparse gradients for the table (only the rows looked up in a batch get a
             gradient); :func:`mtl_train.train.optim.build_optimizer` pairs the table with
             :class:`~mtl_train.kernels.sparse_adam.RowSparseAdam`.
-
-    Raises:
-        ConfigError: ``dim`` is not positive.
     """
 
     def __init__(self, schema: FeatureSchema, dim: int, sparse_grad: bool = False):
         super().__init__()
-        if dim <= 0:
-            raise ConfigError(f"model.embedding_dim: must be positive, got {dim}")
         seq = list(getattr(schema, "sequence", []))
         sizes = [f.vocab_size for f in schema.sparse] + [f.vocab_size for f in seq]
         self.num_sparse = len(schema.sparse)

@@ -9,7 +9,6 @@ import math
 import torch
 
 from mtl_train import registry
-from mtl_train.errors import ConfigError
 from mtl_train.kernels.sparse_adam import RowSparseAdam
 
 log = logging.getLogger(__name__)
@@ -20,10 +19,8 @@ def build_optimizer(model: torch.nn.Module, cfg) -> list[torch.optim.Optimizer]:
     gets :class:`RowSparseAdam` (lazy Adam over the rows of the batch) with the same learning rate.
 
     Args:
-        model: the model. cfg: ``trainer`` (optimizer, lr, weight_decay).
-
-    Raises:
-        ConfigError: an unknown ``trainer.optimizer``."""
+        model: the model. cfg: ``trainer`` (optimizer, lr, weight_decay), validated.
+    """
     sparse = [p for m in model.modules() if isinstance(m, torch.nn.Embedding) and m.sparse for p in m.parameters()]
     sparse_ids = {id(p) for p in sparse}
     dense = [p for p in model.parameters() if id(p) not in sparse_ids]
@@ -34,10 +31,8 @@ def build_optimizer(model: torch.nn.Module, cfg) -> list[torch.optim.Optimizer]:
         opts = [torch.optim.Adam(dense, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused or None)]
     elif cfg.optimizer == "adamw":
         opts = [torch.optim.AdamW(dense, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused or None)]
-    elif cfg.optimizer == "sgd":
+    else:  # sgd (config validation admits adam, adamw and sgd only)
         opts = [torch.optim.SGD(dense, lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay)]
-    else:
-        raise ConfigError(f"trainer.optimizer: unknown optimizer '{cfg.optimizer}' (choose from adam, adamw, sgd)")
     if sparse:
         if cfg.optimizer != "adam" or cfg.weight_decay:
             log.warning("model.sparse_embedding: the embedding table is trained by a row-sparse Adam (lr %g, no weight "
