@@ -198,7 +198,7 @@ def _compose(overrides: list[str]) -> DictConfig:
         raise ConfigError(str(e).strip().splitlines()[0]) from None
 
 
-def precheck_overrides(args: list[str]) -> None:
+def precheck_overrides(args: list[str]) -> DictConfig:
     """Catch the commonest command-line mistakes before Hydra runs the app, so that each gets
     one clear line: an override Hydra cannot parse (:func:`_check_grammar`), an unknown option
     of a group (``model=mmeo``), an unknown key of a group (``model.num_expert=4``,
@@ -210,6 +210,10 @@ def precheck_overrides(args: list[str]) -> None:
     (``model=mmoe,ple``) are checked one by one, the first one composed; overrides with
     ``+``/``~`` prefixes, Hydra's keys (``hydra.*``) and sweep functions are left to Hydra and
     the typed schemas.
+
+    Returns:
+        the config composed from the group overrides (Hydra's node included), which
+        :func:`check_output_dir` reads the output directory from.
 
     Raises:
         ConfigError: naming the group and option, or the key.
@@ -255,6 +259,7 @@ def precheck_overrides(args: list[str]) -> None:
         if first not in cfg[group]:
             raise ConfigError(f"{key}: unknown key '{first}' for {group}={chosen.get(group)} "
                               f"(known keys: {', '.join(map(str, cfg[group].keys()))})")
+    return cfg
 
 
 def _last_value(args: list[str], key: str) -> str | None:
@@ -310,11 +315,12 @@ def resume_overrides(args: list[str]) -> list[str]:
 _NO_JOB_FLAGS = {"--help", "-h", "--hydra-help", "--version", "--cfg", "-c", "--info", "-i", "-sc", "--shell-completion"}
 
 
-def check_output_dir(args: list[str]) -> None:
+def check_output_dir(args: list[str], composed: DictConfig) -> None:
     """Check, before Hydra creates it, that the run's output directory can be created:
-    ``hydra.sweep.dir`` with ``-m``/``--multirun``, else ``hydra.run.dir`` (given, or the default
-    ``outputs/...`` under the working directory), its interpolations resolved as Hydra resolves
-    them. Hydra itself would end with a ``NotADirectoryError``/``PermissionError`` traceback
+    ``hydra.sweep.dir`` with ``-m``/``--multirun``, else ``hydra.run.dir`` (the last one given in
+    ``args``, or the one of ``composed``, the config :func:`precheck_overrides` composed: the
+    default ``outputs/...`` under the working directory), its interpolations resolved as Hydra
+    resolves them. Hydra itself would end with a ``NotADirectoryError``/``PermissionError`` traceback
     and exit 1. Nothing is created here (see :func:`mtl_train.io.ensure_writable_dir`).
 
     Raises:
@@ -325,17 +331,12 @@ def check_output_dir(args: list[str]) -> None:
     if _NO_JOB_FLAGS & set(args):
         return
     key = "hydra.sweep.dir" if {"-m", "--multirun"} & set(args) else "hydra.run.dir"
-    overrides = []
-    for arg in _overrides(args):
-        if "=" not in arg or arg[0] in "+~":
-            continue
-        k, value = arg.split("=", 1)
-        if k in GROUPS or k == "experiment" or (k.startswith("hydra/") and "(" not in value):
-            overrides.append(f"{k}={value.split(',')[0]}")
-        elif k in ("hydra.run.dir", "hydra.sweep.dir"):
-            overrides.append(arg)
+    given = _last_value(_overrides(args), key)
     try:
-        path = OmegaConf.select(_compose(overrides), key, throw_on_missing=True)
+        if given is not None:
+            composed = composed.copy()
+            OmegaConf.update(composed, key, given)
+        path = OmegaConf.select(composed, key, throw_on_missing=True)
     except Exception:  # noqa: BLE001 - an interpolation only Hydra's run can resolve: Hydra creates it as before
         return
     if isinstance(path, str) and path:
@@ -451,10 +452,10 @@ def main() -> None:
     set_launch_dir(os.getcwd())  # relative paths mean this directory, whatever hydra.job.chdir does
     try:
         sys.argv[1:] = eval_dataset_overrides(sys.argv[1:])
-        precheck_overrides(sys.argv[1:])
+        composed = precheck_overrides(sys.argv[1:])
         sys.argv[1:] = absolute_path_overrides(sys.argv[1:])
         sys.argv.extend(resume_overrides(sys.argv[1:]))
-        check_output_dir(sys.argv[1:])
+        check_output_dir(sys.argv[1:], composed)
     except MtlError as e:
         _fail(e)
     app()
