@@ -111,9 +111,9 @@ class Trainer:
         tcfg = cfg.trainer
         kernels.set_fused(tcfg.fused_kernels)  # hand-written kernels or their references, process-wide
         self.device = resolve_device(tcfg.device)
-        check_memory(data.schema, cfg, self.device, sparse_embedding_default(cfg, self.device))  # before allocating
-        self.model = build_model(data.schema, cfg.model, cfg.graph,
-                                 sparse_default=sparse_embedding_default(cfg, self.device)).to(self.device)
+        sparse_default = sparse_embedding_default(cfg, self.device)
+        check_memory(data.schema, cfg, self.device, sparse_default)  # before allocating
+        self.model = build_model(data.schema, cfg.model, cfg.graph, sparse_default=sparse_default).to(self.device)
         self.loss_names = self.model.graph.loss_names
         self.balancer = build_balancer(cfg.loss, self.loss_names, self.model).to(self.device)
         self.optimizers = build_optimizer(self.model, tcfg)
