@@ -136,12 +136,13 @@ def _progress(**kw):
 
 def _new_report(spec: ParquetSchema, splits) -> dict:
     ids = [c.name for c in spec.id_columns]
-    weighted = {"null_weights": {t.name: 0 for t in spec.tasks if t.weight}} if spec.weights else {}
+    weighted = [t.name for t in spec.tasks if t.weight]
     return {s: {"rows": 0, "null_ids": dict.fromkeys(ids, 0), "oov_ids": dict.fromkeys(ids, 0),
                 "null_numeric": {c.name: 0 for c in spec.numeric},
                 "null_labels": {t.name: 0 for t in spec.tasks},
                 "positives": {t.name: 0 for t in spec.tasks},
-                "funnel_violations": {t.name: 0 for t in spec.tasks if t.parent}, **weighted} for s in splits}
+                "funnel_violations": {t.name: 0 for t in spec.tasks if t.parent},
+                **({"null_weights": dict.fromkeys(weighted, 0)} if weighted else {})} for s in splits}
 
 
 def _count_labels(spec: ParquetSchema, split: str, t: pa.Table, rep: dict) -> dict[str, np.ndarray]:
