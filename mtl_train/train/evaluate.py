@@ -93,7 +93,7 @@ def score_chunks(model: MultiTaskModel, table: Split, device: torch.device,
     kernels' results for a fixed shape do not depend on a row's position).
 
     Yields:
-        ({output: EvalOutput with score, label, mask [n]}, the chunk's real rows as a batch on
+        ({output: EvalOutput with score, label, mask (and weight) [n]}, the chunk's real rows as a batch on
         ``device``, each block [n, ...]), n <= :data:`EVAL_CHUNK`.
     """
     was_training = model.training
@@ -102,7 +102,8 @@ def score_chunks(model: MultiTaskModel, table: Split, device: torch.device,
         for chunk, n in fixed_chunks(table.batches(batch_size), EVAL_CHUNK):
             batch = to_device(chunk, device)
             outputs = model.graph.eval_outputs(model(batch), batch)
-            yield ({name: dataclasses.replace(eo, score=eo.score[:n], label=eo.label[:n], mask=eo.mask[:n])
+            yield ({name: dataclasses.replace(eo, score=eo.score[:n], label=eo.label[:n], mask=eo.mask[:n],
+                                              weight=None if eo.weight is None else eo.weight[:n])
                     for name, eo in outputs.items()}, {k: v[:n] for k, v in batch.items()})
     finally:
         model.train(was_training)
