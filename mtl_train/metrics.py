@@ -9,7 +9,8 @@ log = logging.getLogger(__name__)
 
 EPS = 1e-7
 # the per-output metrics printed, logged, reported and usable as a sweep objective (binary:
-# auc, gauc, logloss; regression: mse, r2); counts such as rows/positives are not among them
+# auc, gauc, logloss; regression: mse, r2; and, for an output with row weights, their weighted
+# versions); counts such as rows/positives/weight_sum are not among them
 METRICS = ("auc", "gauc", "logloss", "mse", "r2", "auc_weighted", "logloss_weighted", "mse_weighted", "r2_weighted")
 
 
