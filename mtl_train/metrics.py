@@ -9,8 +9,9 @@ log = logging.getLogger(__name__)
 
 EPS = 1e-7
 # the per-output metrics printed, logged, reported and usable as a sweep objective (binary:
-# auc, gauc, logloss; regression: mse, r2); counts such as rows/positives are not among them
-METRICS = ("auc", "gauc", "logloss", "mse", "r2")
+# auc, gauc, logloss; regression: mse, r2; and, for an output with row weights, their weighted
+# versions); counts such as rows/positives/weight_sum are not among them
+METRICS = ("auc", "gauc", "logloss", "mse", "r2", "auc_weighted", "logloss_weighted", "mse_weighted", "r2_weighted")
 
 
 def exact_auc(score: np.ndarray, label: np.ndarray) -> float | None:
@@ -119,12 +120,51 @@ def group_auc(score: np.ndarray, label: np.ndarray, group: np.ndarray) -> dict:
     return {"gauc": float((w * auc).sum() / w.sum()), "gauc_groups": int(ok.sum()), "gauc_rows": int(w.sum())}
 
 
+def weighted_auc(score: np.ndarray, label: np.ndarray, weight: np.ndarray) -> float | None:
+    """ROC AUC with row weights: the probability that a positive drawn with probability
+    proportional to its weight outranks a negative drawn likewise, ties counted one half,
+
+        AUC_w = sum_{i pos, j neg} w_i w_j ([s_i > s_j] + [s_i = s_j] / 2) / (W_pos W_neg),
+
+    computed by ``sklearn.metrics.roc_auc_score(label, score, sample_weight=weight)`` (the
+    trapezoidal area under the weighted ROC curve, which is that sum). Equal weights give
+    :func:`exact_auc`.
+
+    Args:
+        score: float [N]; label: 0/1 [N]; weight: float [N] >= 0.
+
+    Returns:
+        The weighted AUC, or None when the positives' or the negatives' weights sum to 0.
+    """
+    from sklearn.metrics import roc_auc_score
+
+    y = np.asarray(label).astype(bool).ravel()
+    w = np.asarray(weight, dtype=np.float64).ravel()
+    if not (w[y].sum() > 0 and w[~y].sum() > 0):
+        return None
+    return float(roc_auc_score(y, np.asarray(score, dtype=np.float64).ravel(), sample_weight=w))
+
+
+def _weighted(score: np.ndarray, label: np.ndarray, weight: np.ndarray | None, name: str, split: str) -> dict:
+    """The weighted binary metrics (see :func:`binary_metrics`), {} without ``weight``."""
+    if weight is None:
+        return {}
+    w = np.asarray(weight, dtype=np.float64)
+    total = float(w.sum())
+    if total <= 0:
+        log.warning("%s %s: the weights sum to 0, weighted metrics are undefined (null)", split, name)
+        return {"auc_weighted": None, "logloss_weighted": None, "weight_sum": total}
+    p = np.clip(score, EPS, 1 - EPS)
+    ll = float(-np.sum(w * (label * np.log(p) + (1 - label) * np.log1p(-p))) / total)
+    return {"auc_weighted": weighted_auc(score, label, w), "logloss_weighted": ll, "weight_sum": total}
+
+
 def _named(split: str, name: str) -> str:
     return f" ({' '.join(x for x in (split, name) if x)})" if split or name else ""
 
 
 def binary_metrics(score: np.ndarray, label: np.ndarray, name: str = "", split: str = "",
-                   group: np.ndarray | None = None) -> dict:
+                   group: np.ndarray | None = None, weight: np.ndarray | None = None) -> dict:
     """Exact ROC AUC, logloss and calibration of probabilities ``score`` against 0/1 ``label``.
 
     AUC is the Mann-Whitney statistic over every (positive, negative) pair of the split, ties
@@ -135,11 +175,14 @@ def binary_metrics(score: np.ndarray, label: np.ndarray, name: str = "", split: 
         score: float [N] predicted probabilities in [0, 1].
         label: float or int [N] with values 0/1.
         group: optional integer ids [N] (e.g. users); adds :func:`group_auc`'s keys.
+        weight: optional row weights [N] >= 0; adds "auc_weighted" (:func:`weighted_auc`),
+            "logloss_weighted" (sum w_i logloss_i / sum w_i) and "weight_sum" (None where
+            the weights, or a class's weights, sum to 0).
 
     Returns:
         {"auc": float | None, "logloss": float (natural log, mean over rows), "rows": int,
          "positives": int, "calibration": mean(score) / mean(label) or None}, plus "gauc",
-        "gauc_groups", "gauc_rows" with ``group``.
+        "gauc_groups", "gauc_rows" with ``group``, and the weighted keys with ``weight``.
 
     Raises:
         ValueError: a label other than 0/1 (a missing label, NaN, included: leave such rows
@@ -159,6 +202,8 @@ def binary_metrics(score: np.ndarray, label: np.ndarray, name: str = "", split: 
     if rows == 0:
         log.warning("%s %s: no rows to evaluate", split, name)
         empty = {"auc": None, "logloss": None, "rows": 0, "positives": 0, "calibration": None}
+        if weight is not None:
+            empty.update({"auc_weighted": None, "logloss_weighted": None, "weight_sum": 0.0})
         return {**empty, "gauc": None, "gauc_groups": 0, "gauc_rows": 0} if group is not None else empty
     if 0 < pos < rows:
         auc = exact_auc(raw_score, label)
@@ -168,22 +213,37 @@ def binary_metrics(score: np.ndarray, label: np.ndarray, name: str = "", split: 
     p = np.clip(score, EPS, 1 - EPS)
     logloss = float(-np.mean(label * np.log(p) + (1 - label) * np.log1p(-p)))
     calibration = float(score.mean() / label.mean()) if pos > 0 else None
-    out = {"auc": auc, "logloss": logloss, "rows": rows, "positives": pos, "calibration": calibration}
+    out = {"auc": auc, "logloss": logloss, "rows": rows, "positives": pos, "calibration": calibration,
+           **_weighted(score, label, weight, name, split)}
     if group is not None:
         out.update(group_auc(raw_score, label, group))
     return out
 
 
-def regression_metrics(pred: np.ndarray, target: np.ndarray, name: str = "", split: str = "") -> dict:
+def regression_metrics(pred: np.ndarray, target: np.ndarray, name: str = "", split: str = "",
+                       weight: np.ndarray | None = None) -> dict:
     """Mean squared error and coefficient of determination R^2 = 1 - SSE / SST.
+
+    With ``weight`` [N] >= 0 also "mse_weighted" = sum w (pred - y)^2 / sum w, "r2_weighted" =
+    1 - sum w (pred - y)^2 / sum w (y - ybar_w)^2 with ybar_w the weighted mean, and
+    "weight_sum" (None where the weights sum to 0).
 
     Returns {"mse": float, "r2": float | None (None when the target is constant), "rows": int}.
     """
     pred = np.asarray(pred, dtype=np.float64)
     target = np.asarray(target, dtype=np.float64)
     rows = int(target.size)
+    weighted = {}
+    if weight is not None:
+        w = np.asarray(weight, dtype=np.float64)
+        total = float(w.sum())
+        weighted = {"mse_weighted": None, "r2_weighted": None, "weight_sum": total}
+        if total > 0:
+            wsse = float(np.sum(w * (pred - target) ** 2))
+            wsst = float(np.sum(w * (target - np.sum(w * target) / total) ** 2))
+            weighted.update(mse_weighted=wsse / total, r2_weighted=(1 - wsse / wsst) if wsst > 0 else None)
     if rows == 0:
-        return {"mse": None, "r2": None, "rows": 0}
+        return {"mse": None, "r2": None, "rows": 0, **weighted}
     sse = float(np.sum((pred - target) ** 2))
     sst = float(np.sum((target - target.mean()) ** 2))
-    return {"mse": sse / rows, "r2": (1 - sse / sst) if sst > 0 else None, "rows": rows}
+    return {"mse": sse / rows, "r2": (1 - sse / sst) if sst > 0 else None, "rows": rows, **weighted}

@@ -236,3 +236,23 @@ TINY = ["dataset.train_rows=2000", "dataset.val_rows=400", "dataset.test_rows=40
 def make_cfg(*overrides):
     with initialize_config_module("mtl_train.conf", version_base="1.3"):
         return validate(compose("config", overrides=list(overrides)))
+
+
+def write_scaled_log(path, n, seed, scale=1e8):
+    """A Parquet log with a regression target on the scale ``scale`` (``revenue`` = scale *
+    (1 + 0.5 x1 - 0.3 x2 + 0.2 [city = a]) + noise, reaching about 2 * scale), a binary ``click``
+    and a row weight ``w`` in [0.5, 2) (row 3 of every 50 null)."""
+    rng = np.random.default_rng(seed)
+    x1, x2 = rng.normal(0, 1, n), rng.normal(0, 1, n)
+    city = np.array(["a", "b", "c"])[rng.integers(0, 3, n)]
+    revenue = scale * (1 + 0.5 * x1 - 0.3 * x2 + 0.2 * (city == "a") + 0.05 * rng.normal(0, 1, n))
+    click = (rng.random(n) < 1 / (1 + np.exp(-(x1 - x2)))).astype(float)
+    w = rng.uniform(0.5, 2.0, n)
+    t = pa.table({"x1": x1, "x2": x2, "city": city.tolist(), "revenue": revenue, "click": click,
+                  "w": pa.array(w, mask=np.arange(n) % 50 == 3)})
+    pq.write_table(t, path, row_group_size=256)
+    return t
+
+
+SCALED_SCHEMA = {"categorical": ["city"], "numeric": ["x1", "x2"],
+                 "tasks": ["click", {"name": "revenue", "type": "regression"}]}

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from mtl_train.metrics import binary_metrics, exact_auc, regression_metrics
+from mtl_train.metrics import binary_metrics, exact_auc, regression_metrics, weighted_auc
 
 
 def test_auc_hand_computed():
@@ -192,3 +192,42 @@ def test_exact_auc_keeps_adjacent_and_tiny_float32_scores_apart():
     assert exact_auc(np.array([a, b], np.float32), np.array([1, 0])) == 0.0
     tiny = np.array([1e-30, 2e-30, 3e-30, 4e-30], np.float32)  # would tie if shifted by 1.0
     assert exact_auc(tiny, np.array([0, 1, 0, 1])) == 0.75
+
+
+def test_weighted_auc_and_logloss_hand_computed():
+    score = np.array([0.9, 0.8, 0.7, 0.7, 0.2])
+    label = np.array([1, 0, 1, 0, 0])
+    weight = np.array([1.0, 2.0, 3.0, 1.0, 4.0])
+    # W_pos = 1 + 3, W_neg = 2 + 1 + 4. The positive at 0.9 (w 1) beats every negative: 1 * 7;
+    # the one at 0.7 (w 3) loses to 0.8, ties 0.7 (half of 3 * 1) and beats 0.2 (3 * 4)
+    m = binary_metrics(score, label, weight=weight)
+    assert m["auc_weighted"] == pytest.approx((7 + 1.5 + 12) / 28, abs=1e-12)
+    ll = -(np.log(0.9) + 2 * np.log(0.2) + 3 * np.log(0.7) + 1 * np.log(0.3) + 4 * np.log(0.8)) / 11
+    assert m["logloss_weighted"] == pytest.approx(ll, rel=1e-12) and m["weight_sum"] == 11.0
+    # the unweighted metrics beside them are unchanged
+    assert {k: m[k] for k in ("auc", "logloss", "rows")} == {k: binary_metrics(score, label)[k]
+                                                            for k in ("auc", "logloss", "rows")}
+    assert "auc_weighted" not in binary_metrics(score, label)
+
+
+def test_weighted_auc_with_unit_weights_is_the_exact_auc_and_zero_class_weight_is_null():
+    rng = np.random.default_rng(0)
+    score = np.round(rng.random(500), 2).astype(np.float32)
+    label = (rng.random(500) < 0.3).astype(float)
+    assert weighted_auc(score, label, np.ones(500)) == pytest.approx(exact_auc(score, label), abs=1e-12)
+    w = rng.random(500)  # integer weights would be row repeats: the same as repeating the rows
+    reps = rng.integers(0, 4, 500)
+    assert weighted_auc(score, label, reps) == pytest.approx(
+        exact_auc(np.repeat(score, reps), np.repeat(label, reps)), abs=1e-12)
+    assert weighted_auc(score, label, w) == pytest.approx(roc_auc_score(label, score, sample_weight=w), abs=1e-12)
+    assert weighted_auc(score, label, np.where(label == 1, 0.0, 1.0)) is None
+    m = binary_metrics(score, label, weight=np.zeros(500))
+    assert m["auc_weighted"] is None and m["logloss_weighted"] is None and m["auc"] is not None
+
+
+def test_weighted_regression_metrics_hand_computed():
+    m = regression_metrics(np.array([1.0, 2.0, 3.0]), np.array([1.0, 2.0, 4.0]), weight=np.array([1.0, 1.0, 2.0]))
+    # weighted mean of the target: (1 + 2 + 8) / 4 = 2.75; SST_w = 3.0625 + 0.5625 + 2 * 1.5625
+    assert m["mse_weighted"] == pytest.approx(2 / 4) and m["weight_sum"] == 4.0
+    assert m["r2_weighted"] == pytest.approx(1 - 2 / 6.75)
+    assert m["mse"] == pytest.approx(1 / 3)

@@ -82,8 +82,9 @@ def label_array(col: pa.ChunkedArray | pa.Array, task, where: str) -> np.ndarray
     """float32 [N] labels of ``task`` (a TaskColumn); nulls are NaN (masked, never 0).
 
     Raises:
-        DataError: the column is not numeric, a binary label is not 0/1, or a regression label
-            is infinite (naming ``where``, the column and the task)."""
+        DataError: the column is not numeric, a binary label is not 0/1, a regression label
+            is infinite, or negative under ``transform: log1p`` (naming ``where``, the column
+            and the task)."""
     try:
         y = np.asarray(pc.cast(col, pa.float32()).to_numpy(zero_copy_only=False), dtype=np.float32)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
@@ -97,4 +98,29 @@ def label_array(col: pa.ChunkedArray | pa.Array, task, where: str) -> np.ndarray
     elif np.isinf(y).any():
         raise DataError(f"{where}: label column '{task.label}' of regression task '{task.name}' holds "
                         f"{int(np.isinf(y).sum())} infinite values")
+    elif getattr(task, "transform", "none") == "log1p":
+        neg = y < 0  # NaN compares False
+        if neg.any():
+            raise DataError(f"{where}: label column '{task.label}' of task '{task.name}' holds {int(neg.sum())} "
+                            f"negative values (first: {y[neg][0]:g}); transform log1p needs labels >= 0")
     return y
+
+
+def weight_array(col: pa.ChunkedArray | pa.Array, task, where: str) -> np.ndarray:
+    """float32 [N] row weights of ``task`` (a TaskColumn with ``weight``) from ``col``; nulls
+    and NaN are NaN (the row is then left out of the task, like a null label).
+
+    Raises:
+        DataError: the column is not numeric, or holds negative or infinite weights (naming
+            ``where``, the column and the task)."""
+    try:
+        w = np.asarray(pc.cast(col, pa.float64()).to_numpy(zero_copy_only=False), dtype=np.float64)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        raise DataError(f"{where}: weight column '{task.weight}' of task '{task.name}' "
+                        f"is not numeric ({col.type})") from None
+    w32 = w.astype(np.float32)  # a float64 weight beyond float32's range is infinite here
+    bad = (w32 < 0) | np.isinf(w32)
+    if bad.any():
+        raise DataError(f"{where}: weight column '{task.weight}' of task '{task.name}' holds {int(bad.sum())} "
+                        f"negative or infinite values (first: {w[bad][0]:g}); weights must be >= 0")
+    return w32

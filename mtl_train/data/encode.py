@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from mtl_train.data.columns import as_kind, check_list, check_scalar, flat, label_array, numeric
+from mtl_train.data.columns import as_kind, check_list, check_scalar, flat, label_array, numeric, weight_array
 from mtl_train.data.schema import NULL_ID, NUM_RESERVED_IDS, OOV_ID
 from mtl_train.data.spec import fill_value
 from mtl_train.errors import DataError
@@ -205,7 +205,10 @@ class Encoder:
     (pyarrow/numpy), no per-row Python.
 
     ``encode(table)`` returns numpy arrays: ``sparse`` int64 [n, F_cat], ``seq`` int64
-    [n, sum(max_len)], ``dense`` float32 [n, F_num], ``labels`` float32 [n, T] (NaN = null).
+    [n, sum(max_len)], ``dense`` float32 [n, F_num], ``labels`` float32 [n, T] (NaN = null),
+    and, when a task has a weight column (:attr:`weighted`), ``weights`` float32 [n, T]: the
+    row weights (1 for a task without a weight column); a null weight makes that task's label
+    NaN (the row is left out of the task, as with a null label) and its weight 0.
 
     Numeric columns: nulls and non-finite values are missing; ``norm`` ``log`` takes the
     signed log1p first; ``fill`` (applied before normalising, a number is logged too) or the
@@ -226,6 +229,11 @@ class Encoder:
         self.stats = prep["stats"]
         self.id_kinds = prep["id_kinds"]
         self.salts = {c.name: zlib.crc32(c.name.encode()) for c in spec.id_columns}
+
+    @property
+    def weighted(self) -> bool:
+        """Whether a task has a weight column (then batches carry ``weights``)."""
+        return bool(self.spec.weights)
 
     def transform(self, tbl: pa.Table, name: str = "data", labels_required: bool = True):
         """Encode a whole raw table (``mode=eval``/``predict`` on a file, see
@@ -248,13 +256,16 @@ class Encoder:
         require_columns(tbl.column_names, self.spec.features, name, "feature column")
         if labels_required:
             require_columns(tbl.column_names, self.spec.labels, name, "label column")
-        for c in self.spec.labels:
+            if self.weighted:
+                require_columns(tbl.column_names, self.spec.weights, name, "weight column")
+        for c in [*self.spec.labels, *(self.spec.weights if self.weighted else [])]:
             if c not in tbl.column_names:
                 tbl = tbl.append_column(c, pa.array(np.full(tbl.num_rows, np.nan)))
         report = {"rows": tbl.num_rows, "null_ids": {}, "oov_ids": {}}
         enc = self.encode(tbl, name, report)
+        weights = torch.from_numpy(enc["weights"]) if "weights" in enc else None
         return Table(torch.from_numpy(enc["sparse"]), torch.from_numpy(enc["dense"]), torch.from_numpy(enc["labels"]),
-                     {}, torch.from_numpy(enc["seq"])), report
+                     {}, torch.from_numpy(enc["seq"]), weights), report
 
     def _ids(self, col, c, report: dict | None = None) -> np.ndarray:
         try:
@@ -309,7 +320,8 @@ class Encoder:
 
         Raises:
             DataError: a list where an id belongs or the reverse, ids of the wrong kind, a
-                non-numeric number or label, a binary label not 0/1 (naming ``where``)."""
+                non-numeric number or label, a binary label not 0/1, a negative or infinite
+                weight (naming ``where``)."""
         n, spec = t.num_rows, self.spec
         sparse = np.empty((n, len(spec.categorical)), dtype=np.int64)
         for j, c in enumerate(spec.categorical):
@@ -326,4 +338,14 @@ class Encoder:
         labels = np.empty((n, len(spec.tasks)), dtype=np.float32)
         for j, task in enumerate(spec.tasks):
             labels[:, j] = label_array(t.column(task.label), task, where)
-        return {"sparse": sparse, "seq": seq, "dense": dense, "labels": labels}
+        out = {"sparse": sparse, "seq": seq, "dense": dense, "labels": labels}
+        if self.weighted:
+            weights = np.ones((n, len(spec.tasks)), dtype=np.float32)
+            for j, task in enumerate(spec.tasks):
+                if task.weight:
+                    w = weight_array(t.column(task.weight), task, where)
+                    null = np.isnan(w)
+                    labels[null, j] = np.nan
+                    weights[:, j] = np.where(null, np.float32(0), w)
+            out["weights"] = weights
+        return out

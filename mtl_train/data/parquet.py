@@ -10,7 +10,10 @@ declares:
   infinite values count as nulls;
 - ``sequences``: list columns of ids (e.g. the last 20 item ids), vocabulary or hash like
   categorical columns, kept up to ``max_len`` ids and pooled by ``mean`` or ``sum``;
-- ``tasks``: one label column per task with its type (binary/regression) and parent.
+- ``tasks``: one label column per task with its type (binary/regression) and parent; an
+  optional ``weight`` column (per-row weights >= 0 of the task's loss and weighted metrics) and,
+  for a regression task, a ``transform`` of its label (``none``, ``standard``, ``log1p``) fitted
+  on train (see :func:`fitted_tasks`).
 
 Ids: 0 = null (and padding of id lists), 1 = out of vocabulary, known values 2..; hashed
 columns use ids 2..hash_buckets+1. Integer ids never pass through floats. Null labels are
@@ -48,13 +51,44 @@ from mtl_train.system import memory_budget
 
 log = logging.getLogger(__name__)
 
-def feature_schema(spec: ParquetSchema, sizes: dict[str, int], encoder: Encoder) -> FeatureSchema:
+SCALE_RANGE = (0.01, 100.0)
+"""A regression label whose training scale, max(std, |mean|), falls outside this range gets a
+warning when its task sets no ``transform``: the towers' outputs start near 0 with unit-scale
+weights, so a squared error on labels of 1e8 (or 1e-4) trains to a poor fit (issue 17: a
+target reaching 1e8 trained to r2 = -0.015; the log of tests/e2e/test_targets_runs.py, a target
+reaching 3e8, to a test r2 of -3.38 without a transform and 0.991 with ``standard``)."""
+
+
+def fitted_tasks(spec: ParquetSchema, label_stats: dict[str, dict]) -> list[Task]:
+    """The schema's tasks with their weight column and label transform, fitted on the training
+    labels' statistics ``label_stats`` ({task: {mean, std, ...}}, the prepare step's): for
+    ``standard``, target_mean and target_std (std 1 for a constant label). Logs a warning for
+    each regression task without a transform whose label scale is outside :data:`SCALE_RANGE`."""
+    tasks = []
+    for t in spec.tasks:
+        st = label_stats.get(t.name)
+        if t.type == "regression" and st is not None and t.transform == "none":
+            scale = max(abs(st["mean"]), st["std"])
+            if scale > 0 and not SCALE_RANGE[0] <= scale <= SCALE_RANGE[1]:
+                log.warning("dataset: regression task '%s' (label column '%s') has a training mean of %.4g and a "
+                            "std of %.4g, far from 1 (max(|mean|, std) outside [%g, %g]); its loss trains poorly on "
+                            "that scale: set transform: standard (or log1p for labels >= 0) on the task",
+                            t.name, t.label, st["mean"], st["std"], *SCALE_RANGE)
+        mean, std = (float(st["mean"]), float(st["std"])) if t.transform == "standard" else (0.0, 1.0)
+        tasks.append(Task(t.name, t.label, t.type, t.parent, weight=t.weight, weighted_metrics=t.weighted_metrics,
+                          transform=t.transform, target_mean=mean, target_std=std))
+    return tasks
+
+
+def feature_schema(spec: ParquetSchema, sizes: dict[str, int], encoder: Encoder,
+                   label_stats: dict[str, dict] | None = None) -> FeatureSchema:
     """The model-facing schema of a prepared dataset: features with their embedding rows
-    (``sizes``), tasks, and the encoder that checkpoints keep."""
+    (``sizes``), tasks (with their label transforms fitted on ``label_stats``, see
+    :func:`fitted_tasks`), and the encoder that checkpoints keep."""
     return FeatureSchema(
         sparse=[SparseFeature(c.name, sizes[c.name]) for c in spec.categorical],
         dense=[DenseFeature(c.name) for c in spec.numeric],
-        tasks=[Task(t.name, t.label, t.type, t.parent) for t in spec.tasks],
+        tasks=fitted_tasks(spec, label_stats or {}),
         sequence=[SequenceFeature(c.name, sizes[c.name], int(c.max_len), c.pooling) for c in spec.sequences],
         encoders=encoder,
     )
@@ -63,7 +97,8 @@ def feature_schema(spec: ParquetSchema, sizes: dict[str, int], encoder: Encoder)
 def _log_report(name: str, report: dict, modes: dict) -> None:
     for split, r in report.items():
         parts = [f"{kind.replace('_', ' ')}: " + ", ".join(f"{k}={v}" for k, v in r[kind].items() if v)
-                 for kind in ("null_ids", "oov_ids", "null_numeric", "null_labels") if any(r[kind].values())]
+                 for kind in ("null_ids", "oov_ids", "null_numeric", "null_labels", "null_weights")
+                 if any(r.get(kind, {}).values())]
         log.info("%s %s: %d rows (%s); %s", name, split, r["rows"], modes[split],
                  "; ".join(parts) if parts else "no null or out-of-vocabulary values")
 
@@ -92,9 +127,11 @@ def open_dataset(name: str, spec: ParquetSchema, sources: dict[str, SplitSource]
 
     prep, root = prepare(spec, sources, folder, key, min_count=min_count, progress=progress, prefix=name)
     enc = Encoder(spec, prep, root)
-    schema = feature_schema(spec, prep["sizes"], enc)
+    schema = feature_schema(spec, prep["sizes"], enc, prep["label_stats"])
     rows, report = prep["rows"], prep["report"]
     row_bytes = 8 * (len(schema.sparse) + schema.seq_width) + 4 * (len(schema.dense) + len(schema.tasks))
+    if enc.weighted:
+        row_bytes += 4 * len(schema.tasks)
     budget, used, splits, modes = memory_budget(budget_mb), 0, {}, {}
     for split in sorted(sources, key=lambda s: rows[s]):  # smallest split first
         need = rows[split] * row_bytes

@@ -29,6 +29,7 @@ from mtl_train.data.columns import (
     label_array,
     mixed_types,
     numeric,
+    weight_array,
 )
 from mtl_train.data.encode import Vocabulary
 from mtl_train.data.files import in_file
@@ -38,7 +39,7 @@ from mtl_train.data.spec import ParquetSchema
 
 log = logging.getLogger(__name__)
 
-VERSION = 4
+VERSION = 5
 
 
 class _Counter:
@@ -135,26 +136,34 @@ def _progress(**kw):
 
 def _new_report(spec: ParquetSchema, splits) -> dict:
     ids = [c.name for c in spec.id_columns]
+    weighted = [t.name for t in spec.tasks if t.weight]
     return {s: {"rows": 0, "null_ids": dict.fromkeys(ids, 0), "oov_ids": dict.fromkeys(ids, 0),
                 "null_numeric": {c.name: 0 for c in spec.numeric},
                 "null_labels": {t.name: 0 for t in spec.tasks},
                 "positives": {t.name: 0 for t in spec.tasks},
-                "funnel_violations": {t.name: 0 for t in spec.tasks if t.parent}} for s in splits}
+                "funnel_violations": {t.name: 0 for t in spec.tasks if t.parent},
+                **({"null_weights": dict.fromkeys(weighted, 0)} if weighted else {})} for s in splits}
 
 
-def _count_labels(spec: ParquetSchema, split: str, t: pa.Table, rep: dict) -> None:
-    """Rows, null labels, positives and funnel violations (a child positive while its parent
-    is 0) of one record batch."""
+def _count_labels(spec: ParquetSchema, split: str, t: pa.Table, rep: dict) -> dict[str, np.ndarray]:
+    """Rows, null labels, null weights, positives and funnel violations (a child positive
+    while its parent is 0) of one record batch; returns {task: labels float32 [n]}, NaN where
+    the label or the task's weight is null (as the encoder masks them)."""
     rep["rows"] += t.num_rows
     ys = {}
     for task in spec.tasks:
         y = ys[task.name] = label_array(t.column(task.label), task, f"{split} split")
         rep["null_labels"][task.name] += int(np.isnan(y).sum())
+        if task.weight:
+            w = np.isnan(weight_array(t.column(task.weight), task, f"{split} split"))
+            rep["null_weights"][task.name] += int(w.sum())
+            y = ys[task.name] = np.where(w, np.float32(np.nan), y)
         if task.type == "binary":
             rep["positives"][task.name] += int((y == 1).sum())
     for task in spec.tasks:
         if task.parent:
             rep["funnel_violations"][task.name] += int(((ys[task.name] > 0) & (ys[task.parent] == 0)).sum())
+    return ys
 
 
 def _ids_of(t: pa.Table, c, seq_names: set, rep: dict, train: bool):
@@ -180,9 +189,14 @@ class _TrainPass:
         self.counters = {c.name: _Counter(c.name) for c in spec.id_columns if c.hash_buckets is None}
         self.id_kinds: dict[str, str] = {}  # hashed columns: "integer" or "string", as in the training files
         self.moments = {c.name: _Moments(c.stats == "exact") for c in spec.numeric}  # after log for norm=log
+        # regression labels (where present): the fit of their transform and the scale warning
+        self.label_moments = {t.name: _Moments(False) for t in spec.tasks if t.type == "regression"}
 
     def add(self, t: pa.Table, rep: dict) -> None:
-        _count_labels(self.spec, "train", t, rep)
+        ys = _count_labels(self.spec, "train", t, rep)
+        for name, m in self.label_moments.items():
+            y = ys[name].astype(np.float64)
+            m.add(y[~np.isnan(y)])
         for c in self.spec.id_columns:
             col = _ids_of(t, c, self.seq_names, rep, train=True)
             if c.name in self.counters:
@@ -266,7 +280,8 @@ def prepare(spec: ParquetSchema, sources: dict[str, SplitSource], folder: Path, 
         in the cache folder or None when hashed}, ``sizes`` {column: embedding rows}, ``stats``
         {numeric column: {mean, std, min, max}}, ``id_kinds`` {hashed column: integer or
         string}, ``report`` {split: {rows, null_ids, oov_ids, null_numeric, null_labels,
-        positives, funnel_violations}}, ``fingerprint``.
+        positives, funnel_violations, and null_weights {task: rows whose weight is null} where a
+        task has a weight column}}, ``fingerprint``.
 
     Raises:
         DataError: a bad value (see :mod:`mtl_train.data.columns`), naming file and column.
@@ -293,9 +308,10 @@ def prepare(spec: ParquetSchema, sources: dict[str, SplitSource], folder: Path, 
     root.mkdir(parents=True, exist_ok=True)
     vocabs, sizes, vocab_files = first.vocabularies(root, min_count, report["train"])
     stats = {name: m.result() for name, m in first.moments.items()}
+    label_stats = {name: m.result() for name, m in first.label_moments.items()}
     for split in [s for s in sources if s != "train"]:
         _check_split(spec, sources[split], vocabs, first.id_kinds, report[split], progress)
     meta = {"rows": {s: report[s]["rows"] for s in sources}, "vocab": vocab_files, "sizes": sizes, "stats": stats,
-            "id_kinds": first.id_kinds, "report": report, "fingerprint": fp}
+            "label_stats": label_stats, "id_kinds": first.id_kinds, "report": report, "fingerprint": fp}
     cache.cached_file(meta_path, lambda tmp: open(tmp, "w").write(json.dumps(meta, indent=1)))
     return meta, root

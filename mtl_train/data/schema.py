@@ -81,12 +81,22 @@ class Task:
         type: ``binary`` (BCE, reported as auc/logloss) or ``regression`` (MSE, reported as mse/r2).
         parent: name of the task that must be positive for this one to happen (funnel order,
             e.g. ``purchase`` has parent ``click``), or None.
+        weight: the column of per-row weights of this task's loss (``batch["weights"]``), or None.
+        weighted_metrics: with ``weight``, report weighted metrics beside the unweighted ones.
+        transform: regression label transform the loss sees: ``none``, ``standard``
+            ((y - target_mean) / target_std) or ``log1p``; inverted in predictions and metrics.
+        target_mean, target_std: the training label statistics of ``standard`` (0 and 1 otherwise).
     """
 
     name: str
     label: str
     type: str = "binary"
     parent: str | None = None
+    weight: str | None = None
+    weighted_metrics: bool = True
+    transform: str = "none"
+    target_mean: float = 0.0
+    target_std: float = 1.0
 
 
 @dataclass
@@ -204,6 +214,8 @@ class Table(Split):
         seq: int64 [N, schema.seq_width] padded id lists of the sequence features (see
             :class:`SequenceFeature`); None means no sequence feature (an [N, 0] block).
             Batches carry a ``"seq"`` entry only when the block has columns.
+        weights: float32 [N, T] per-task row weights (>= 0; 1 for a task without a weight
+            column), or None when no task has one. Batches carry ``"weights"`` only when set.
     """
 
     sparse: torch.Tensor
@@ -211,12 +223,16 @@ class Table(Split):
     labels: torch.Tensor
     extra: dict[str, torch.Tensor] = field(default_factory=dict)
     seq: torch.Tensor | None = None
+    weights: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         n = self.labels.shape[0]
         if self.seq is None:
             self.seq = torch.zeros(n, 0, dtype=torch.int64)
-        for name, t in [("sparse", self.sparse), ("dense", self.dense), ("seq", self.seq), *self.extra.items()]:
+        blocks = [("sparse", self.sparse), ("dense", self.dense), ("seq", self.seq), *self.extra.items()]
+        if self.weights is not None:
+            blocks.append(("weights", self.weights))
+        for name, t in blocks:
             if t.shape[0] != n:
                 raise ValueError(f"column block '{name}' has {t.shape[0]} rows, labels have {n}")
         if self.sparse.dtype != torch.int64 or self.seq.dtype != torch.int64:
@@ -234,6 +250,8 @@ class Table(Split):
         }
         if self.seq.shape[1]:
             batch["seq"] = self.seq.index_select(0, index)
+        if self.weights is not None:
+            batch["weights"] = self.weights.index_select(0, index)
         for k, v in self.extra.items():
             batch[k] = v.index_select(0, index)
         return batch
@@ -243,6 +261,8 @@ class Table(Split):
         batch = {"sparse": self.sparse[start:stop], "dense": self.dense[start:stop], "labels": self.labels[start:stop]}
         if self.seq.shape[1]:
             batch["seq"] = self.seq[start:stop]
+        if self.weights is not None:
+            batch["weights"] = self.weights[start:stop]
         for k, v in self.extra.items():
             batch[k] = v[start:stop]
         return batch
@@ -250,8 +270,8 @@ class Table(Split):
     def subset(self, index: torch.Tensor) -> "Table":
         """A new table with rows ``index``."""
         b = self.take(index)
-        seq = b.pop("seq", None)
-        return Table(b.pop("sparse"), b.pop("dense"), b.pop("labels"), b, seq)
+        seq, weights = b.pop("seq", None), b.pop("weights", None)
+        return Table(b.pop("sparse"), b.pop("dense"), b.pop("labels"), b, seq, weights)
 
     def batches(self, batch_size: int) -> Iterable[dict[str, torch.Tensor]]:
         """Every row once, in order, as contiguous batches of ``batch_size`` (the last may be

@@ -19,6 +19,7 @@ from mtl_train.errors import ConfigError
 NORMS = ("standard", "minmax", "log", "none")
 STATS = ("stream", "exact")
 POOLINGS = ("mean", "sum")
+TRANSFORMS = ("none", "standard", "log1p")
 COLUMN_KINDS = ("categorical", "numeric", "sequences", "tasks")
 
 
@@ -54,6 +55,13 @@ class TaskColumn:
     label: Optional[str] = None           # null: the column named like the task
     type: str = "binary"                  # binary or regression
     parent: Optional[str] = None          # funnel parent task (e.g. purchase -> click)
+    # a column of per-row weights (>= 0; null: the row is left out of this task) used in the
+    # task's loss (sum w l / sum w over valid rows) and, with weighted_metrics, in its metrics
+    weight: Optional[str] = None
+    weighted_metrics: bool = True         # report auc_weighted, logloss_weighted (mse_weighted) too
+    # regression only: the label transform the loss sees, fitted on train and inverted in
+    # predictions and metrics: none, standard ((y - mean) / std) or log1p (labels >= 0)
+    transform: str = "none"
 
 
 @dataclass
@@ -80,13 +88,19 @@ class ParquetSchema:
         return [t.label for t in self.tasks]
 
     @property
+    def weights(self) -> list[str]:
+        """The weight columns of the tasks that have one (each once, in task order)."""
+        return list(dict.fromkeys(t.weight for t in self.tasks if t.weight))
+
+    @property
     def seq_width(self) -> int:
         return sum(c.max_len for c in self.sequences)
 
     def columns(self) -> list[str]:
-        """Every column read: the features, then the label columns that are not features."""
+        """Every column read: the features, then the label and weight columns that are not features."""
         cols = self.features
-        return cols + [t.label for t in self.tasks if t.label not in cols]
+        cols = cols + [t.label for t in self.tasks if t.label not in cols]
+        return cols + [w for w in self.weights if w not in cols]
 
 
 def normalise_columns(spec: dict) -> dict:
@@ -194,6 +208,15 @@ def _check_tasks(spec: ParquetSchema, where: str) -> None:
                               f"(tasks: {', '.join(tasks)})")
         if t.parent == t.name:
             raise ConfigError(f"{where}: task '{t.name}': a task cannot be its own parent")
+        if t.transform not in TRANSFORMS:
+            raise ConfigError(f"{where}: task '{t.name}': transform '{t.transform}' is not one of {TRANSFORMS}")
+        if t.transform != "none" and t.type != "regression":
+            raise ConfigError(f"{where}: task '{t.name}': transform '{t.transform}' applies to regression tasks only "
+                              f"(this task is {t.type})")
+        if t.weight is not None and t.weight in {u.label for u in spec.tasks}:
+            raise ConfigError(f"{where}: task '{t.name}': weight column '{t.weight}' is a label column")
+        if t.weight is not None and t.weight in spec.features:
+            raise ConfigError(f"{where}: task '{t.name}': weight column '{t.weight}' is also a feature")
 
 
 def fill_value(col: NumericColumn, where: str = "dataset") -> str | float:

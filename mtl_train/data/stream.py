@@ -25,6 +25,7 @@ from mtl_train.data.loader import LoaderPosition
 from mtl_train.data.schema import Split, Table
 
 BLOCKS = ("sparse", "seq", "dense", "labels")
+"""The blocks of every encoded record batch; ``weights`` is added where a task has a weight column."""
 
 
 def reader_threads(setting: int | None) -> int:
@@ -46,13 +47,15 @@ def _to_batch(arrays: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
     b = {k: torch.from_numpy(np.ascontiguousarray(arrays[k])) for k in ("sparse", "dense", "labels")}
     if arrays["seq"].shape[1]:
         b["seq"] = torch.from_numpy(np.ascontiguousarray(arrays["seq"]))
+    if "weights" in arrays:
+        b["weights"] = torch.from_numpy(np.ascontiguousarray(arrays["weights"]))
     return b
 
 
 def _concat(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
     if len(parts) == 1:
         return parts[0]
-    return {k: np.concatenate([p[k] for p in parts]) for k in BLOCKS}
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
 def read_table(source, encoder, rows: int) -> Table:
@@ -67,6 +70,8 @@ def read_table(source, encoder, rows: int) -> Table:
         "dense": np.empty((rows, len(spec.numeric)), dtype=np.float32),
         "labels": np.empty((rows, len(spec.tasks)), dtype=np.float32),
     }
+    if encoder.weighted:
+        out["weights"] = np.empty((rows, len(spec.tasks)), dtype=np.float32)
     at = 0
     bar = tqdm(total=rows, desc=f"reading {source.name} into memory", unit="row", mininterval=1.0, leave=False,
                disable=rows < 1_000_000)
@@ -76,14 +81,15 @@ def read_table(source, encoder, rows: int) -> Table:
             with in_file(unit.file):
                 enc = encoder.encode(t)
             n = t.num_rows
-            for k in BLOCKS:
+            for k in out:
                 out[k][at:at + n] = enc[k]
             at += n
             bar.update(n)
     bar.close()
     assert at == rows, f"{source.name}: read {at} rows, expected {rows}"
+    weights = torch.from_numpy(out["weights"]) if "weights" in out else None
     return Table(torch.from_numpy(out["sparse"]), torch.from_numpy(out["dense"]), torch.from_numpy(out["labels"]),
-                 {}, torch.from_numpy(out["seq"]))
+                 {}, torch.from_numpy(out["seq"]), weights)
 
 
 class StreamSplit(Split):
@@ -145,8 +151,8 @@ class StreamSplit(Split):
                 pool = _concat(pending)
                 n_full = have - have % batch_size
                 for s in range(0, n_full, batch_size):
-                    yield _to_batch({k: pool[k][s:s + batch_size] for k in BLOCKS})
-                pending = [{k: pool[k][n_full:] for k in BLOCKS}] if have > n_full else []
+                    yield _to_batch({k: v[s:s + batch_size] for k, v in pool.items()})
+                pending = [{k: v[n_full:] for k, v in pool.items()}] if have > n_full else []
                 have -= n_full
         if have:
             yield _to_batch(_concat(pending))
@@ -301,12 +307,12 @@ class StreamingLoader(LoaderPosition):
                 # pool itself (the whole buffer again) is never materialised
                 perm = rng.permutation(have)
                 for s in range(0, n_out, bs):
-                    yield _to_batch({k: pool[k][perm[s:s + bs]] for k in BLOCKS})
-                pending = [{k: pool[k][perm[n_out:]] for k in BLOCKS}]
+                    yield _to_batch({k: v[perm[s:s + bs]] for k, v in pool.items()})
+                pending = [{k: v[perm[n_out:]] for k, v in pool.items()}]
             else:
                 for s in range(0, n_out, bs):
-                    yield _to_batch({k: pool[k][s:s + bs] for k in BLOCKS})
-                pending = [{k: pool[k][n_out:] for k in BLOCKS}]
+                    yield _to_batch({k: v[s:s + bs] for k, v in pool.items()})
+                pending = [{k: v[n_out:] for k, v in pool.items()}]
             have -= n_out
         if have:
             pool = _concat(pending)
@@ -315,7 +321,7 @@ class StreamingLoader(LoaderPosition):
                 pool = {k: v[perm] for k, v in pool.items()}
             stop = have - have % bs if self.drop_last else have
             for s in range(0, stop, bs):
-                yield _to_batch({k: pool[k][s:s + bs] for k in BLOCKS})
+                yield _to_batch({k: v[s:s + bs] for k, v in pool.items()})
 
 
 def train_loader(split: Split, batch_size: int, seed: int, shuffle: bool = True, rank: int = 0, world_size: int = 1):

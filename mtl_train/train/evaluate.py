@@ -93,7 +93,7 @@ def score_chunks(model: MultiTaskModel, table: Split, device: torch.device,
     kernels' results for a fixed shape do not depend on a row's position).
 
     Yields:
-        ({output: EvalOutput with score, label, mask [n]}, the chunk's real rows as a batch on
+        ({output: EvalOutput with score, label, mask (and weight) [n]}, the chunk's real rows as a batch on
         ``device``, each block [n, ...]), n <= :data:`EVAL_CHUNK`.
     """
     was_training = model.training
@@ -102,7 +102,8 @@ def score_chunks(model: MultiTaskModel, table: Split, device: torch.device,
         for chunk, n in fixed_chunks(table.batches(batch_size), EVAL_CHUNK):
             batch = to_device(chunk, device)
             outputs = model.graph.eval_outputs(model(batch), batch)
-            yield ({name: dataclasses.replace(eo, score=eo.score[:n], label=eo.label[:n], mask=eo.mask[:n])
+            yield ({name: dataclasses.replace(eo, score=eo.score[:n], label=eo.label[:n], mask=eo.mask[:n],
+                                              weight=None if eo.weight is None else eo.weight[:n])
                     for name, eo in outputs.items()}, {k: v[:n] for k, v in batch.items()})
     finally:
         model.train(was_training)
@@ -145,6 +146,10 @@ def evaluate(model: MultiTaskModel, table: Split, device: torch.device, batch_si
     that categorical column's ids; rows whose id is null or out of vocabulary (ids 0 and 1:
     users unseen in training share id 1) are left out of GAUC only.
 
+    An output with row weights (:attr:`~mtl_train.models.graphs.base.EvalOutput.weight`) gets
+    the weighted metrics too (``auc_weighted``, ``logloss_weighted``; ``mse_weighted``,
+    ``r2_weighted``), beside the unweighted ones.
+
     Returns {output name: metrics dict} (see :mod:`mtl_train.metrics`).
 
     Raises:
@@ -157,7 +162,8 @@ def evaluate(model: MultiTaskModel, table: Split, device: torch.device, batch_si
         for name, eo in outputs.items():
             m = eo.mask
             group = batch["sparse"][:, group_index][m].cpu() if group_index is not None else None
-            scores.setdefault(name, []).append((eo.score[m].float().cpu(), eo.label[m].float().cpu(), group))
+            weight = eo.weight[m].float().cpu() if eo.weight is not None else None
+            scores.setdefault(name, []).append((eo.score[m].float().cpu(), eo.label[m].float().cpu(), group, weight))
             types[name] = eo.type
             if eo.eval_only:
                 eval_only.add(name)
@@ -168,10 +174,11 @@ def evaluate(model: MultiTaskModel, table: Split, device: torch.device, batch_si
         bad = int((~np.isfinite(score)).sum())
         if bad:
             raise NonFiniteScores(split, name, bad, score.size)
+        weight = torch.cat([p[3] for p in parts]).numpy() if parts[0][3] is not None else None
         if types[name] == "regression":
-            result[name] = regression_metrics(score, label, name=name, split=split)
+            result[name] = regression_metrics(score, label, name=name, split=split, weight=weight)
         else:
-            result[name] = binary_metrics(score, label, name=name, split=split)
+            result[name] = binary_metrics(score, label, name=name, split=split, weight=weight)
             if group_index is not None:
                 group = torch.cat([p[2] for p in parts]).numpy()
                 known = group > OOV_ID

@@ -242,7 +242,9 @@ class Trainer:
                 skipping batches cannot mend."""
         with self.autocast():
             out = self.model(batch)
-        losses, counts = self.model.graph.losses(out, batch["labels"])
+        weights, labels = batch.get("weights"), batch["labels"]  # row weights [B, T], where the data have them
+        losses, counts = (self.model.graph.losses(out, labels) if weights is None
+                          else self.model.graph.losses(out, labels, weights))
         if self.nonfinite.skip(losses, self.model, out, batch):
             return None
         for o in self.optimizers:

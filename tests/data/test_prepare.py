@@ -211,3 +211,52 @@ def test_prepare_is_cached_and_rebuilt_when_data_or_schema_change(data, monkeypa
     os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))
     assert os.stat(f).st_size == st.st_size and os.stat(f).st_mtime_ns == st.st_mtime_ns
     assert (first, pqd.load(c, seed=0).schema.encoders.stats["price"]["mean"]) == (2.5, 3.5)
+
+
+def _scaled(tmp_path, tasks, **over):
+    from helpers import SCALED_SCHEMA, write_scaled_log
+
+    write_scaled_log(tmp_path / "train.parquet", 300, 0)
+    write_scaled_log(tmp_path / "val.parquet", 100, 1)
+    return pqd.load(cfg(tmp_path, mode="memory", **dict(SCALED_SCHEMA, sequences=[], tasks=tasks), **over), seed=0)
+
+
+def test_label_transform_is_fitted_on_train_and_a_far_scale_warns_without_one(tmp_path, caplog):
+    b = _scaled(tmp_path, ["click", {"name": "revenue", "type": "regression", "transform": "standard"}])
+    rev = b.schema.tasks[1]
+    y = b.train.labels[:, 1].double()
+    assert (rev.transform, rev.target_mean, rev.target_std) == ("standard", pytest.approx(y.mean().item(), rel=1e-6),
+                                                               pytest.approx(y.std(unbiased=False).item(), rel=1e-5))
+    assert rev.target_mean > 1e8 and "far from 1" not in caplog.text
+    assert b.schema.tasks[0].transform == "none" and (b.schema.tasks[0].target_mean, b.schema.tasks[0].target_std) == (0, 1)
+    assert b.train.labels[:, 1].max() > 2e8  # the data keep the label's own scale; the loss transforms it
+    plain = _scaled(tmp_path, ["click", {"name": "revenue", "type": "regression"}])
+    assert plain.schema.tasks[1].target_std == 1.0
+    line = next(r.getMessage() for r in caplog.records if "far from 1" in r.getMessage())
+    assert line.startswith("dataset: regression task 'revenue' (label column 'revenue') has a training mean of "
+                           "1.041e+08 and a std of 5.824e+07, far from 1")
+    assert "set transform: standard" in line and caplog.records[-1].levelname == "WARNING"
+
+
+def test_bad_weights_and_log1p_on_negative_labels_fail_in_one_line_naming_the_column(tmp_path):
+    from mtl_train.errors import ConfigError, DataError
+
+    # the scaled log's revenue goes below 0 (scale * (1 + 0.5 x1 - ...)): log1p refuses it
+    with pytest.raises(DataError, match=r"train\.parquet: train split: label column 'revenue' of task 'revenue' "
+                                        r"holds \d+ negative values \(first: -[\d.e+]+\); "
+                                        r"transform log1p needs labels >= 0$"):
+        _scaled(tmp_path, [{"name": "revenue", "type": "regression", "transform": "log1p"}])
+    with pytest.raises(ConfigError, match="task 'click': transform 'log1p' applies to regression tasks only"):
+        _scaled(tmp_path, [{"name": "click", "transform": "log1p"}])
+    with pytest.raises(ConfigError, match="transform 'cube' is not one of"):
+        _scaled(tmp_path, [{"name": "revenue", "type": "regression", "transform": "cube"}])
+    with pytest.raises(ConfigError, match="task 'click': weight column 'x1' is also a feature"):
+        _scaled(tmp_path, [{"name": "click", "weight": "x1"}])
+    t = pq.read_table(tmp_path / "train.parquet")
+    w = t.column("w").to_numpy(zero_copy_only=False).copy()
+    w[7] = -2.0
+    pq.write_table(t.set_column(t.column_names.index("w"), "w", pa.array(w)), tmp_path / "train.parquet")
+    with pytest.raises(DataError, match=r"train\.parquet: train split: weight column 'w' of task 'click' holds 1 "
+                                        r"negative or infinite values \(first: -2\); weights must be >= 0$"):
+        pqd.load(cfg(tmp_path, mode="memory", categorical=["city"], numeric=["x1"], sequences=[],
+                     tasks=[{"name": "click", "weight": "w"}]), seed=0)

@@ -1,6 +1,7 @@
 """mtl_train.data.stream: the Split interface shared by in-memory and streamed splits, streamed epochs."""
 import os
 
+import numpy as np
 import pytest
 import torch
 from helpers import parquet_cfg as cfg
@@ -112,3 +113,31 @@ def test_reader_threads_auto_reads_inline_when_torch_uses_every_core(monkeypatch
     assert stream.reader_threads(None) == 0
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
     assert stream.reader_threads(None) == 1
+
+
+def test_weights_travel_alike_in_memory_and_streamed(tmp_path):
+    from helpers import SCALED_SCHEMA, write_scaled_log
+
+    t = write_scaled_log(tmp_path / "train.parquet", 300, 0)
+    write_scaled_log(tmp_path / "val.parquet", 100, 1)
+    tasks = [{"name": "click", "weight": "w"}, {"name": "revenue", "type": "regression"}]
+    over = dict(SCALED_SCHEMA, sequences=[], tasks=tasks, test_path=str(tmp_path / "train.parquet"))
+    mem = pqd.load(cfg(tmp_path, mode="memory", **over), seed=0)
+    st = pqd.load(cfg(tmp_path, mode="stream", **over), seed=0)
+    w = t.column("w").to_numpy(zero_copy_only=False)
+    # click's weights as in the file (a null weight: 0, and the row's click label masked); revenue's 1
+    assert mem.test.weights[:, 0].tolist() == pytest.approx(np.nan_to_num(w, nan=0.0).tolist(), rel=1e-6)
+    assert mem.test.weights[:, 1].tolist() == [1.0] * 300
+    assert torch.isnan(mem.test.labels[:, 0]).tolist() == np.isnan(w).tolist() and np.isnan(w).sum() == 6
+    assert mem.info["report"]["train"]["null_weights"] == {"click": 6}
+    sb = list(st.test.batches(64))
+    assert torch.equal(torch.cat([b["weights"] for b in sb]), mem.test.weights)
+    loader = st.train.loader(64, seed=3)
+    loader.set_epoch(0)
+    got = torch.cat([torch.cat([b["dense"], b["weights"]], 1) for b in loader])
+    want = torch.cat([mem.train.dense, mem.train.weights], 1)
+    assert sorted(map(tuple, got.tolist())) == sorted(map(tuple, want.tolist()))  # every row once, weights with it
+    assert "weights" in mem.train.take(torch.tensor([0, 1])) and mem.train.subset(torch.tensor([2])).weights.shape == (1, 2)
+    # without a weight column no batch carries weights
+    plain = pqd.load(cfg(tmp_path, mode="memory", **dict(over, tasks=SCALED_SCHEMA["tasks"])), seed=0)
+    assert plain.train.weights is None and "weights" not in next(iter(plain.val.batches(8)))

@@ -75,10 +75,12 @@ def column_schema(categorical: list[str], numeric: list[str], tasks: list[Task])
     """The column schema of a named dataset: a vocabulary per categorical column (training
     values by decreasing count, ties by value; ``dataset.min_count``), numeric columns
     standardised with exact training statistics (nulls: the training mean, i.e. 0), and the
-    tasks' label columns."""
+    tasks' label columns (with their weight columns and label transforms)."""
     return ParquetSchema(categorical=[CategoricalColumn(c) for c in categorical],
                          numeric=[NumericColumn(c, norm="standard", fill="mean", stats="exact") for c in numeric],
-                         tasks=[TaskColumn(t.name, t.label, t.type, t.parent) for t in tasks])
+                         tasks=[TaskColumn(t.name, t.label, t.type, t.parent, weight=t.weight,
+                                                    weighted_metrics=t.weighted_metrics, transform=t.transform)
+                                         for t in tasks])
 
 
 def open_converted(name: str, spec: ParquetSchema, sources: dict, folder, min_count: int, protocol: str) -> DatasetBundle:

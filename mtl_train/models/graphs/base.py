@@ -7,11 +7,15 @@ Interface (every graph in :mod:`mtl_train.models.graphs` implements it):
   task: a logit for binary tasks, the predicted value for regression tasks). A graph may add
   other tensors to ``out`` (ESMM: ``log_prob`` [B, T], the log of each task's entire-space
   probability).
-- ``losses(out, labels) -> (losses [L], counts [L])``: one loss term per name in
+- ``losses(out, labels, weights=None) -> (losses [L], counts [L])``: one loss term per name in
   ``loss_names`` (L = T for every graph here: the term of a task is the loss that supervises
   it, e.g. ESMM's ``purchase`` term is the CTCVR loss, and a graph's regulariser is added
   to the term of the later task it constrains), each a mean over its valid rows, and the
-  number of valid rows (a term with 0 rows is left out of the step by the balancer).
+  number of valid rows (a term with 0 rows is left out of the step by the balancer). With
+  ``weights`` [B, T] (a task's weight column, see :class:`~mtl_train.data.schema.Task`) the
+  mean is weighted: sum_i w_i l_i / sum_i w_i over the valid rows (0 where the weights sum to
+  0); the counts stay row counts. Regression labels pass through the task's ``transform``
+  first (:meth:`TaskGraph.loss_targets`); a graph implements ``task_losses`` on those.
 - ``eval_outputs(out, batch) -> {name: EvalOutput}``: what is scored, on which rows.
 - ``loss_names``, ``shared_parameters()``, ``shared_inputs()``, ``last_shared_layer()``.
 
@@ -64,22 +68,43 @@ class EvalOutput:
     mask: torch.Tensor
     type: str = "binary"
     eval_only: bool = False
+    weight: torch.Tensor | None = None
+    """float [B] row weights of a task with a weight column and ``weighted_metrics`` (the
+    weighted metrics are reported beside the unweighted ones), else None."""
+
+
+def _weighted_mean(per_row: torch.Tensor, m: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """sum w l / sum w over the rows of ``m`` (per column of [B, T], or of [B]); 0 where the
+    weights sum to 0 (still attached)."""
+    w = weights.to(per_row.dtype) * m
+    total = w.sum(0)
+    return (per_row * w).sum(0) / torch.where(total > 0, total, torch.ones_like(total))
 
 
 def masked_task_losses(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor,
-                       is_regression: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                       is_regression: torch.Tensor | None = None,
+                       weights: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-task mean loss over the valid rows of each task.
 
     Binary tasks use binary cross-entropy on logits (log-space, stable at any logit);
     regression tasks use squared error. Rows where ``mask`` is False contribute nothing.
 
+    With ``weights`` the mean is the self-normalised weighted mean sum_i w_i l_i / sum_i w_i
+    over the valid rows i of the batch (0 where the weights sum to 0). Normalising by the
+    weights' sum rather than the row count keeps the loss on the scale of an unweighted one
+    whatever the weights' unit (Census's survey weights are in the thousands; dividing by the
+    row count would multiply the learning rate by the mean weight) and makes it the ratio
+    estimate of the weighted population's mean loss.
+
     Args:
         logits: [B, T] raw outputs; labels: [B, T] (NaN allowed where masked);
-        mask: bool [B, T]; is_regression: bool [T] or None (all binary).
+        mask: bool [B, T]; is_regression: bool [T] or None (all binary);
+        weights: float [B, T] row weights >= 0, or None (every row weighs 1).
 
     Returns:
-        (losses [T], counts [T]) where counts is the number of valid rows per task; a task
-        with no valid row gets loss 0 (still attached to the graph) and count 0.
+        (losses [T], counts [T]) where counts is the number of valid rows per task (with
+        weights too); a task with no valid row gets loss 0 (still attached to the graph) and
+        count 0.
     """
     y = torch.where(mask, labels, torch.zeros_like(labels))
     per_row = F.binary_cross_entropy_with_logits(logits, y, reduction="none")
@@ -87,14 +112,21 @@ def masked_task_losses(logits: torch.Tensor, labels: torch.Tensor, mask: torch.T
         per_row = torch.where(is_regression, (logits - y) ** 2, per_row)
     m = mask.to(per_row.dtype)
     counts = m.sum(0)
+    if weights is not None:
+        return _weighted_mean(per_row, m, weights), counts
     return (per_row * m).sum(0) / counts.clamp_min(1), counts
 
 
-def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(mean of ``values`` [B] over ``mask`` [B] (0 when empty, still attached), count)."""
+def masked_mean(values: torch.Tensor, mask: torch.Tensor,
+                weight: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean of ``values`` [B] over ``mask`` [B] (0 when empty, still attached), count); with
+    ``weight`` [B] the weighted mean sum w v / sum w over the mask (see :func:`masked_task_losses`)."""
     m = mask.to(values.dtype)
     n = m.sum()
-    return (torch.where(mask, values, torch.zeros_like(values)) * m).sum() / n.clamp_min(1), n
+    v = torch.where(mask, values, torch.zeros_like(values))
+    if weight is not None:
+        return _weighted_mean(v, m, weight), n
+    return (v * m).sum() / n.clamp_min(1), n
 
 
 def topological_order(names: list[str], parents: dict[str, list[str]]) -> list[str]:
@@ -147,6 +179,11 @@ class TaskGraph(nn.Module):
         self.register_buffer(
             "is_regression", torch.tensor([t.type == "regression" for t in schema.tasks]), persistent=False
         )
+        # (task index, transform, mean, std) of each regression task with a label transform
+        self.transforms = [(k, t.transform, float(t.target_mean), float(t.target_std))
+                           for k, t in enumerate(schema.tasks) if t.type == "regression" and t.transform != "none"]
+        # tasks whose weights the metrics use (see EvalOutput.weight)
+        self.weighted_metrics = [bool(t.weight) and t.weighted_metrics for t in schema.tasks]
         self.parent_index = [schema.task_index(t.parent) if t.parent else None for t in schema.tasks]
         self.ancestors: list[list[int]] = []
         for k in range(len(schema.tasks)):
@@ -162,6 +199,43 @@ class TaskGraph(nn.Module):
     @property
     def loss_names(self) -> list[str]:
         return list(self.task_names)
+
+    def losses(self, out: dict[str, torch.Tensor], labels: torch.Tensor,
+               weights: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(losses [L], counts [L]) of a batch (see the module docstring): the graph's
+        :meth:`task_losses` on the labels as the loss sees them (:meth:`loss_targets`).
+
+        Args:
+            out: the forward's outputs; labels: [B, T] as in the data (NaN = missing);
+            weights: [B, T] row weights or None."""
+        return self.task_losses(out, self.loss_targets(labels), weights)
+
+    def task_losses(self, out: dict[str, torch.Tensor], labels: torch.Tensor,
+                    weights: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The graph's losses on ``labels`` [B, T] already transformed (see :meth:`losses`)."""
+        raise NotImplementedError
+
+    def loss_targets(self, labels: torch.Tensor) -> torch.Tensor:
+        """[B, T] labels as the loss sees them: each regression task's ``transform`` applied
+        (``standard``: (y - mean) / std with the training statistics; ``log1p``: log(1 + y));
+        ``labels`` itself when no task has one. NaN stays NaN."""
+        if not self.transforms:
+            return labels
+        cols = list(labels.unbind(1))
+        for k, kind, mean, std in self.transforms:
+            cols[k] = (cols[k] - mean) / std if kind == "standard" else torch.log1p(cols[k])
+        return torch.stack(cols, 1)
+
+    def predictions(self, values: torch.Tensor) -> torch.Tensor:
+        """[B, T] outputs with each regression task's raw output mapped back to the label's
+        scale (the inverse of :meth:`loss_targets`: z * std + mean, or exp(z) - 1); other
+        columns unchanged; ``values`` itself when no task has a transform."""
+        if not self.transforms:
+            return values
+        cols = list(values.unbind(1))
+        for k, kind, mean, std in self.transforms:
+            cols[k] = cols[k] * std + mean if kind == "standard" else torch.expm1(cols[k])
+        return torch.stack(cols, 1)
 
     def shared_parameters(self) -> list[nn.Parameter]:
         """Graph parameters shared by several tasks' losses (none for independent towers)."""
@@ -229,8 +303,12 @@ class TaskGraph(nn.Module):
                       entire_labels: torch.Tensor | None = None) -> dict[str, EvalOutput]:
         """The outputs of the module docstring from scores [B, T].
 
+        Regression scores are mapped back to the label's scale (:meth:`predictions`), and a
+        task with weighted metrics carries its weights (``batch["weights"]``).
+
         Args:
-            entire: [B, T] entire-space scores (probabilities; values for regression tasks).
+            entire: [B, T] entire-space scores (probabilities; values for regression tasks, as
+                the model outputs them, on the scale of the transformed label).
             labels: [B, T] labels as in the data.
             conditional: [B, T] conditional probabilities P(task | parent positive, x) where
                 the graph has a conditional head, else None.
@@ -239,21 +317,24 @@ class TaskGraph(nn.Module):
         """
         present = self.label_mask(labels)
         target = labels if entire_labels is None else entire_labels
+        entire = self.predictions(entire)
+        weights = batch.get("weights")
         res: dict[str, EvalOutput] = {}
         for k, task in enumerate(self.schema.tasks):
             p = self.parent_index[k]
-            res[task.name] = EvalOutput(entire[:, k], target[:, k], ~torch.isnan(target[:, k]), task.type)
+            w = weights[:, k] if weights is not None and self.weighted_metrics[k] else None
+            res[task.name] = EvalOutput(entire[:, k], target[:, k], ~torch.isnan(target[:, k]), task.type, weight=w)
             if p is None or task.type != "binary":
                 continue
             parent = self.schema.tasks[p].name
             cond = entire[:, k] if conditional is None else conditional[:, k]
             res[f"{task.name}_given_{parent}"] = EvalOutput(
-                cond, labels[:, k], present[:, k] & self.ancestors_positive(labels, k), "binary"
+                cond, labels[:, k], present[:, k] & self.ancestors_positive(labels, k), "binary", weight=w
             )
             column = f"{task.name}_if_{parent}"
             if conditional is not None and column in batch:
                 y = batch[column]
                 res[f"{task.name}_given_{parent}_entire"] = EvalOutput(
-                    conditional[:, k], y, ~torch.isnan(y), "binary", eval_only=True
+                    conditional[:, k], y, ~torch.isnan(y), "binary", eval_only=True, weight=w
                 )
         return res

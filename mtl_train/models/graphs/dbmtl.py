@@ -116,8 +116,9 @@ class DBMTL(TaskGraph):
         j = self.common_root(anc)
         return [] if j is None else [self.heads[j].last_linear().weight]
 
-    def losses(self, out: dict[str, torch.Tensor], labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return masked_task_losses(out["logits"], labels, self.label_mask(labels), self.is_regression)
+    def task_losses(self, out: dict[str, torch.Tensor], labels: torch.Tensor,
+                    weights: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        return masked_task_losses(out["logits"], labels, self.label_mask(labels), self.is_regression, weights)
 
     def eval_outputs(self, out: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]) -> dict[str, EvalOutput]:
         logits = out["logits"]

@@ -126,13 +126,15 @@ class ESMM(TaskGraph):
         log_p, log_not = chain_log_probs(logits, self.parent_index, self.order)
         return {"logits": logits, "log_prob": log_p, "log_not_prob": log_not}
 
-    def losses(self, out: dict[str, torch.Tensor], labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def task_losses(self, out: dict[str, torch.Tensor], labels: torch.Tensor,
+                    weights: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         y_all = self.entire_labels(labels)
         mask = ~torch.isnan(y_all)
         y = torch.where(mask, y_all, torch.zeros_like(y_all))
         nll = -(y * out["log_prob"] + (1 - y) * out["log_not_prob"])
         per_row = torch.where(self.is_regression, (out["logits"] - y) ** 2, nll)
-        terms = [masked_mean(per_row[:, k], mask[:, k]) for k in range(labels.shape[1])]
+        terms = [masked_mean(per_row[:, k], mask[:, k], None if weights is None else weights[:, k])
+                 for k in range(labels.shape[1])]
         return torch.stack([t[0] for t in terms]), torch.stack([t[1] for t in terms])
 
     def eval_outputs(self, out: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]) -> dict[str, EvalOutput]:

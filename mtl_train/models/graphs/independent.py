@@ -71,8 +71,9 @@ class Independent(TaskGraph):
             mask = torch.stack(cols, 1)
         return mask
 
-    def losses(self, out: dict[str, torch.Tensor], labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return masked_task_losses(out["logits"], labels, self._mask(labels), self.is_regression)
+    def task_losses(self, out: dict[str, torch.Tensor], labels: torch.Tensor,
+                    weights: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        return masked_task_losses(out["logits"], labels, self._mask(labels), self.is_regression, weights)
 
     def eval_outputs(self, out: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]) -> dict[str, EvalOutput]:
         logits = out["logits"]

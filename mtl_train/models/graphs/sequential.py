@@ -27,9 +27,10 @@ class SequentialGraph(TaskGraph):
         if self.penalty_weight > 0:
             self.require_binary(range(len(self.schema.tasks)), f"{key} > 0 (p_k <= p_(k-1) between consecutive tasks)")
 
-    def losses(self, out: dict[str, torch.Tensor], labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def task_losses(self, out: dict[str, torch.Tensor], labels: torch.Tensor,
+                    weights: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         logits = out["logits"]
-        losses, counts = masked_task_losses(logits, labels, self.label_mask(labels), self.is_regression)
+        losses, counts = masked_task_losses(logits, labels, self.label_mask(labels), self.is_regression, weights)
         if self.penalty_weight > 0 and logits.shape[1] > 1:
             losses = losses + self.penalty_weight * order_penalty(torch.sigmoid(logits))
         return losses, counts

@@ -1,5 +1,6 @@
 """Task graphs (ESMM, DBMTL, GMSL, AITM, independent) on every backbone."""
 
+import numpy as np
 import pytest
 import torch
 from helpers import funnel_batch, funnel_schema
@@ -188,3 +189,66 @@ def test_each_graph_learns_the_synthetic_funnel(graph):
     p = batch["labels"].mean(0)
     base = -(p * p.log() + (1 - p) * (1 - p).log())
     assert (losses.detach() < 0.97 * base).all(), (losses, base)
+
+
+def _click_and_revenue(**revenue):
+    from mtl_train.models.graphs.independent import Independent
+
+    s = FeatureSchema([SparseFeature("a", 7)], [], [Task("click", "click", weight="w"),
+                                                    Task("rev", "rev", "regression", **revenue)])
+    return Independent(s, [4, 4], [4])
+
+
+def test_weighted_losses_are_sum_w_l_over_sum_w_of_valid_rows_with_row_counts():
+    g = _click_and_revenue()
+    logits = torch.tensor([[0.0, 1.0], [float(np.log(3.0)), 2.0], [0.0, 4.0]])
+    labels = torch.tensor([[1.0, 0.0], [0.0, 0.0], [float("nan"), 1.0]])
+    weights = torch.tensor([[1.0, 2.0], [3.0, 0.0], [5.0, 1.0]])
+    losses, counts = g.losses({"logits": logits}, labels, weights)
+    # click: rows 0 (BCE at logit 0, label 1 = ln 2) and 1 (logit ln 3, label 0: -ln(1/4) = ln 4),
+    # row 2 masked (its weight 5 counts for nothing): (1 ln 2 + 3 ln 4) / (1 + 3) = 7/4 ln 2
+    # rev: squared errors 1, 4, 9 with weights 2, 0, 1: (2 + 0 + 9) / 3
+    assert losses.tolist() == pytest.approx([7 / 4 * np.log(2.0), 11 / 3], rel=1e-6)
+    assert counts.tolist() == [2.0, 3.0]  # valid rows, whatever the weights
+    # without weights: the unweighted means, as before
+    assert g.losses({"logits": logits}, labels)[0].tolist() == pytest.approx(
+        [(np.log(2.0) + np.log(4.0)) / 2, 14 / 3], rel=1e-6)
+    # weights summing to 0: loss 0, still attached, count kept
+    zero = g.losses({"logits": logits.requires_grad_()}, labels, torch.zeros(3, 2))
+    assert zero[0].tolist() == [0.0, 0.0] and zero[1].tolist() == [2.0, 3.0] and zero[0].requires_grad
+
+
+def test_esmm_weighs_each_task_term_by_its_weights():
+    from mtl_train.models.graphs.base import masked_mean
+
+    v, m = torch.tensor([1.0, 2.0, 4.0]), torch.tensor([True, True, False])
+    assert masked_mean(v, m, torch.tensor([3.0, 1.0, 9.0]))[0].item() == pytest.approx(5 / 4)
+    assert masked_mean(v, m)[0].item() == pytest.approx(1.5) and masked_mean(v, m)[1].item() == 2
+
+
+@pytest.mark.parametrize("transform, mean, std, z", [
+    ("standard", 10.0, 2.0, [0.0, 1.0, -2.5, float("nan")]),  # (y - 10) / 2
+    ("log1p", 0.0, 1.0, [float(np.log(11.0)), float(np.log(13.0)), float(np.log(6.0)), float("nan")]),
+])
+def test_regression_transform_round_trip_through_loss_and_scores(transform, mean, std, z):
+    g = _click_and_revenue(transform=transform, target_mean=mean, target_std=std)
+    y = torch.tensor([10.0, 12.0, 5.0, float("nan")])
+    labels = torch.stack([torch.tensor([1.0, 0.0, 1.0, 0.0]), y], 1)
+    t = g.loss_targets(labels)
+    assert torch.equal(t[:, 0], labels[:, 0])
+    assert t[:, 1].tolist() == pytest.approx(z, nan_ok=True, rel=1e-6)
+    assert torch.allclose(g.predictions(t)[:3, 1], y[:3], rtol=1e-6)  # inverted back to the label's scale
+    # the loss sees the transformed label: an output equal to it gives a zero squared error
+    losses, _ = g.losses({"logits": t.nan_to_num()}, labels)
+    assert losses[1].item() == pytest.approx(0.0, abs=1e-10)
+    # scores (eval, predict) are on the label's scale
+    ev = g.eval_outputs({"logits": t.nan_to_num()}, {"labels": labels})
+    assert torch.allclose(ev["rev"].score[:3], y[:3], rtol=1e-6) and ev["rev"].weight is None
+
+
+def test_without_transform_labels_and_scores_pass_through_unchanged():
+    g = _click_and_revenue()
+    labels = torch.tensor([[1.0, 3e8], [0.0, -2.0]])
+    assert g.loss_targets(labels) is labels and g.predictions(labels) is labels
+    ev = g.eval_outputs({"logits": torch.zeros(2, 2)}, {"labels": labels, "weights": torch.tensor([[2.0, 1.0], [0.5, 1.0]])})
+    assert ev["click"].weight.tolist() == [2.0, 0.5] and ev["rev"].weight is None  # rev has no weight column
