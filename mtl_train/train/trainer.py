@@ -46,6 +46,7 @@ from mtl_train.models.builder import build_model
 from mtl_train.models.memory import check_memory
 from mtl_train.system import tune_malloc
 from mtl_train.train import checkpoint as ckpt
+from mtl_train.train import ddp
 from mtl_train.train.device import resolve_device, resolve_precision, to_device
 from mtl_train.train.evaluate import check_gauc_by, evaluate, gauc_column, monitor_value
 from mtl_train.train.logger import RunLogger
@@ -144,6 +145,8 @@ class Trainer:
             self.state.load_state_dict(resume_state)
             self.progress.resumes.append({"step": self.progress.step, "epoch": self.progress.epoch})
             self.last_saved_step = self.progress.step
+        # under several ranks: DistributedDataParallel, or the model itself for a balancer that reduces its gradients
+        self.train_model = ddp.wrap_model(self.model, self.balancer, self.device)
         purge = self.progress.step + 1 if resume_state is not None else None
         self.logger = RunLogger(run_dir, cfg, self.loss_names, progress=tcfg.progress, purge_step=purge)
 
@@ -241,8 +244,9 @@ class Trainer:
                 non-finite loss from a broken model (non-finite parameters or scores), which
                 skipping batches cannot mend."""
         with self.autocast():
-            out = self.model(batch)
+            out = self.train_model(batch)
         losses, counts = self.model.graph.losses(out, batch["labels"])
+        losses, counts = ddp.global_losses(losses, counts)  # the global batch's, under several ranks
         if self.nonfinite.skip(losses, self.model, out, batch):
             return None
         for o in self.optimizers:
