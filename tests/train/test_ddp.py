@@ -91,11 +91,25 @@ def _train(case, label, method, sparse, rank=0, world=1):
     return [p.detach().clone() for p in model.parameters()], bal.state_dict()
 
 
+def _sparse_gather(rank):
+    """The sum over ranks of a sparse gradient by all-gather, the path of backends without a
+    sparse all-reduce (NCCL), run on gloo: rank 0 has rows {0: 1, 3: 1}, rank 1 {1: 2, 3: 2, 4: 4}."""
+    ids = torch.tensor([[0, 3]]) if rank == 0 else torch.tensor([[1, 3, 4, 4]])
+    t = torch.sparse_coo_tensor(ids, torch.full((ids.shape[1], 2), rank + 1.0), (5, 2)).coalesce()
+    backend = dist.get_backend
+    dist.get_backend = lambda *a: "nccl"
+    try:
+        return ddp._sparse_sum(t).to_dense()
+    finally:
+        dist.get_backend = backend
+
+
 def _rank(rank, case, store):
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=WORLD)
     try:
         res = {lab: _train(case, lab, m, sp, rank, WORLD) for lab, m, sp in _variants(case)}
+        res["sparse_gather"] = _sparse_gather(rank)
         torch.save(res, f"{store}.rank{rank}")
     finally:
         dist.destroy_process_group()
@@ -128,6 +142,8 @@ def _check(case, tmp_path):
     store = tmp_path / "store"
     mp.spawn(_rank, args=(case, str(store)), nprocs=WORLD)
     ranks = [torch.load(f"{store}.rank{r}", weights_only=False) for r in range(WORLD)]
+    want = torch.tensor([1.0, 2.0, 0.0, 3.0, 4.0]).unsqueeze(1).expand(5, 2)
+    assert all(torch.equal(r["sparse_gather"], want) for r in ranks)
     torch.set_num_threads(1)
     for lab, m, sp in _variants(case):
         ref_params, ref_state = _train(case, lab, m, sp)
@@ -150,3 +166,13 @@ def test_every_balancer_on_mmoe_is_exact_under_two_ranks(tmp_path):
 
 def test_every_balancer_on_esmm_is_exact_under_two_ranks(tmp_path):
     _check("esmm", tmp_path)
+
+
+def test_without_a_process_group_nothing_is_communicated_or_changed():
+    losses, counts = torch.tensor([0.5, 0.25], requires_grad=True), torch.tensor([3.0, 0.0])
+    out = ddp.global_losses(losses, counts)
+    assert out[0] is losses and out[1] is counts
+    model = _model("esmm", False)
+    assert ddp.wrap_model(model, None, torch.device("cpu")) is model
+    g = [torch.ones(2), None]
+    assert ddp.mean_over_ranks(g)[0] is g[0] and ddp.world_size() == 1 and not ddp.active()
