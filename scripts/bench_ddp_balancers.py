@@ -17,11 +17,13 @@ model is wrapped in DDP or not exactly as in a run) and trains on its own rows o
 global batches, already in memory. Methods are interleaved in a fresh random order each round
 (the same order on both ranks, drawn from one seeded generator), after a barrier; a step's
 time is rank 0's wall time from the barrier to the end of its step. The report gives, per
-method, the median ms per step and the median over rounds of its ratio to equal's.
+method, the median ms per step and the median over rounds of its ratio to equal's. A method
+named ``<name>+sparse`` runs with ``model.sparse_embedding=true`` (pcgrad's per-task
+gradients of the embedding table then travel as the batch's rows, not the whole table).
 
 Usage:
     python scripts/bench_ddp_balancers.py [--bench-dir ../shared/bench] [--rounds 10] [--warmup 2]
-        [--methods equal,gradnorm,pcgrad] [--batch 2048] [--threads 1] [--json out.json]
+        [--methods equal,gradnorm,pcgrad,pcgrad+sparse] [--batch 2048] [--threads 1] [--json out.json]
     python scripts/bench.py ddp-balancers [the same options]
 """
 from __future__ import annotations
@@ -58,11 +60,14 @@ def _rank(rank: int, args: argparse.Namespace, tmp: str) -> None:
         bb.BATCH = args.batch
         n_steps = args.warmup + args.rounds
         rows = WORLD * args.batch * min(n_steps, 20)
+        os.makedirs(os.path.join(tmp, f"data{rank}"))
         data = bb.load_workload(Path(args.bench_dir), rows, os.path.join(tmp, f"data{rank}"))
         trainers = {}
         for m in methods:
             torch.manual_seed(0)
-            cfg = bb.bench_config(m, "cpu")
+            cfg = bb.bench_config(m.split("+")[0], "cpu")
+            if m.endswith("+sparse"):  # sparse embedding gradients: a surgery method then sends the batch's rows
+                cfg.model.sparse_embedding = True
             trainers[m] = Trainer(cfg, data, os.path.join(tmp, f"run{rank}", m))
             trainers[m].model.train()
         g = torch.Generator().manual_seed(0)
@@ -105,7 +110,7 @@ def _rank(rank: int, args: argparse.Namespace, tmp: str) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].replace("\n", " "))
     ap.add_argument("--bench-dir", default=str(REPO.parent / "shared" / "bench"))
-    ap.add_argument("--methods", default="equal,gradnorm,pcgrad")
+    ap.add_argument("--methods", default="equal,gradnorm,pcgrad,pcgrad+sparse")
     ap.add_argument("--rounds", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--batch", type=int, default=2048, help="per-rank batch")
