@@ -28,10 +28,15 @@ TCFG = OmegaConf.create({"optimizer": "adam", "lr": 0.01, "weight_decay": 0.0})
 
 
 def _variants(case):
-    """(label, method, sparse embedding): every method with the trainer's CPU default (sparse
-    for the loss-weighting ones), plus PCGrad on a sparse table (sparse per-task gradients)."""
-    out = [(m, m, not registry.get("loss", m).target.needs_task_gradients) for m in METHODS]
-    return out + [("pcgrad+sparse", "pcgrad", True)] if case == "mmoe" else out
+    """(label, method, sparse embedding, loss overrides): every method with the trainer's CPU
+    default (sparse for the loss-weighting ones); on MMoE also PCGrad on a sparse table (sparse
+    per-task gradients) and GradNorm's W = the shared representation (Gram matrices summed)."""
+    out = [(m, m, not registry.get("loss", m).target.needs_task_gradients, {}) for m in METHODS]
+    if case == "mmoe":
+        rep = {"target": "shared_representation"}
+        out += [("pcgrad+sparse", "pcgrad", True, {}), ("gradnorm+rep", "gradnorm", True, rep),
+                ("gradnorm_pcgrad+rep", "gradnorm_pcgrad", False, rep)]
+    return out
 
 
 def _model(case, sparse):
@@ -71,11 +76,11 @@ def _batches(case):
     return out
 
 
-def _train(case, label, method, sparse, rank=0, world=1):
+def _train(case, method, sparse, over, rank=0, world=1):
     """20 steps as ``Trainer.train_step`` takes them; returns (parameters, balancer state)."""
     model = _model(case, sparse)
     names = model.graph.loss_names
-    bal = build_balancer(loss_cfg(method, **OVER.get(method, {})), names, model)
+    bal = build_balancer(loss_cfg(method, **OVER.get(method, {}), **over), names, model)
     opts = build_optimizer(model, TCFG)
     fwd = ddp.wrap_model(model, bal, torch.device("cpu"))
     per = WORLD * ROWS // world
@@ -108,7 +113,7 @@ def _rank(rank, case, store):
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=WORLD)
     try:
-        res = {lab: _train(case, lab, m, sp, rank, WORLD) for lab, m, sp in _variants(case)}
+        res = {lab: _train(case, m, sp, over, rank, WORLD) for lab, m, sp, over in _variants(case)}
         res["sparse_gather"] = _sparse_gather(rank)
         torch.save(res, f"{store}.rank{rank}")
     finally:
@@ -145,8 +150,8 @@ def _check(case, tmp_path):
     want = torch.tensor([1.0, 2.0, 0.0, 3.0, 4.0]).unsqueeze(1).expand(5, 2)
     assert all(torch.equal(r["sparse_gather"], want) for r in ranks)
     torch.set_num_threads(1)
-    for lab, m, sp in _variants(case):
-        ref_params, ref_state = _train(case, lab, m, sp)
+    for lab, m, sp, over in _variants(case):
+        ref_params, ref_state = _train(case, m, sp, over)
         (p0, s0), (p1, s1) = ranks[0][lab], ranks[1][lab]
         assert all(torch.equal(x, y) for x, y in zip(p0, p1)), f"{lab}: ranks' parameters differ"
         f0, f1, fr = _flat(s0), _flat(s1), _flat(ref_state)
