@@ -3,7 +3,8 @@
 Read top to bottom: :func:`run` builds everything from the config and calls :class:`Trainer`:
 ``fit`` -> ``train_epoch`` -> ``train_step``, ``validate`` on schedule, ``finish`` tests. Beside
 it: evaluate.py (metrics), optim.py (optimizers, LR schedule), resume.py (resume config),
-state.py (what a checkpoint holds), device.py (device, precision), signals.py.
+state.py (what a checkpoint holds), device.py (device, precision), signals.py, ddp.py (a step's
+losses and gradients across ranks: DDP, or the balancer's own reduction).
 
 Runs you can trust:
 
