@@ -19,6 +19,11 @@ class Balancer:
         loss_names: names of the T loss terms, in order.
         cfg: the ``loss`` config group.
 
+    Under several ranks (``torch.distributed``), ``losses`` and ``counts`` are those of the
+    global batch, identical on every rank (:func:`mtl_train.train.ddp.global_losses`), so a
+    balancer's decisions and state are the same on every rank; each method's docstring says
+    what else it communicates per step.
+
     Subclasses implement :meth:`backward` and keep their whole state (weights, initial losses,
     loss history, the weights' own optimizer, random generators) in :meth:`state_dict`, so
     that a run resumed from a checkpoint continues with identical weights.
@@ -29,6 +34,13 @@ class Balancer:
             MGDA), so that table's gradient must be dense; False where it only weights the task
             losses (GradNorm too: its gradient norms are taken at one layer W, not the table).
             ``model.sparse_embedding: null`` reads it (see ``sparse_embedding_default``).
+        reduces_gradients: class attribute; True where the method sets gradients by hand and so
+            reduces them across ranks itself (GradNorm, the gradient-surgery methods): under
+            several ranks it combines the per-task gradients of the whole global batch, the
+            same on every rank, and leaves every ``.grad`` reduced (see
+            :mod:`mtl_train.train.ddp`); the model is then not wrapped in
+            ``DistributedDataParallel``. False where the gradient is that of a weighted sum of
+            the losses, which DDP averages during the backward pass.
         log_due: True when the coming :meth:`backward` belongs to a step that the run logger
             writes (the trainer sets it before each step from ``trainer.log_every_steps``);
             methods compute their diagnostic logs (e.g. gradient cosines) only then. True by
@@ -39,6 +51,7 @@ class Balancer:
     """
 
     needs_task_gradients: bool = False
+    reduces_gradients: bool = False
 
     def __init__(self, loss_names: list[str], cfg, model=None):
         self.loss_names = list(loss_names)

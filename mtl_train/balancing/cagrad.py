@@ -40,6 +40,11 @@ class CAGrad(SharedGradientSurgery):
     - the gradients are those of all shared parameters flattened into one vector;
       tasks with no valid rows in the batch are left out.
 
+    Under several ranks: as :class:`~mtl_train.balancing.surgery.SharedGradientSurgery` (one
+    all-reduce of the T per-task gradients on the shared parameters, T x |shared params|
+    numbers, one of the task-specific parameters' gradients, and the T losses and counts);
+    every rank solves the same inner problem on the same Gram matrix.
+
     Raises:
         ConfigError: ``loss.rescale`` not in 0, 1, 2; a model without shared parameters.
     """

@@ -51,6 +51,12 @@ class DWA(Balancer):
     - a step's loss of a task enters its window mean only when the task has valid rows in that
       batch; such a task is also left out of that step's weighted sum; a ratio that cannot be
       computed (no valid row in a whole window) counts as 1 (see :func:`dwa_weights`).
+
+    Under several ranks: the model trains through DistributedDataParallel (one all-reduce of
+    every gradient, in buckets during the backward pass) and the T losses and T valid-row
+    counts are all-reduced once per step (:func:`mtl_train.train.ddp.global_losses`); the window sums of
+    the global losses, and so the weights, are the same on every rank without further
+    communication.
     """
 
     def __init__(self, loss_names, cfg, model=None):

@@ -16,7 +16,13 @@ class EqualLoss:
 
 @register("loss", "equal", EqualLoss)
 class Equal(Balancer):
-    """L = sum_i L_i over the tasks with at least one valid row in the batch (weights all 1)."""
+    """L = sum_i L_i over the tasks with at least one valid row in the batch (weights all 1).
+
+    Under several ranks: the model trains through DistributedDataParallel (one all-reduce of
+    every gradient, in buckets during the backward pass) and the T losses and T valid-row
+    counts are all-reduced once per step (:func:`mtl_train.train.ddp.global_losses`);
+    nothing else.
+    """
 
     def backward(self, losses: torch.Tensor, counts: torch.Tensor, model, out: dict) -> dict[str, float]:
         valid = counts > 0

@@ -13,6 +13,7 @@ from mtl_train.balancing.gradients import combine, cosine_logs, gram, masked_ste
 from mtl_train.errors import ConfigError
 from mtl_train.models.layers import BatchedExperts
 from mtl_train.registry import param, register
+from mtl_train.train import ddp
 
 DERIVE_MIN_WEIGHT = 0.05  # below this largest weight, the derived task gets its own backward
 
@@ -85,9 +86,20 @@ class GradNorm(Balancer):
     Logs (on logged steps): ``grad_norm/<task>`` (G_i), ``gradnorm/loss`` (L_grad) and
     ``grad_cos/<a>/<b>``, the cosine between the tasks' gradients at W.
 
+    Under several ranks (the model is not wrapped in DDP; W's gradient is set by hand): with
+    ``target: last_shared_layer`` the per-task gradients at W are averaged over the ranks, the
+    gradients of the global batch (T x |W| numbers in one all-reduce; the fast path sends W's
+    total gradient and T-1 task gradients); with ``shared_representation`` the T x T Gram
+    matrix of the per-task gradients on the shared representation is summed instead. Every
+    rank then computes the same norms, weight step and L_i(0); the gradient of every other
+    parameter is averaged in one more all-reduce (|params| numbers, a sparse embedding
+    gradient on its own), plus the T losses and counts all-reduced once per step.
+
     Raises:
         ConfigError: the model has no shared layer (e.g. ``model=single_task``).
     """
+
+    reduces_gradients = True
 
     def __init__(self, loss_names, cfg, model=None):
         super().__init__(loss_names, cfg, model)
@@ -192,7 +204,11 @@ class GradNorm(Balancer):
         if fast is not None:
             return self._backward_fast(losses, valid, idx, model, W[0], *fast)
         grads = [list(torch.autograd.grad(losses[i], W, retain_graph=True, allow_unused=True)) for i in idx]
-        K = gram(grads, list(range(len(W))))
+        if self.target == "last_shared_layer":  # under several ranks: the global batch's gradients (identity otherwise)
+            ddp.mean_task_gradients(grads, range(len(W)))
+            K = gram(grads, list(range(len(W))))
+        else:  # gradients on the shared representation, one row per example: their Gram matrices add up
+            K = ddp.reduce_gram(gram(grads, list(range(len(W)))))
         norms = self._norms(K, idx)
         w = self.w.detach()
         self.applied = w.clone()  # w shares self.w's storage, which update_weights changes in place
@@ -202,11 +218,13 @@ class GradNorm(Balancer):
             w_ids = {id(p) for p in W}
             rest = [p for p in model.parameters() if p.requires_grad and id(p) not in w_ids]
             torch.autograd.backward(total, inputs=rest)
+            ddp.mean_gradients(rest)
             coef = [float(w[i]) for i in idx]
             for k, p in enumerate(W):
                 set_grad(p, combine(grads, k, coef))
         else:
             total.backward()
+            ddp.mean_gradients([p for p in model.parameters() if p.requires_grad])
         logs = self.update_weights(norms, losses, valid, w)
         if self.log_due:
             logs.update(cosine_logs(K, [self.loss_names[i] for i in idx]))
@@ -258,6 +276,11 @@ class GradNorm(Balancer):
         for i, Di in zip(others, deltas):
             per[i] = torch.bmm(Xt, Di)
         del deltas
+        if ddp.active():  # W's gradient, the other tasks' and the rest's over the global batch, in one all-reduce
+            reduced = ddp.mean_over_ranks([G_total] + [per[i] for i in others] + [p.grad for p in rest])
+            G_total, per = reduced[0], dict(zip(others, reduced[1:len(others) + 1]))
+            for p, g in zip(rest, reduced[len(others) + 1:]):
+                p.grad = g
         if d is not None:
             g_d = G_total
             for i in others:

@@ -23,6 +23,7 @@ from mtl_train.balancing.gradients import (
 from mtl_train.balancing.gradnorm import GradNorm, GradNormLoss
 from mtl_train.balancing.surgery import make_generator
 from mtl_train.registry import param, register
+from mtl_train.train import ddp
 
 
 @dataclass
@@ -53,6 +54,15 @@ class GradNormPCGrad(GradNorm):
     ``weights()`` returns GradNorm's w. Logs: as GradNorm, plus ``grad_cos/<a>/<b>`` between
     the tasks' gradients on all shared parameters.
 
+    Under several ranks (the model is not wrapped in DDP): the T per-task gradients on the
+    shared parameters (W among them) are averaged over the ranks in one all-reduce
+    (T x |shared params| numbers), the gradients of the global batch; with
+    ``target: shared_representation`` the T x T Gram matrix on that representation is summed
+    too. Every rank then computes the same norms, projection, weight step and L_i(0); the
+    task-specific parameters' gradients (local) are averaged in one more all-reduce
+    (|task-specific params|), plus the T losses and counts all-reduced once per step. The
+    PCGrad order generator, seeded alike on every rank, draws the same orders.
+
     Raises:
         ConfigError: a model without shared parameters or shared layer.
     """
@@ -81,12 +91,19 @@ class GradNormPCGrad(GradNorm):
         if self.target == "last_shared_layer":
             extra = []
             w_sel = [pos[id(p)] for p in model.last_shared_layer()]
+            w_ids = {id(p) for p in model.last_shared_layer()}
         else:
+            w_ids = set()
             extra = self._target_tensors(model, out)
             w_sel = list(range(len(params), len(params) + len(extra)))
         grads = task_gradients(losses, idx, params + extra)
+        if self.target == "last_shared_layer":  # under several ranks: the global batch's gradients (identity otherwise)
+            ddp.mean_task_gradients(grads, sorted(set(shared) | set(w_sel)))
+            KW = gram(grads, w_sel)
+        else:
+            ddp.mean_task_gradients(grads, shared)
+            KW = ddp.reduce_gram(gram(grads, w_sel))  # gradients on the representation: their Gram matrices add up
         K = gram(grads, shared)
-        KW = gram(grads, w_sel)
         norms = self._norms(KW, idx)
         w = self.w.detach()
         self.applied = w.clone()  # the weights of this step (update_weights changes self.w in place)
@@ -96,6 +113,7 @@ class GradNormPCGrad(GradNorm):
         b = wv.tolist()
         for k, p in enumerate(params):
             set_grad(p, combine(grads, k, a if is_shared[k] else b))
+        ddp.mean_gradients([p for p, s in zip(params, is_shared) if not s and id(p) not in w_ids])
         logs = self.update_weights(norms, losses, valid, w)
         if self.log_due:
             logs.update(cosine_logs(K, [self.loss_names[i] for i in idx]))

@@ -12,6 +12,7 @@ from mtl_train.balancing.base import Balancer, require_shared
 from mtl_train.balancing.gradients import cosine_logs, gram, min_norm_weights, valid_tasks
 from mtl_train.errors import ConfigError
 from mtl_train.registry import param, register
+from mtl_train.train import ddp
 
 NORMALIZATIONS = ("none", "l2", "loss", "loss+")
 
@@ -51,6 +52,12 @@ class MGDA(Balancer):
 
     Logs (on logged steps): ``grad_cos/<a>/<b>`` on Z, before normalisation.
 
+    Under several ranks: Z holds one row per example, so the global batch's Gram matrix of the
+    per-task gradients on Z is the sum of the ranks' (one all-reduce of the T x T matrix,
+    :func:`~mtl_train.train.ddp.reduce_gram`); every rank then solves the same min-norm problem
+    and the backward of sum_i a_i L_i runs through DistributedDataParallel (one all-reduce of
+    every gradient), plus the T losses and counts all-reduced once per step.
+
     Raises:
         ConfigError: a model without shared parameters or shared representation.
     """
@@ -77,7 +84,7 @@ class MGDA(Balancer):
         if Z is None:
             raise ConfigError("loss=mgda: this model has no shared representation (out['shared'] is None)")
         grads = [list(torch.autograd.grad(losses[i], [Z], retain_graph=True, allow_unused=True)) for i in idx]  # to Z only
-        K = gram(grads, [0])
+        K = ddp.reduce_gram(gram(grads, [0]))  # the global batch's Gram matrix under several ranks
         norms = [math.sqrt(max(K[n, n], 0.0)) for n in range(len(idx))]
         lv = losses.detach()[idx].double().cpu().tolist()
         if self.normalization == "l2":

@@ -37,6 +37,12 @@ class PCGrad(SharedGradientSurgery):
       embedding table included), not layer by layer;
     - tasks with no valid rows in the batch are left out of the projection.
 
+    Under several ranks: as :class:`~mtl_train.balancing.surgery.SharedGradientSurgery` (one
+    all-reduce of the T per-task gradients on the shared parameters, T x |shared params|
+    numbers, one of the task-specific parameters' gradients, and the T losses and counts);
+    the order generator, seeded alike on every rank and fed the same Gram matrix, draws the
+    same orders everywhere.
+
     Raises:
         ConfigError: a model without shared parameters.
     """

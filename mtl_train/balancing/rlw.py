@@ -38,6 +38,12 @@ class RLW(Balancer):
       valid tasks V share the rest: w_V = (T - sum_{i not in V} w_i) softmax(z_V), so the
       weights still sum to T (the rule of GradNorm here);
     - before the first step every weight is 1.
+
+    Under several ranks: the model trains through DistributedDataParallel (one all-reduce of
+    every gradient, in buckets during the backward pass) and the T losses and T valid-row
+    counts are all-reduced once per step (:func:`mtl_train.train.ddp.global_losses`). Every rank draws z
+    from its own generator, seeded alike and drawn once per step whatever the batch: the same
+    weights everywhere, nothing communicated for them.
     """
 
     def __init__(self, loss_names, cfg, model=None):

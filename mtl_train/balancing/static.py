@@ -26,6 +26,11 @@ class Static(Balancer):
     ``'loss.weights={click: 1.0, purchase: 5.0}'``); loss terms not named get
     ``loss.default_weight``. Weights must be finite and non-negative.
 
+    Under several ranks: the model trains through DistributedDataParallel (one all-reduce of
+    every gradient, in buckets during the backward pass) and the T losses and T valid-row
+    counts are all-reduced once per step (:func:`mtl_train.train.ddp.global_losses`);
+    nothing else.
+
     Raises:
         ConfigError: a name in ``loss.weights`` that is not a loss term of the model, or a
             negative / non-finite weight (naming the key).

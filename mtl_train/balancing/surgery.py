@@ -8,6 +8,7 @@ import torch
 
 from mtl_train.balancing.base import Balancer, require_shared
 from mtl_train.balancing.gradients import combine, cosine_logs, gram, set_grad, task_gradients, valid_tasks
+from mtl_train.train import ddp
 
 
 class SharedGradientSurgery(Balancer):
@@ -25,11 +26,19 @@ class SharedGradientSurgery(Balancer):
     ``grad_cos/<a>/<b>``, the cosine between the tasks' gradients on the shared parameters,
     before surgery.
 
+    Under several ranks (the model is not wrapped in DDP): the T per-task gradients on the
+    shared parameters are averaged over the ranks in one all-reduce (T x |shared params|
+    numbers), giving those of the global batch; every rank computes the same Gram matrix,
+    coefficients and shared update from them; the task-specific parameters' gradients (sum_j
+    b_j g_j, local) are then averaged in one more all-reduce (|task-specific params|), plus
+    the T losses and counts all-reduced once per step.
+
     Raises:
         ConfigError: the model shares no parameter between tasks (``model=single_task``).
     """
 
     needs_task_gradients = True
+    reduces_gradients = True
 
     def __init__(self, loss_names, cfg, model=None):
         super().__init__(loss_names, cfg, model)
@@ -58,10 +67,12 @@ class SharedGradientSurgery(Balancer):
         is_shared = [id(p) in shared_ids for p in params]
         shared = [k for k, s in enumerate(is_shared) if s]
         grads = task_gradients(losses, idx, params + self.extra_inputs(model, out))
+        ddp.mean_task_gradients(grads, shared)  # under several ranks: those of the global batch
         K = gram(grads, shared)
         a, b, logs = self.coefficients(K, idx, losses, grads, len(params), shared)
         for k, p in enumerate(params):
             set_grad(p, combine(grads, k, a if is_shared[k] else b))
+        ddp.mean_gradients([p for p, s in zip(params, is_shared) if not s])
         self.coef[idx] = torch.tensor(a, dtype=self.coef.dtype)
         self.applied = self.coef.clone()
         if self.log_due:

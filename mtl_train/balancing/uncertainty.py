@@ -42,6 +42,12 @@ class Uncertainty(Balancer):
       the model's gradients are computed (the paper optimises it jointly with the network);
     - a task with no valid row in a batch is left out of the sum, and its s_i and its Adam
       moments are left untouched that step.
+
+    Under several ranks: the model trains through DistributedDataParallel (one all-reduce of
+    every gradient, in buckets during the backward pass) and the T losses and T valid-row
+    counts are all-reduced once per step (:func:`mtl_train.train.ddp.global_losses`). s lives outside the
+    model: its gradient, 1/2 - c_i exp(-s_i) L_i per task, depends only on the global losses,
+    so every rank takes the same Adam step on s without communicating it.
     """
 
     def __init__(self, loss_names, cfg, model=None):

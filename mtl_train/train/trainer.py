@@ -3,7 +3,8 @@
 Read top to bottom: :func:`run` builds everything from the config and calls :class:`Trainer`:
 ``fit`` -> ``train_epoch`` -> ``train_step``, ``validate`` on schedule, ``finish`` tests. Beside
 it: evaluate.py (metrics), optim.py (optimizers, LR schedule), resume.py (resume config),
-state.py (what a checkpoint holds), device.py (device, precision), signals.py.
+state.py (what a checkpoint holds), device.py (device, precision), signals.py, ddp.py (a step's
+losses and gradients across ranks: DDP, or the balancer's own reduction).
 
 Runs you can trust:
 
@@ -41,11 +42,12 @@ from mtl_train.balancing.base import build_balancer
 from mtl_train.data.datasets import load_dataset
 from mtl_train.data.schema import DatasetBundle
 from mtl_train.data.stream import train_loader
-from mtl_train.errors import DataError, NonFiniteScores, RunInterrupted, TrainingError
+from mtl_train.errors import ConfigError, DataError, NonFiniteScores, RunInterrupted, TrainingError
 from mtl_train.models.builder import build_model
 from mtl_train.models.memory import check_memory
 from mtl_train.system import tune_malloc
 from mtl_train.train import checkpoint as ckpt
+from mtl_train.train import ddp
 from mtl_train.train.device import resolve_device, resolve_precision, to_device
 from mtl_train.train.evaluate import check_gauc_by, evaluate, gauc_column, monitor_value
 from mtl_train.train.logger import RunLogger
@@ -144,6 +146,12 @@ class Trainer:
             self.state.load_state_dict(resume_state)
             self.progress.resumes.append({"step": self.progress.step, "epoch": self.progress.epoch})
             self.last_saved_step = self.progress.step
+        weighted = [t.name for t in data.schema.tasks if t.weight]
+        if weighted and ddp.active():  # the global mean would need the weight sums, not the row counts
+            raise ConfigError(f"dataset: task '{weighted[0]}' has a weight column; per-task sample weights are not "
+                              "supported under several ranks yet (train it in one process)")
+        # under several ranks: DistributedDataParallel, or the model itself for a balancer that reduces its gradients
+        self.train_model = ddp.wrap_model(self.model, self.balancer, self.device)
         purge = self.progress.step + 1 if resume_state is not None else None
         self.logger = RunLogger(run_dir, cfg, self.loss_names, progress=tcfg.progress, purge_step=purge)
 
@@ -241,10 +249,11 @@ class Trainer:
                 non-finite loss from a broken model (non-finite parameters or scores), which
                 skipping batches cannot mend."""
         with self.autocast():
-            out = self.model(batch)
+            out = self.train_model(batch)
         weights, labels = batch.get("weights"), batch["labels"]  # row weights [B, T], where the data have them
         losses, counts = (self.model.graph.losses(out, labels) if weights is None
                           else self.model.graph.losses(out, labels, weights))
+        losses, counts = ddp.global_losses(losses, counts)  # the global batch's, under several ranks
         if self.nonfinite.skip(losses, self.model, out, batch):
             return None
         for o in self.optimizers:
