@@ -288,6 +288,20 @@ def _versions(formats: Sequence[str]) -> dict:
     return v
 
 
+MIN_TORCH = (2, 6)
+"""torch.export with ``Dim`` batch sizes and ``torch.onnx.export`` of an ExportedProgram."""
+
+
+def require_torch(version: str | None = None) -> None:
+    """Raises ConfigError (one line) where torch (``version``, default the running one) is
+    older than :data:`MIN_TORCH`."""
+    version = version or torch.__version__
+    parts = tuple(int(p) for p in version.split("+")[0].split(".")[:2] if p.isdigit())
+    if parts < MIN_TORCH:
+        raise ConfigError(f"mode=export needs torch >= {'.'.join(map(str, MIN_TORCH))} (torch.export and the dynamo "
+                          f"ONNX exporter); this is torch {version}")
+
+
 def check_output(path: str, overwrite: bool) -> str:
     """Check, before any work, that the export directory ``path`` (``export.output``) may be
     written: absent, or (with ``overwrite``) an earlier export or an empty directory, in a
@@ -357,9 +371,11 @@ def export_model(model: nn.Module, rows: dict[str, torch.Tensor], output: str, f
         the manifest (also written as ``manifest.json``).
 
     Raises:
-        ConfigError: see :func:`check_output`; ``onnx`` without the ``export`` extra.
+        ConfigError: see :func:`check_output`; ``onnx`` without the ``export`` extra; torch
+            older than :data:`MIN_TORCH`.
         ParityError: a format disagrees with the eager model (nothing is written).
     """
+    require_torch()
     if "onnx" in formats:
         extras.require_extra(*extras.EXPORT)
     out = check_output(output, overwrite)
@@ -421,7 +437,7 @@ def run_export(cfg: DictConfig, run_dir: str) -> str:
 
     Raises:
         ConfigError: no checkpoint; see :func:`check_output` (checked before the model is loaded);
-            ``onnx`` without the ``export`` extra.
+            ``onnx`` without the ``export`` extra; torch older than :data:`MIN_TORCH`.
         DataError: an unreadable checkpoint, or one written before checkpoints held the feature
             schema.
         ParityError: see :func:`parity`.
@@ -431,6 +447,7 @@ def run_export(cfg: DictConfig, run_dir: str) -> str:
     from mtl_train.train.infer import checkpoint_config, load_input
 
     formats = list(cfg.export.formats)
+    require_torch()
     if "onnx" in formats:
         extras.require_extra(*extras.EXPORT)
     out = check_output(cfg.export.output or os.path.join(run_dir, "export"), cfg.export.overwrite)

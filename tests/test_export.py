@@ -161,3 +161,12 @@ def test_an_existing_directory_is_refused_unless_overwrite_and_then_only_an_expo
         export.export_model(tiny_model("cgc"), rows(), str(out), ["pt2"], overwrite=True)
     assert json.loads((out / "manifest.json").read_text()) == first
     assert sorted(os.listdir(tmp_path)) == ["export", "file"]
+
+
+def test_torch_older_than_the_export_apis_is_one_line():
+    export.require_torch("2.13.0+cpu")
+    export.require_torch("2.6.0")
+    with pytest.raises(ConfigError) as e:
+        export.require_torch("2.5.1+cu121")
+    assert str(e.value) == ("mode=export needs torch >= 2.6 (torch.export and the dynamo ONNX exporter); "
+                            "this is torch 2.5.1+cu121")
