@@ -236,3 +236,52 @@ TINY = ["dataset.train_rows=2000", "dataset.val_rows=400", "dataset.test_rows=40
 def make_cfg(*overrides):
     with initialize_config_module("mtl_train.conf", version_base="1.3"):
         return validate(compose("config", overrides=list(overrides)))
+
+
+class _Served(torch.nn.Module):
+    """The model of a checkpoint with the export signature (mtl_train.serving.features):
+    (sparse, dense[, seq, seq_len]) -> the scored outputs, as evaluation computes them."""
+
+    def __init__(self, model, outputs):
+        super().__init__()
+        self.model = model
+        self.names = [o["task"] if o["kind"] == "entire" else f"{o['task']}_given_{o['parent']}" for o in outputs]
+
+    def forward(self, sparse, dense, seq=None, seq_len=None):
+        batch = {"sparse": sparse, "dense": dense, "labels": dense.new_zeros(sparse.shape[0], len(self.model.schema.tasks))}
+        if seq is not None:
+            batch["seq"] = seq
+        outs = self.model.graph.eval_outputs(self.model(batch), batch)
+        return tuple(outs[n].score for n in self.names)
+
+
+def export_for_tests(checkpoint, out):
+    """A test export folder of ``checkpoint`` (run dir or file): model.onnx (torch.onnx.export,
+    dynamo, dynamic batch, eval mode, no_grad), features.json and a minimal manifest.json. Stands
+    in for mode=export in the serving tests."""
+    import json
+
+    from mtl_train.serving.features import signature, write_features
+    from mtl_train.train import checkpoint as ckpt
+    from mtl_train.train.infer import load_model
+
+    model, _, schema, path = load_model(str(checkpoint), torch.device("cpu"))
+    config = ckpt.load(path)["config"]
+    sig = signature(schema, config)
+    served = _Served(model, sig["outputs"]).eval()
+    n = 3
+    args = [torch.full((n, len(schema.sparse)), 2, dtype=torch.int64), torch.zeros(n, len(schema.dense))]
+    if schema.sequence:
+        args += [torch.full((n, schema.seq_width), 2, dtype=torch.int64),
+                 torch.ones(n, len(schema.sequence), dtype=torch.int64)]
+    names = [i["name"] for i in sig["inputs"]]
+    batch = torch.export.Dim("batch")
+    shapes = {name: {0: batch} for name in names}
+    out = Path(out)
+    out.mkdir(parents=True)
+    with torch.no_grad():
+        torch.onnx.export(served, tuple(args), str(out / "model.onnx"), dynamo=True, input_names=names,
+                          output_names=[o["name"] for o in sig["outputs"]], dynamic_shapes=shapes, verbose=False)
+    write_features(str(out), schema, config)
+    (out / "manifest.json").write_text(json.dumps({"checkpoint": path, **sig}))
+    return out
