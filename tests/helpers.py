@@ -256,19 +256,25 @@ class _Served(torch.nn.Module):
 
 
 def export_for_tests(checkpoint, out):
-    """A test export folder of ``checkpoint`` (run dir or file): model.onnx (torch.onnx.export,
-    dynamo, dynamic batch, eval mode, no_grad), features.json and a minimal manifest.json. Stands
+    """A test export folder of ``checkpoint`` (run dir or file): see :func:`export_model`. Stands
     in for mode=export in the serving tests."""
-    import json
-
-    from mtl_train.serving.features import signature, write_features
     from mtl_train.train import checkpoint as ckpt
     from mtl_train.train.infer import load_model
 
     model, _, schema, path = load_model(str(checkpoint), torch.device("cpu"))
-    config = ckpt.load(path)["config"]
+    return export_model(model, schema, ckpt.load(path)["config"], out, path)
+
+
+def export_model(model, schema, config, out, source="model"):
+    """An export folder of ``model``: model.onnx (torch.onnx.export, dynamo, dynamic batch, eval
+    mode, no_grad, the signature of mtl_train.serving.features), features.json and a minimal
+    manifest.json."""
+    import json
+
+    from mtl_train.serving.features import signature, write_features
+
     sig = signature(schema, config)
-    served = _Served(model, sig["outputs"]).eval()
+    served = _Served(model.eval(), sig["outputs"]).eval()
     n = 3
     args = [torch.full((n, len(schema.sparse)), 2, dtype=torch.int64), torch.zeros(n, len(schema.dense))]
     if schema.sequence:
@@ -283,5 +289,5 @@ def export_for_tests(checkpoint, out):
         torch.onnx.export(served, tuple(args), str(out / "model.onnx"), dynamo=True, input_names=names,
                           output_names=[o["name"] for o in sig["outputs"]], dynamic_shapes=shapes, verbose=False)
     write_features(str(out), schema, config)
-    (out / "manifest.json").write_text(json.dumps({"checkpoint": path, **sig}))
+    (out / "manifest.json").write_text(json.dumps({"checkpoint": str(source), **sig}))
     return out

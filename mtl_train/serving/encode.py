@@ -290,14 +290,23 @@ class FeatureEncoder:
             return offset_ids(col, int(c["size"]), c["name"])
         raise DataError(f"features.json: column '{c['name']}': unknown encoding '{enc}'")
 
-    def encode(self, rows) -> dict[str, np.ndarray]:
-        """The model inputs of ``rows`` (a pyarrow Table, RecordBatch or dict of lists).
+    def encode(self, rows, where: str = "raw rows") -> dict[str, np.ndarray]:
+        """The model inputs of ``rows`` (a pyarrow Table, RecordBatch or dict of lists);
+        ``where`` names them in messages (a file's path).
 
         Raises:
             DataError: a feature column is missing, a list where an id belongs or the reverse,
                 a value of another type that does not convert as training converted it (one
                 line, naming the column)."""
-        t = as_table(rows)
+        try:
+            return self._encode(as_table(rows))
+        except DataError as e:
+            msg = str(e)
+            if where != "raw rows" and msg.startswith("raw rows: "):
+                raise DataError(f"{where}: {msg[len('raw rows: '):]}") from None
+            raise
+
+    def _encode(self, t: pa.Table) -> dict[str, np.ndarray]:
         have = set(t.column_names)
         missing = [c for c in self.features if c not in have]
         if missing:

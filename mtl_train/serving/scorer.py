@@ -14,7 +14,7 @@ import os
 import numpy as np
 
 from mtl_train.errors import DataError
-from mtl_train.serving.encode import FeatureEncoder, as_table
+from mtl_train.serving.encode import FeatureEncoder
 from mtl_train.serving.features import FILE, read_features
 
 MODEL_FILE = "model.onnx"
@@ -69,17 +69,21 @@ class Scorer:
         self.inputs = [i.name for i in self.session.get_inputs()]
         self.outputs = [o.name for o in self.session.get_outputs()]
 
-    def encode(self, rows) -> dict[str, np.ndarray]:
+    def encode(self, rows, where: str = "raw rows") -> dict[str, np.ndarray]:
         """The model inputs of raw ``rows`` (see :meth:`FeatureEncoder.encode`)."""
-        return self.encoder.encode(rows)
+        return self.encoder.encode(rows, where)
 
-    def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """{output name: float32 [B]} of encoded ``inputs`` (the model's inputs among them are fed)."""
+    def run(self, inputs: dict[str, np.ndarray], batch_size: int | None = None) -> dict[str, np.ndarray]:
+        """{output name: float32 [B]} of encoded ``inputs`` (those the model takes are fed),
+        ``batch_size`` rows per call of the model (None: all at once)."""
         n = len(inputs["sparse"])
-        if n == 0:
+        step = batch_size or max(n, 1)
+        parts = [self.session.run(self.outputs, {k: inputs[k][s:s + step] for k in self.inputs})
+                 for s in range(0, n, step)]
+        if not parts:
             return {name: np.zeros(0, dtype=np.float32) for name in self.outputs}
-        feeds = {k: inputs[k] for k in self.inputs}
-        return dict(zip(self.outputs, self.session.run(self.outputs, feeds)))
+        return {name: np.concatenate([p[j] for p in parts]) if len(parts) > 1 else parts[0][j]
+                for j, name in enumerate(self.outputs)}
 
     def score(self, rows) -> dict[str, np.ndarray]:
         """{output name (``prob_<task>``, ...): float32 [B]} of raw ``rows`` (a pyarrow Table or
@@ -87,4 +91,4 @@ class Scorer:
 
         Raises:
             DataError: see :meth:`FeatureEncoder.encode`."""
-        return self.run(self.encode(as_table(rows)))
+        return self.run(self.encode(rows))
