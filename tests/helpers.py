@@ -240,17 +240,24 @@ def make_cfg(*overrides):
 
 class _Served(torch.nn.Module):
     """The model of a checkpoint with the export signature (mtl_train.serving.features):
-    (sparse, dense[, seq, seq_len]) -> the scored outputs, as evaluation computes them."""
+    (sparse, dense, then per sequence its ids and length) -> the scored outputs, as
+    evaluation computes them."""
 
     def __init__(self, model, outputs):
         super().__init__()
         self.model = model
-        self.names = [o["task"] if o["kind"] == "entire" else f"{o['task']}_given_{o['parent']}" for o in outputs]
+        self.names = [o["output"] for o in outputs]
+        self.seq_lens = [f.max_len for f in model.schema.sequence]
 
-    def forward(self, sparse, dense, seq=None, seq_len=None):
+    def forward(self, sparse, dense, *sequences):
         batch = {"sparse": sparse, "dense": dense, "labels": dense.new_zeros(sparse.shape[0], len(self.model.schema.tasks))}
-        if seq is not None:
-            batch["seq"] = seq
+        if self.seq_lens:
+            blocks = []
+            for k, m in enumerate(self.seq_lens):
+                ids, length = sequences[2 * k], sequences[2 * k + 1]
+                pos = torch.arange(m)
+                blocks.append(torch.where(pos.unsqueeze(0) < length.unsqueeze(1), ids, torch.zeros_like(ids)))
+            batch["seq"] = torch.cat(blocks, 1)
         outs = self.model.graph.eval_outputs(self.model(batch), batch)
         return tuple(outs[n].score for n in self.names)
 
@@ -277,12 +284,11 @@ def export_model(model, schema, config, out, source="model"):
     served = _Served(model.eval(), sig["outputs"]).eval()
     n = 3
     args = [torch.full((n, len(schema.sparse)), 2, dtype=torch.int64), torch.zeros(n, len(schema.dense))]
-    if schema.sequence:
-        args += [torch.full((n, schema.seq_width), 2, dtype=torch.int64),
-                 torch.ones(n, len(schema.sequence), dtype=torch.int64)]
+    for f in schema.sequence:
+        args += [torch.full((n, f.max_len), 2, dtype=torch.int64), torch.ones(n, dtype=torch.int64)]
     names = [i["name"] for i in sig["inputs"]]
     batch = torch.export.Dim("batch")
-    shapes = {name: {0: batch} for name in names}
+    shapes = ({0: batch}, {0: batch}) + ((tuple({0: batch} for _ in args[2:]),) if len(args) > 2 else ())
     out = Path(out)
     out.mkdir(parents=True)
     with torch.no_grad():

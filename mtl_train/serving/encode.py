@@ -262,8 +262,8 @@ def numeric_values(col: pa.Array, spec: dict) -> np.ndarray:
 class FeatureEncoder:
     """Raw rows -> the inputs of the exported model (``features.json`` of ``folder``).
 
-    ``encode(rows)`` returns ``{"sparse": int64 [B, F], "dense": float32 [B, D]}`` plus, where
-    the schema has sequences, ``"seq"`` int64 [B, L] and ``"seq_len"`` int64 [B, S].
+    ``encode(rows)`` returns ``{"sparse": int64 [B, F], "dense": float32 [B, D]}`` plus, for
+    each sequence, ``"seq_<name>"`` int64 [B, max_len] and ``"seq_<name>_len"`` int64 [B].
 
     Args:
         doc: the content of features.json. folder: where its vocabulary files are.
@@ -324,16 +324,9 @@ class FeatureEncoder:
         for j, c in enumerate(self.numeric):
             dense[:, j] = numeric_values(t.column(c["name"]).combine_chunks(), c)
         out = {"sparse": sparse, "dense": dense}
-        if self.sequences:
-            width = sum(int(c["max_len"]) for c in self.sequences)
-            seq = np.zeros((n, width), dtype=np.int64)
-            seq_len = np.zeros((n, len(self.sequences)), dtype=np.int64)
-            at = 0
-            for k, c in enumerate(self.sequences):
-                m = int(c["max_len"])
-                seq_len[:, k] = self._sequence(t.column(c["name"]).combine_chunks(), c, seq[:, at:at + m])
-                at += m
-            out["seq"], out["seq_len"] = seq, seq_len
+        for c in self.sequences:
+            out[f"seq_{c['name']}"] = ids = np.zeros((n, int(c["max_len"])), dtype=np.int64)
+            out[f"seq_{c['name']}_len"] = self._sequence(t.column(c["name"]).combine_chunks(), c, ids)
         return out
 
     def _sequence(self, col: pa.Array, c: dict, out: np.ndarray) -> np.ndarray:

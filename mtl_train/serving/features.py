@@ -13,12 +13,12 @@ Layout (``format`` 1), all names as in the training data::
      "ids": {"null": 0, "oov": 1, "reserved": 2},
      "dataset": {<the checkpoint's dataset config>},       # how mode=predict reads a file
      "categorical": [<id column>, ...],                     # the columns of input "sparse", in order
-     "sequences":   [<id column> + {"max_len", "pooling"}], # the column blocks of input "seq", in order
+     "sequences":   [<id column> + {"max_len", "pooling"}], # inputs "seq_<name>", "seq_<name>_len"
      "numeric":     [{"name", "norm", "fill", "stats": {"mean", "std", "min", "max"}}],  # input "dense"
      "tasks":       [{"name", "label", "type", "parent"}],   # funnel order
      "graph":       {"name", "conditional"},
-     "inputs":      [{"name", "dtype", "shape", "columns"}],  # shape: "B" is the dynamic batch
-     "outputs":     [{"name", "task", "kind", "type"}]}
+     "inputs":      [{"name", "dtype", "shape", "columns"}],  # shape: "batch" is the dynamic batch
+     "outputs":     [{"name", "output", "task", "kind", "type", "parent"}]}
 
 An id column is one of
 
@@ -42,17 +42,17 @@ log1p first; missing values get ``fill`` (``"zero"``, a number, logged too under
 (x - min) / (max - min, 1 where 0) or ``none``. Computed in float64, then float32.
 
 Inputs (the one signature of every backbone x graph): ``sparse`` int64 [B, F] (the
-categorical ids), ``dense`` float32 [B, D] (the normalised numbers) and, where the schema has
-sequences, ``seq`` int64 [B, L] (L = the sum of the sequences' ``max_len``: each sequence's
-first ``max_len`` ids in its own block of columns, padded with 0) and ``seq_len`` int64
-[B, S] (the ids kept per row of each sequence, at most its ``max_len``; the model pools the
-non-zero ids, so a server may leave ``seq_len`` to the exported graph's own checks).
+categorical ids), ``dense`` float32 [B, D] (the normalised numbers) and, for each sequence in
+order, ``seq_<name>`` int64 [B, max_len] (its first ``max_len`` ids, padded with 0) and
+``seq_<name>_len`` int64 [B] (the ids kept, at most ``max_len``; positions from it on are
+padding).
 
-Outputs, one per scored output, float32 [B]: ``prob_<task>`` (``pred_<task>`` for a
-regression task): the entire-space score, P(task | impression) (for ESMM the product along the
-funnel, pCTCVR); and, for graphs with a conditional head (``esmm``; ``independent`` with
-``graph.parent_positive_only``), ``prob_<task>_given_<parent>`` for each binary task with a
-parent: P(task | parent positive, impression), ESMM's pCVR.
+Outputs, one per scored output of ``mode=predict`` and in its order, float32 [B]:
+``prob_<task>`` (``pred_<task>`` for a regression task): the entire-space score,
+P(task | impression) (for ESMM the product along the funnel, pCTCVR); for each binary task with
+a parent, ``prob_<task>_given_<parent>``: for graphs with a conditional head (``esmm``;
+``independent`` with ``graph.parent_positive_only``) P(task | parent positive, impression),
+ESMM's pCVR, for the others the entire-space probability again (``kind`` says which).
 """
 from __future__ import annotations
 
@@ -74,40 +74,44 @@ def conditional_head(graph: dict) -> bool:
 
 
 def output_specs(tasks: list[dict], graph: dict) -> list[dict]:
-    """The exported model's outputs (see the module docstring), in order: each task's
-    entire-space score, then the conditional probabilities where the graph has a conditional head.
+    """The exported model's outputs (see the module docstring), in ``mode=predict``'s order: per
+    task its entire-space score, then for a binary task with a parent the score on the rows
+    whose ancestors are positive (the conditional probability where the graph has a
+    conditional head, else the entire-space one again).
 
     Args:
         tasks: [{"name", "type", "parent"}] in schema order. graph: the graph config.
 
     Returns:
-        [{"name", "task", "kind": "entire" | "conditional", "type": "binary" | "regression",
-        "parent"}]."""
-    outs = [{"name": f"{'pred' if t['type'] == 'regression' else 'prob'}_{t['name']}", "task": t["name"],
-             "kind": "entire", "type": t["type"], "parent": t.get("parent")} for t in tasks]
-    if conditional_head(graph):
-        outs += [{"name": f"prob_{t['name']}_given_{t['parent']}", "task": t["name"], "kind": "conditional",
-                  "type": "binary", "parent": t["parent"]} for t in tasks if t.get("parent") and t["type"] == "binary"]
+        [{"name", "output", "task", "kind": "entire" | "conditional", "type": "binary" |
+        "regression", "parent"}] (``output``: the name in metrics.json)."""
+    cond = conditional_head(graph)
+    outs = []
+    for t in tasks:
+        outs.append({"name": f"{'pred' if t['type'] == 'regression' else 'prob'}_{t['name']}", "output": t["name"],
+                     "task": t["name"], "kind": "entire", "type": t["type"], "parent": t.get("parent")})
+        if t.get("parent") and t["type"] == "binary":
+            name = f"{t['name']}_given_{t['parent']}"
+            outs.append({"name": f"prob_{name}", "output": name, "task": t["name"],
+                         "kind": "conditional" if cond else "entire", "type": "binary", "parent": t["parent"]})
     return outs
 
 
 def input_specs(categorical: list[str], numeric: list[str], sequences: list[tuple[str, int]]) -> list[dict]:
     """The exported model's inputs (see the module docstring): [{"name", "dtype", "shape",
-    "columns"}], ``"B"`` in a shape being the dynamic batch dimension."""
-    ins = [{"name": "sparse", "dtype": "int64", "shape": ["B", len(categorical)], "columns": list(categorical)},
-           {"name": "dense", "dtype": "float32", "shape": ["B", len(numeric)], "columns": list(numeric)}]
-    if sequences:
-        names = [n for n, _ in sequences]
-        ins += [{"name": "seq", "dtype": "int64", "shape": ["B", sum(m for _, m in sequences)], "columns": names,
-                 "max_len": [m for _, m in sequences]},
-                {"name": "seq_len", "dtype": "int64", "shape": ["B", len(sequences)], "columns": names}]
+    "columns"}], ``"batch"`` in a shape being the dynamic batch dimension."""
+    ins = [{"name": "sparse", "dtype": "int64", "shape": ["batch", len(categorical)], "columns": list(categorical)},
+           {"name": "dense", "dtype": "float32", "shape": ["batch", len(numeric)], "columns": list(numeric)}]
+    for name, max_len in sequences:
+        ins += [{"name": f"seq_{name}", "dtype": "int64", "shape": ["batch", max_len], "columns": [name]},
+                {"name": f"seq_{name}_len", "dtype": "int64", "shape": ["batch"], "columns": [name]}]
     return ins
 
 
 def signature(schema, config: dict) -> dict:
     """{"inputs": [...], "outputs": [...]} of the exported model of a checkpoint (its
     FeatureSchema and resolved config), as :func:`input_specs` and :func:`output_specs` give
-    them: what an exporter names its inputs and outputs, and what features.json records."""
+    them: what features.json records."""
     tasks = [{"name": t.name, "type": t.type, "parent": t.parent} for t in schema.tasks]
     seqs = [(f.name, int(f.max_len)) for f in getattr(schema, "sequence", [])]
     return {"inputs": input_specs([f.name for f in schema.sparse], [f.name for f in schema.dense], seqs),
@@ -173,7 +177,7 @@ def _fill(fill) -> str | float:
     return f if f in ("mean", "zero") else float(f)
 
 
-def write_features(folder: str, schema, config: dict) -> str:
+def write_features(folder: str, schema, config) -> list[str]:
     """Write ``features.json`` and the vocabulary files beside it (``vocab-NNN.parquet``) into
     ``folder`` (which must exist; an exporter writes into its staging folder and renames it
     into place, so nothing is half written).
@@ -181,20 +185,23 @@ def write_features(folder: str, schema, config: dict) -> str:
     Args:
         folder: the export folder. schema: the checkpoint's
             :class:`~mtl_train.data.schema.FeatureSchema` (``state["schema"]``), with its fitted
-            encoders. config: the checkpoint's resolved config (``state["config"]``, a plain dict
-            with ``dataset`` and ``graph``).
+            encoders. config: the checkpoint's resolved config (``state["config"]``: a plain
+            dict or a DictConfig with ``dataset`` and ``graph``).
 
     Returns:
-        The path of features.json.
+        The names of the files written, features.json first.
 
     Raises:
         ValueError: see :func:`features_dict`.
     """
-    doc = features_dict(schema, config, folder)
-    path = os.path.join(folder, FILE)
-    with open(path, "w") as f:
+    if config is not None and not isinstance(config, dict):
+        from omegaconf import OmegaConf
+
+        config = OmegaConf.to_container(config, resolve=True)
+    doc = features_dict(schema, config or {}, folder)
+    with open(os.path.join(folder, FILE), "w") as f:
         json.dump(doc, f, indent=1)
-    return path
+    return [FILE, *[c["file"] for c in [*doc["categorical"], *doc["sequences"]] if c.get("file")]]
 
 
 def read_features(folder: str) -> dict:

@@ -284,12 +284,15 @@ def export_scores(features: dict, probs: dict[str, np.ndarray],
     with the same labels and masks as the graphs' ``standard_eval``
     (:class:`~mtl_train.models.graphs.base.TaskGraph`): ``<task>`` against the label (for a
     graph with a conditional head, the label AND its ancestors' labels), then for a binary
-    task with a parent ``<task>_given_<parent>`` (the conditional probability where the graph
-    has one, else the entire-space one) on the rows where every ancestor's label is 1.
+    task with a parent ``<task>_given_<parent>`` on the rows where every ancestor's label is 1.
 
     Args:
-        features: features.json. probs: {output name: [N]} of the exported model.
+        features: features.json (its ``tasks``, ``graph`` and ``outputs``). probs: {export
+            output name (``prob_<output>``): [N]} of the exported model.
         labels: float32 [N, T] raw labels in task order, NaN where missing.
+
+    Raises:
+        DataError: an output of features.json that the model does not give.
     """
     tasks = features["tasks"]
     names = [t["name"] for t in tasks]
@@ -300,25 +303,22 @@ def export_scores(features: dict, probs: dict[str, np.ndarray],
             chain.insert(0, names.index(p))
             p = tasks[names.index(p)]["parent"]
         chains.append(chain)
-    by_kind = {(o["task"], o["kind"]): o["name"] for o in features["outputs"]}
-    conditional = features["graph"]["conditional"]
     res: dict[str, tuple[np.ndarray, np.ndarray, str]] = {}
-    for k, t in enumerate(tasks):
+    for o in features["outputs"]:
+        if o["name"] not in probs:
+            raise DataError(f"the exported model gives no output '{o['name']}' (it gives {sorted(probs)})")
+        k = names.index(o["task"])
         y = labels[:, k]
-        target = y
-        if conditional and chains[k]:
-            chain = labels[:, chains[k] + [k]]
-            with np.errstate(invalid="ignore"):
-                target = np.where((chain == 0).any(1), np.float32(0), chain.prod(1)).astype(np.float32)
-        entire = probs[by_kind[(t["name"], "entire")]]
-        res[t["name"]] = (entire, target, t["type"])
-        if t["parent"] is None or t["type"] != "binary":
-            continue
-        scored = ~np.isnan(y)
-        for a in chains[k]:
-            scored &= labels[:, a] == 1
-        cond = probs[by_kind[(t["name"], "conditional")]] if conditional else entire
-        res[f"{t['name']}_given_{t['parent']}"] = (cond, np.where(scored, y, np.float32(np.nan)), "binary")
+        if o["output"] == o["task"]:  # entire space
+            if features["graph"]["conditional"] and chains[k]:
+                chain = labels[:, chains[k] + [k]]
+                y = np.where((chain == 0).any(1), np.float32(0), chain.prod(1)).astype(np.float32)
+        else:  # on the rows whose ancestors are all positive
+            scored = ~np.isnan(y)
+            for a in chains[k]:
+                scored &= labels[:, a] == 1
+            y = np.where(scored, y, np.float32(np.nan))
+        res[o["output"]] = (probs[o["name"]], y, o["type"])
     return res
 
 

@@ -77,10 +77,11 @@ def test_raw_rows_encode_as_training_encoded_them(data, norm, fill):
     want = enc.encode(rows)
     got = served.encode(rows)
     np.testing.assert_array_equal(got["sparse"], want["sparse"])
-    np.testing.assert_array_equal(got["seq"], want["seq"])
+    assert list(got) == ["sparse", "dense", "seq_hist", "seq_hist_len"]
+    np.testing.assert_array_equal(got["seq_hist"], want["seq"])
     np.testing.assert_array_equal(got["dense"].view(np.int32), want["dense"].view(np.int32))  # bits
     lengths = [0 if v is None else min(len(v), 4) for v in rows.column("hist").to_pylist()]
-    assert got["seq_len"][:, 0].tolist() == lengths
+    assert got["seq_hist_len"].tolist() == lengths
     assert (got["sparse"][-6:, 0] == 1).sum() >= 1 and got["sparse"][-5, 0] == 0  # unseen and null ids
 
 

@@ -13,8 +13,10 @@ def test_features_json_holds_the_encoders_of_the_checkpoint(data):
     bundle = load_dataset(parquet_cfg(tmp), 0)
     out = tmp / "export"
     out.mkdir()
-    path = write_features(str(out), bundle.schema, {"dataset": {"name": "parquet"}, "graph": {"name": "independent"}})
-    doc = json.loads(open(path).read())
+    files = write_features(str(out), bundle.schema, {"dataset": {"name": "parquet"}, "graph": {"name": "independent"}})
+    assert files == ["features.json", "vocab-000.parquet", "vocab-001.parquet"]
+    assert sorted(p.name for p in out.iterdir()) == files
+    doc = json.loads((out / "features.json").read_text())
     assert doc == read_features(str(out))
     enc = bundle.schema.encoders
     user, city = doc["categorical"]
@@ -32,18 +34,21 @@ def test_features_json_holds_the_encoders_of_the_checkpoint(data):
                             {"name": "purchase", "label": "buy", "type": "binary", "parent": "click"}]
     assert doc["ids"] == {"null": 0, "oov": 1, "reserved": 2}
     assert [(i["name"], i["dtype"], i["shape"]) for i in doc["inputs"]] == [
-        ("sparse", "int64", ["B", 2]), ("dense", "float32", ["B", 1]), ("seq", "int64", ["B", 4]),
-        ("seq_len", "int64", ["B", 1])]
-    assert [o["name"] for o in doc["outputs"]] == ["prob_click", "prob_purchase"]  # no conditional head
+        ("sparse", "int64", ["batch", 2]), ("dense", "float32", ["batch", 1]), ("seq_hist", "int64", ["batch", 4]),
+        ("seq_hist_len", "int64", ["batch"])]
+    assert [(o["name"], o["kind"]) for o in doc["outputs"]] == [  # no conditional head: P(purchase) again
+        ("prob_click", "entire"), ("prob_purchase", "entire"), ("prob_purchase_given_click", "entire")]
 
 
 def test_outputs_name_the_conditional_probability_of_graphs_that_have_one():
     tasks = [{"name": "click", "type": "binary", "parent": None}, {"name": "purchase", "type": "binary", "parent": "click"},
              {"name": "spend", "type": "regression", "parent": "click"}]
-    names = [o["name"] for o in output_specs(tasks, {"name": "esmm"})]
-    assert names == ["prob_click", "prob_purchase", "pred_spend", "prob_purchase_given_click"]
-    assert [o["name"] for o in output_specs(tasks, {"name": "independent", "parent_positive_only": True})] == names
-    assert [o["name"] for o in output_specs(tasks, {"name": "dbmtl"})] == names[:3]
+    esmm = output_specs(tasks, {"name": "esmm"})
+    assert [(o["name"], o["output"], o["kind"]) for o in esmm] == [
+        ("prob_click", "click", "entire"), ("prob_purchase", "purchase", "entire"),
+        ("prob_purchase_given_click", "purchase_given_click", "conditional"), ("pred_spend", "spend", "entire")]
+    assert output_specs(tasks, {"name": "independent", "parent_positive_only": True}) == esmm
+    assert [o["kind"] for o in output_specs(tasks, {"name": "dbmtl"})] == ["entire"] * 4
 
 
 def test_synthetic_ids_are_the_generated_values_offset_by_the_reserved_ids(tmp_path):

@@ -70,7 +70,7 @@ def test_a_parquet_log_with_hashed_ids_sequences_nulls_and_unseen_ids(tmp_path):
     scorer = Scorer(str(export))
     rows = raw.slice(0, 7).to_pydict()
     rows["user"] = [None if u is None else str(u) for u in rows["user"]]
-    assert scorer.inputs == ["sparse", "dense", "seq", "seq_len"]
+    assert scorer.inputs == ["sparse", "dense", "seq_hist", "seq_hist_len"]
     probs = scorer.score(rows)
     assert np.abs(probs["prob_click"] - eager.column("prob_click").to_numpy()[:7]).max() <= 1e-5
 
