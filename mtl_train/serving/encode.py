@@ -160,6 +160,7 @@ class VocabLookup:
             v = values.to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
             order = np.argsort(v, kind="stable")
             self.kind, self.sorted, self.order = "integer", v[order], order.astype(np.int64)
+            self.sorted_ids = self.order + NUM_RESERVED_IDS
         elif pa.types.is_string(t) or pa.types.is_binary(t) or pa.types.is_large_string(t) or pa.types.is_large_binary(t):
             h = bytes_hash(values)
             order = np.argsort(h, kind="stable")
@@ -196,6 +197,11 @@ class VocabLookup:
         Raises:
             DataError: values that cannot be cast to the vocabulary's type (one line, naming
                 the column)."""
+        if self.kind == "integer" and column.null_count == 0 and column.type == self.values.type and len(self.sorted):
+            x = column.to_numpy()  # the common case, fast at batch 1: no nulls, the vocabulary's type
+            i = np.searchsorted(self.sorted, x)
+            i[i == len(self.sorted)] = 0
+            return np.where(self.sorted[i] == x, self.sorted_ids[i], OOV_ID)
         if column.type != self.values.type:
             try:
                 column = column.cast(self.values.type)
@@ -259,6 +265,11 @@ def numeric_values(col: pa.Array, spec: dict) -> np.ndarray:
     return x
 
 
+def _array(col: pa.ChunkedArray) -> pa.Array:
+    """A table column as one array (no copy when it has one chunk)."""
+    return col.chunk(0) if col.num_chunks == 1 else col.combine_chunks()
+
+
 class FeatureEncoder:
     """Raw rows -> the inputs of the exported model (``features.json`` of ``folder``).
 
@@ -307,7 +318,7 @@ class FeatureEncoder:
             raise
 
     def _encode(self, t: pa.Table) -> dict[str, np.ndarray]:
-        have = set(t.column_names)
+        have = dict(zip(t.column_names, t.columns))
         missing = [c for c in self.features if c not in have]
         if missing:
             more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
@@ -315,18 +326,18 @@ class FeatureEncoder:
         n = t.num_rows
         sparse = np.empty((n, len(self.categorical)), dtype=np.int64)
         for j, c in enumerate(self.categorical):
-            col = t.column(c["name"]).combine_chunks()
+            col = _array(have[c["name"]])
             if pa.types.is_nested(col.type):
                 raise DataError(f"raw rows: categorical column '{c['name']}' holds {col.type} values; training had "
                                 f"one id per row")
             sparse[:, j] = self.ids(col, c) if n else 0
         dense = np.empty((n, len(self.numeric)), dtype=np.float32)
         for j, c in enumerate(self.numeric):
-            dense[:, j] = numeric_values(t.column(c["name"]).combine_chunks(), c)
+            dense[:, j] = numeric_values(_array(have[c["name"]]), c)
         out = {"sparse": sparse, "dense": dense}
         for c in self.sequences:
             out[f"seq_{c['name']}"] = ids = np.zeros((n, int(c["max_len"])), dtype=np.int64)
-            out[f"seq_{c['name']}_len"] = self._sequence(t.column(c["name"]).combine_chunks(), c, ids)
+            out[f"seq_{c['name']}_len"] = self._sequence(_array(have[c["name"]]), c, ids)
         return out
 
     def _sequence(self, col: pa.Array, c: dict, out: np.ndarray) -> np.ndarray:

@@ -43,6 +43,11 @@ def test_vocabulary_lookup_is_the_training_one(values):
     probe = pa.concat_arrays([probe, pa.array(extra.get(values.type, [None]), values.type)])
     want, _, _ = training.Vocabulary(values).encode(probe)
     np.testing.assert_array_equal(VocabLookup(values).encode(probe, "c"), want)
+    no_nulls = probe.drop_null()  # integers: the fast path of columns without nulls
+    want, _, _ = training.Vocabulary(values).encode(no_nulls)
+    np.testing.assert_array_equal(VocabLookup(values).encode(no_nulls, "c"), want)
+    if values.type == pa.int64() and len(values):
+        assert VocabLookup(values).encode(pa.array([BIG, -3, 77, -2**63]), "c").tolist() == [3, 4, 1, 1]
 
 
 def _mixed(tbl: pa.Table) -> pa.Table:
