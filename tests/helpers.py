@@ -238,62 +238,28 @@ def make_cfg(*overrides):
         return validate(compose("config", overrides=list(overrides)))
 
 
-class _Served(torch.nn.Module):
-    """The model of a checkpoint with the export signature (mtl_train.serving.features):
-    (sparse, dense, then per sequence its ids and length) -> the scored outputs, as
-    evaluation computes them."""
-
-    def __init__(self, model, outputs):
-        super().__init__()
-        self.model = model
-        self.names = [o["output"] for o in outputs]
-        self.seq_lens = [f.max_len for f in model.schema.sequence]
-
-    def forward(self, sparse, dense, *sequences):
-        batch = {"sparse": sparse, "dense": dense, "labels": dense.new_zeros(sparse.shape[0], len(self.model.schema.tasks))}
-        if self.seq_lens:
-            blocks = []
-            for k, m in enumerate(self.seq_lens):
-                ids, length = sequences[2 * k], sequences[2 * k + 1]
-                pos = torch.arange(m)
-                blocks.append(torch.where(pos.unsqueeze(0) < length.unsqueeze(1), ids, torch.zeros_like(ids)))
-            batch["seq"] = torch.cat(blocks, 1)
-        outs = self.model.graph.eval_outputs(self.model(batch), batch)
-        return tuple(outs[n].score for n in self.names)
-
-
 def export_for_tests(checkpoint, out):
-    """A test export folder of ``checkpoint`` (run dir or file): see :func:`export_model`. Stands
-    in for mode=export in the serving tests."""
+    """``mode=export`` of ``checkpoint`` (run dir or file) into ``out``, with features.json
+    (written here where the exporter does not write it yet)."""
+    from mtl_train.export import run_export
+    from mtl_train.serving.features import FILE, write_features
     from mtl_train.train import checkpoint as ckpt
-    from mtl_train.train.infer import load_model
 
-    model, _, schema, path = load_model(str(checkpoint), torch.device("cpu"))
-    return export_model(model, schema, ckpt.load(path)["config"], out, path)
+    run_export(make_cfg("mode=export", f"checkpoint={checkpoint}", f"export.output={out}"), str(Path(out).parent))
+    if not (Path(out) / FILE).exists():
+        state = ckpt.load(ckpt.find_checkpoint(str(checkpoint), "checkpoint", prefer=("best.pt", "last.pt")))
+        write_features(str(out), state["schema"], state["config"])
+    return Path(out)
 
 
-def export_model(model, schema, config, out, source="model"):
-    """An export folder of ``model``: model.onnx (torch.onnx.export, dynamo, dynamic batch, eval
-    mode, no_grad, the signature of mtl_train.serving.features), features.json and a minimal
-    manifest.json."""
-    import json
+def export_model(model, split, config, out):
+    """The exporter's export of ``model`` (checked on the rows of ``split``) into ``out``, with
+    features.json (written here where the exporter does not write it yet)."""
+    from mtl_train.export import export_model as export
+    from mtl_train.export import held_out_rows
+    from mtl_train.serving.features import FILE, write_features
 
-    from mtl_train.serving.features import signature, write_features
-
-    sig = signature(schema, config)
-    served = _Served(model.eval(), sig["outputs"]).eval()
-    n = 3
-    args = [torch.full((n, len(schema.sparse)), 2, dtype=torch.int64), torch.zeros(n, len(schema.dense))]
-    for f in schema.sequence:
-        args += [torch.full((n, f.max_len), 2, dtype=torch.int64), torch.ones(n, dtype=torch.int64)]
-    names = [i["name"] for i in sig["inputs"]]
-    batch = torch.export.Dim("batch")
-    shapes = ({0: batch}, {0: batch}) + ((tuple({0: batch} for _ in args[2:]),) if len(args) > 2 else ())
-    out = Path(out)
-    out.mkdir(parents=True)
-    with torch.no_grad():
-        torch.onnx.export(served, tuple(args), str(out / "model.onnx"), dynamo=True, input_names=names,
-                          output_names=[o["name"] for o in sig["outputs"]], dynamic_shapes=shapes, verbose=False)
-    write_features(str(out), schema, config)
-    (out / "manifest.json").write_text(json.dumps({"checkpoint": str(source), **sig}))
-    return out
+    export(model, held_out_rows(split), str(out), trained=OmegaConf.create(config))
+    if not (Path(out) / FILE).exists():
+        write_features(str(out), model.schema, config)
+    return Path(out)

@@ -20,7 +20,7 @@ def test_predict_with_an_export_folder_and_bad_raw_rows(data):
     from omegaconf import OmegaConf
 
     config = {"dataset": OmegaConf.to_container(dataset), "graph": OmegaConf.to_container(cfg.graph)}
-    export = export_model(model, bundle.schema, config, tmp / "export")
+    export = export_model(model, bundle.val, config, tmp / "export")
     out = tmp / "p.csv"
     proc = run_cli(["mode=predict", f"checkpoint={export}", f"infer.input={tmp / 'val.parquet'}", f"infer.output={out}",
                     f"hydra.run.dir={tmp / 'run'}"], tmp)
