@@ -35,8 +35,13 @@ alternate and the median of their ratios is reported.
 (scripts/bench_balancers.py: time per training step of every ``loss=`` method on the bench
 MMoE, as a ratio to ``loss=equal`` measured in the same run; ARGS are its options).
 
+``python scripts/bench.py serve [ARGS]`` runs the serving latency benchmark instead
+(scripts/bench_serve.py: p50/p99 per call at batch 1, 64 and 512 of the bench MMoE in eager
+PyTorch, the torch.export program and ONNX Runtime, encoded inputs and raw rows).
+
 Usage: python scripts/bench.py [--workdir DIR] [--repeat N] [--stream] [--bf16] [--big-rows N --big-steps S]
        python scripts/bench.py balancers [--methods ...] [--rounds N] [--clock cpu] [--threads 1]
+       python scripts/bench.py serve [--workdir DIR] [--threads 1] [--rounds N] [--json OUT]
 """
 from __future__ import annotations
 
@@ -115,7 +120,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0].replace("\n", " "),
         epilog="'python scripts/bench.py balancers [ARGS]' runs the loss-balancing benchmark instead "
-               "(scripts/bench_balancers.py; 'balancers --help' lists its options).")
+               "(scripts/bench_balancers.py; 'balancers --help' lists its options); 'serve [ARGS]' the serving "
+               "latency benchmark (scripts/bench_serve.py).")
     ap.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "mtl-bench"),
                     help="where the workload, the prepare cache and the runs go (default: %(default)s)")
     ap.add_argument("--repeat", type=int, default=1, help="rounds to run (default: %(default)s)")
@@ -232,10 +238,11 @@ def report_round(r: int, res: dict) -> None:
 
 
 if __name__ == "__main__":
-    if sys.argv[1:2] == ["balancers"]:
+    modes = {"balancers": "bench_balancers.py", "serve": "bench_serve.py"}
+    if sys.argv[1:2] and sys.argv[1] in modes:
         import runpy
 
-        sys.argv = [os.path.join(os.path.dirname(os.path.abspath(__file__)), "bench_balancers.py"), *sys.argv[2:]]
+        sys.argv = [os.path.join(os.path.dirname(os.path.abspath(__file__)), modes[sys.argv[1]]), *sys.argv[2:]]
         runpy.run_path(sys.argv[0], run_name="__main__")
     else:
         main()
