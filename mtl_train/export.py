@@ -9,8 +9,12 @@ writes, in ``export.output`` (default ``<this run's dir>/export``):
   ``torch.export.save`` (``torch.export.load(path).module()(*inputs)``);
 - ``model.onnx`` and its external weights ``model.onnx.data``: the same program through the
   dynamo-based ONNX exporter (``torch.onnx.export(..., dynamo=True)``, opset :data:`OPSET`);
+- ``features.json`` and its vocabulary files ``vocab-NNN.parquet``: how raw feature values
+  become the inputs (written by :mod:`mtl_train.serving.features`, read by
+  :mod:`mtl_train.serving`, which scores raw rows with ONNX Runtime and no torch);
 - ``manifest.json``: versions (mtl-train, torch, onnx, onnxruntime, opset), the source
-  checkpoint and its step, the inputs and outputs (names, dtypes, shapes) and the parity figures.
+  checkpoint and its step, the files, the inputs and outputs (names, dtypes, shapes) and the
+  parity figures.
 
 Both formats are traced in eval mode, under ``torch.no_grad()``, in float32 (a bf16-trained
 checkpoint keeps float32 master weights: autocast is not part of the program) and with the
@@ -352,12 +356,37 @@ def _publish(tmp: str, out: str, overwrite: bool) -> None:
 
 
 def write_features(schema: FeatureSchema, trained: DictConfig | None, folder: str) -> list[str]:
-    """The raw-value encoding of the export (``features.json``): written by the serving side.
+    """``features.json`` and its vocabulary files in ``folder``: how raw values become the
+    inputs (:func:`mtl_train.serving.features.write_features`). Nothing where ``trained`` (the
+    checkpoint's config) is None, or where the dataset has no raw form to describe (a dataset
+    without fitted encoders other than the synthetic set; a warning says so).
 
-    >>> SERVING HOOK: call mtl_train.serving.features' writer here once branch ``serving`` has
-    it; return the names of the files it wrote. Until then nothing is written.
-    """
-    return []
+    Returns:
+        the names of the files written."""
+    if trained is None:
+        return []
+    from mtl_train.serving.features import write_features as write
+
+    try:
+        return write(folder, schema, trained)
+    except ValueError as e:
+        log.warning("export: no features.json (%s); the model's inputs are ids and normalised numbers", e)
+        return []
+
+
+def _check_features(folder: str, inputs: list[dict], outputs: list[dict]) -> None:
+    """features.json (where written) names the program's inputs and outputs, in its order: the
+    serving side derives them from the config, the program from the model."""
+    path = os.path.join(folder, "features.json")
+    if not os.path.isfile(path):
+        return
+    with open(path) as f:
+        doc = json.load(f)
+    for key, ours in (("inputs", inputs), ("outputs", outputs)):
+        theirs = [x["name"] for x in doc.get(key, [])]
+        if theirs != [x["name"] for x in ours]:
+            raise RuntimeError(f"features.json {key} {theirs} differ from the exported program's "
+                               f"{[x['name'] for x in ours]}")
 
 
 def export_model(model: nn.Module, rows: dict[str, torch.Tensor], output: str, formats: Sequence[str] = ("pt2", "onnx"),
@@ -403,6 +432,7 @@ def export_model(model: nn.Module, rows: dict[str, torch.Tensor], output: str, f
         files = [f for fmt in formats for f in FILES[fmt]]
         files += write_features(model.schema, trained, tmp)
         ins, outs = signature(module)
+        _check_features(tmp, ins, outs)
         manifest = {"versions": _versions(formats), "source": source or {}, "formats": list(formats),
                     "files": files + [MANIFEST], "dtype": "float32", "inputs": ins, "outputs": outs,
                     "parity": figures, "export_seconds": round(seconds, 3)}

@@ -179,3 +179,34 @@ def test_the_traced_program_keeps_no_operator_of_the_placeholder_labels():
     ops = {str(n.target) for n in program.graph.nodes if n.op == "call_function"}
     assert not {"aten.isnan.default", "aten.prod.dim_int", "aten.zeros.default"} & ops
     assert "aten.embedding.default" in ops and "aten.sigmoid.default" in ops
+
+
+def test_the_export_holds_features_json_naming_the_programs_inputs_and_outputs(tmp_path, caplog, monkeypatch):
+    from omegaconf import OmegaConf
+
+    from mtl_train.serving import features as serving_features
+
+    schema = FeatureSchema([SparseFeature("c0", 7), SparseFeature("c1", 5)], [DenseFeature("d0")],
+                           [Task("click", "click"), Task("purchase", "purchase", parent="click")])
+    b = rows()
+    b.pop("seq")
+    synthetic = OmegaConf.create({"dataset": {"name": "synthetic"}, "graph": {"name": "esmm"}})
+    m = export.export_model(tiny_model("omoe", "esmm", schema), b, str(tmp_path / "a"), ["pt2"], trained=synthetic)
+    assert m["files"] == ["model.pt2", "features.json", "manifest.json"]
+    features = json.loads((tmp_path / "a" / "features.json").read_text())
+    assert [o["name"] for o in features["outputs"]] == [o["name"] for o in m["outputs"]] == [
+        "prob_click", "prob_purchase", "prob_purchase_given_click"]
+    assert [i["name"] for i in features["inputs"]] == ["sparse", "dense"]
+    # a dataset without a raw form to describe: exported without features.json, with a warning
+    other = OmegaConf.create({"dataset": {"name": "census"}, "graph": {"name": "esmm"}})
+    m = export.export_model(tiny_model("omoe", "esmm", schema), b, str(tmp_path / "b"), ["pt2"], trained=other)
+    assert m["files"] == ["model.pt2", "manifest.json"]
+    assert "export: no features.json (dataset 'census' has no fitted encoders" in caplog.text
+    # features.json naming other outputs than the program's (the serving side's graph rule
+    # drifting from the graph's eval_outputs) stops the export
+    real = serving_features.output_specs
+    monkeypatch.setattr(serving_features, "output_specs", lambda tasks, graph: real(tasks, graph)[:2])
+    with pytest.raises(RuntimeError, match=r"^features.json outputs \['prob_click', 'prob_purchase'\] differ from the "
+                                           r"exported program's \['prob_click', 'prob_purchase', 'prob_purchase_given"):
+        export.export_model(tiny_model("omoe", "esmm", schema), b, str(tmp_path / "c"), ["pt2"], trained=synthetic)
+    assert sorted(os.listdir(tmp_path)) == ["a", "b"]

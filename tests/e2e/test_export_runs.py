@@ -36,13 +36,20 @@ def test_a_bf16_run_exports_float32_programs_that_score_as_predict(trained):
     proc = run_cli(["mode=export", f"checkpoint={run}", f"export.output={out}", "export.split=val", "hydra.run.dir=ex"],
                    cwd=tmp)
     assert f"export: {out}" in proc.stdout
-    assert sorted(os.listdir(out)) == ["manifest.json", "model.onnx", "model.onnx.data", "model.pt2"]
+    # a vocabulary file per vocabulary column (user, hist; city is hashed)
+    files = ["features.json", "manifest.json", "model.onnx", "model.onnx.data", "model.pt2", "vocab-000.parquet",
+             "vocab-001.parquet"]
+    assert sorted(os.listdir(out)) == files
     assert [p for p in os.listdir(tmp) if ".tmp-" in p or ".old-" in p] == []  # no temporary directory
     m = json.loads((out / "manifest.json").read_text())
     state = torch.load(run / "checkpoints" / "best.pt", weights_only=False)
     assert m["source"]["checkpoint"] == str(run / "checkpoints" / "best.pt")
     assert (m["source"]["step"], m["source"]["precision"], m["dtype"]) == (state["step"], "bf16", "float32")
     assert m["versions"]["opset"] == 20 and m["versions"]["torch"] == torch.__version__
+    assert sorted(m["files"]) == files
+    features = json.loads((out / "features.json").read_text())
+    assert [i["name"] for i in features["inputs"]] == [i["name"] for i in m["inputs"]]
+    assert [o["name"] for o in features["outputs"]] == [o["name"] for o in m["outputs"]]
     assert [(i["name"], i["dtype"], i["shape"]) for i in m["inputs"]] == [
         ("sparse", "int64", ["batch", 2]), ("dense", "float32", ["batch", 1]), ("seq_hist", "int64", ["batch", 4]),
         ("seq_hist_len", "int64", ["batch"])]
