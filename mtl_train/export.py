@@ -191,11 +191,16 @@ def _dynamic_shapes(module: ServingModule):
 
 def trace(module: ServingModule, example: tuple[torch.Tensor, ...]) -> torch.export.ExportedProgram:
     """``torch.export`` the module with a dynamic batch dimension, in eval mode, without autograd
-    and with the plain-torch kernels (the program both formats are written from)."""
+    and with the plain-torch kernels (the program both formats are written from), its dead
+    operators removed."""
     from mtl_train import kernels
 
     with torch.no_grad(), kernels.use_fused(False), _quiet():
-        return torch.export.export(module.eval(), example, dynamic_shapes=_dynamic_shapes(module))
+        program = torch.export.export(module.eval(), example, dynamic_shapes=_dynamic_shapes(module))
+    # the placeholder labels' masks (eval_outputs computes them beside the scores) reach no output
+    program.graph_module.graph.eliminate_dead_code()
+    program.graph_module.recompile()
+    return program
 
 
 def save_onnx(program: torch.export.ExportedProgram, module: ServingModule, example: tuple[torch.Tensor, ...],

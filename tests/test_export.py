@@ -170,3 +170,12 @@ def test_torch_older_than_the_export_apis_is_one_line():
         export.require_torch("2.5.1+cu121")
     assert str(e.value) == ("mode=export needs torch >= 2.6 (torch.export and the dynamo ONNX exporter); "
                             "this is torch 2.5.1+cu121")
+
+
+def test_the_traced_program_keeps_no_operator_of_the_placeholder_labels():
+    model = tiny_model("mmoe", "esmm")
+    module = export.ServingModule(model.eval())
+    program = export.trace(module, export._example(export.serving_inputs(model.schema, rows())))
+    ops = {str(n.target) for n in program.graph.nodes if n.op == "call_function"}
+    assert not {"aten.isnan.default", "aten.prod.dim_int", "aten.zeros.default"} & ops
+    assert "aten.embedding.default" in ops and "aten.sigmoid.default" in ops
