@@ -126,8 +126,8 @@ def _id_column(c, size: int, enc, folder: str, files: list[str]) -> dict:
 
     if c.hash_buckets is not None:
         return {"name": c.name, "encoding": "hash", "buckets": int(c.hash_buckets),
-                "salt": int(enc.salts.get(c.name, zlib.crc32(c.name.encode()))),
-                "id_kind": enc.id_kinds.get(c.name), "size": int(size)}
+                "salt": int(getattr(enc, "salts", {}).get(c.name, zlib.crc32(c.name.encode()))),
+                "id_kind": (getattr(enc, "id_kinds", None) or {}).get(c.name), "size": int(size)}
     values = enc.vocabs[c.name].values
     fname = f"vocab-{len(files):03d}.parquet"
     pq.write_table(pa.table({"value": values}), os.path.join(folder, fname))

@@ -339,7 +339,7 @@ def _predict_export(cfg: DictConfig, out: str, fmt: str) -> str:
     if not cfg.infer.input:
         raise ConfigError(f"infer.input: {cfg.checkpoint} is an exported model, which scores files: give "
                           f"infer.input=<file> (infer.split needs the training checkpoint)")
-    scorer = Scorer(cfg.checkpoint)
+    scorer = Scorer(cfg.checkpoint, threads=cfg.trainer.get("num_threads"))
     features = scorer.features
     path = check_readable(cfg.infer.input, "infer.input")
     dataset = features.get("dataset") or {}

@@ -1,7 +1,6 @@
 """mode=predict on an export folder (mtl_train.train.infer with mtl_train.serving) gives the
 probabilities of mode=predict on the training checkpoint."""
 import importlib.util
-import sys
 
 import numpy as np
 import pyarrow as pa
@@ -131,12 +130,3 @@ def test_synthetic_set(tmp_path):
                                         r"integers"):
         _predict(tmp_path, "x", export, f"infer.input={tmp_path / 'words.parquet'}")
     assert not (tmp_path / "x.parquet").exists()
-
-
-def test_the_scorer_imports_no_torch(tmp_path):
-    import subprocess
-
-    code = ("import sys; import mtl_train.serving.scorer, mtl_train.serving.encode, mtl_train.serving.features; "
-            "assert 'torch' not in sys.modules, 'torch imported'; print('ok')")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
-    assert proc.stdout.strip() == "ok", proc.stderr
