@@ -63,8 +63,8 @@ from mtl_train.io import ensure_writable_dir
 log = logging.getLogger(__name__)
 
 OPSET = 20
-"""ONNX opset of ``model.onnx``: the dynamo exporter's default in torch 2.6-2.13, run by
-onnxruntime >= 1.17."""
+"""ONNX opset of ``model.onnx``: the dynamo exporter's default in torch 2.13; its models (IR
+version 10) run in onnxruntime >= 1.18."""
 TOLERANCE = 1e-5
 """Largest absolute difference from eager allowed for any output of any format."""
 PARITY_ROWS = 3000
@@ -144,7 +144,7 @@ def serving_inputs(schema: FeatureSchema, batch: dict[str, torch.Tensor]) -> tup
         ids = batch["seq"][:, at:at + f.max_len].to(torch.int64)
         at += f.max_len
         position = torch.arange(1, f.max_len + 1, dtype=torch.int64)
-        out += [ids.contiguous(), ((ids != NULL_ID) * position).amax(1) if f.max_len else ids.sum(1)]
+        out += [ids.contiguous(), ((ids != NULL_ID) * position).amax(1)]
     return tuple(out)
 
 
@@ -224,8 +224,9 @@ def save_onnx(program: torch.export.ExportedProgram, module: ServingModule, exam
         onnx_program.save(path, external_data=True)
 
 
-def _runners(folder: str, formats: Sequence[str]) -> dict[str, Callable]:
-    """Each written format reloaded from ``folder``: {format: inputs -> list of numpy [B]}."""
+def _runners(folder: str, formats: Sequence[str], input_names: Sequence[str]) -> dict[str, Callable]:
+    """Each written format reloaded from ``folder``: {format: inputs (in the order of
+    ``input_names``) -> list of numpy [B]}."""
     out: dict[str, Callable] = {}
     if "pt2" in formats:
         loaded = torch.export.load(os.path.join(folder, "model.pt2")).module()
@@ -239,10 +240,10 @@ def _runners(folder: str, formats: Sequence[str]) -> dict[str, Callable]:
         import onnxruntime as ort
 
         session = ort.InferenceSession(os.path.join(folder, "model.onnx"), providers=["CPUExecutionProvider"])
-        names = [i.name for i in session.get_inputs()]
+        wanted = {i.name for i in session.get_inputs()}  # an input no output depends on may be dropped
 
         def run_onnx(inputs):
-            return session.run(None, {n: t.numpy() for n, t in zip(names, inputs)})
+            return session.run(None, {n: t.numpy() for n, t in zip(input_names, inputs) if n in wanted})
 
         out["onnx"] = run_onnx
     return out
@@ -268,7 +269,7 @@ def parity(module: ServingModule, inputs: tuple[torch.Tensor, ...], folder: str,
         eager = [[t.numpy() for t in module(*b)] for b in batches]
     names = [name for name, _, _ in module.outputs]
     figures: dict[str, dict[str, float]] = {}
-    for fmt, run in _runners(folder, formats).items():
+    for fmt, run in _runners(folder, formats, module.input_names).items():
         worst = dict.fromkeys(names, 0.0)
         for b, ref in zip(batches, eager):
             got = run(b)

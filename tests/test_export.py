@@ -109,8 +109,8 @@ def test_a_regression_task_is_a_value_output_and_eval_only_outputs_are_left_out(
 
 def _shifted_runners(real, fmt, index, by):
     """``export._runners`` with output ``index`` of format ``fmt`` moved by ``by``."""
-    def runners(folder, formats):
-        out = real(folder, formats)
+    def runners(*args):
+        out = real(*args)
         run = out[fmt]
         out[fmt] = lambda inputs: [a + by if k == index else a for k, a in enumerate(run(inputs))]
         return out
@@ -210,3 +210,13 @@ def test_the_export_holds_features_json_naming_the_programs_inputs_and_outputs(t
                                            r"exported program's \['prob_click', 'prob_purchase', 'prob_purchase_given"):
         export.export_model(tiny_model("omoe", "esmm", schema), b, str(tmp_path / "c"), ["pt2"], trained=synthetic)
     assert sorted(os.listdir(tmp_path)) == ["a", "b"]
+
+
+def test_a_schema_without_numeric_or_categorical_features_keeps_the_signature(tmp_path):
+    schema = FeatureSchema([], [DenseFeature("price")], [Task("click", "click")])
+    b = rows()
+    b["sparse"] = b["sparse"][:, :0]
+    b.pop("seq")
+    m = export.export_model(tiny_model("shared_bottom", "independent", schema), b, str(tmp_path / "a"), ["pt2", "onnx"])
+    assert [(i["name"], i["shape"]) for i in m["inputs"]] == [("sparse", ["batch", 0]), ("dense", ["batch", 1])]
+    assert [o["name"] for o in m["outputs"]] == ["prob_click"]
