@@ -64,7 +64,7 @@ log = logging.getLogger(__name__)
 
 OPSET = 20
 """ONNX opset of ``model.onnx``: the dynamo exporter's default in torch 2.13; its models (IR
-version 10) run in onnxruntime >= 1.18."""
+version 10) run in onnxruntime >= 1.18 (the extra asks 1.19, the first built for NumPy 2)."""
 TOLERANCE = 1e-5
 """Largest absolute difference from eager allowed for any output of any format."""
 PARITY_ROWS = 3000
