@@ -8,7 +8,7 @@ Two paths per runtime, each timed per call (``time.perf_counter``):
   exported outputs (``prob_click``, ``prob_purchase``, ``prob_purchase_given_click``);
 - ``raw``: raw rows (a pyarrow Table of the 26 id columns, as read from the log) -> the same
   probabilities. eager: the training encoder (``Encoder.transform``, as ``mode=predict`` on a
-  file) then the model; pt2: the serving encoder (:mod:`mtl_train.serving.encode`, numpy and
+  file) then the model; pt2: the serving encoder (:mod:`mtl_train.serving.rows`, numpy and
   pyarrow) then the program; onnx: :class:`mtl_train.serving.scorer.Scorer` (the serving encoder
   then ONNX Runtime: no torch).
 
