@@ -4,7 +4,7 @@ exported model, and the names of that model's inputs and outputs.
 Written at export time by :func:`write_features` from what a checkpoint holds (its
 :class:`~mtl_train.data.schema.FeatureSchema` with the fitted
 :class:`~mtl_train.data.encode.Encoder`, and its resolved config), read by
-:mod:`mtl_train.serving.encode`. This module imports neither torch nor the training code, so
+:mod:`mtl_train.serving.rows`. This module imports neither torch nor the training code, so
 that a server can read the file with numpy and pyarrow only.
 
 Layout (``format`` 1), all names as in the training data::
@@ -59,6 +59,8 @@ from __future__ import annotations
 import json
 import os
 import zlib
+
+from mtl_train.errors import DataError
 
 FORMAT = 1
 FILE = "features.json"
@@ -141,7 +143,7 @@ def features_dict(schema, config: dict, folder: str) -> dict:
     ``config`` (a plain dict); the vocabulary files are written into ``folder``.
 
     Raises:
-        ValueError: a dataset whose rows are not encoded from files (no fitted encoder) other
+        DataError: a dataset whose rows are not encoded from files (no fitted encoder) other
             than the built-in synthetic set, which has no raw form to describe."""
     enc = schema.encoders
     dataset = dict(config.get("dataset") or {})
@@ -149,7 +151,8 @@ def features_dict(schema, config: dict, folder: str) -> dict:
     files: list[str] = []
     if enc is None:
         if dataset.get("name") != "synthetic":
-            raise ValueError(f"dataset '{dataset.get('name')}' has no fitted encoders: its raw form is unknown")
+            raise DataError(f"export: dataset '{dataset.get('name')}' has no fitted encoders, so features.json cannot "
+                            f"describe its raw values")
         categorical = [{"name": f.name, "encoding": "offset", "size": int(f.vocab_size)} for f in schema.sparse]
         sequences: list[dict] = []
         numeric = [{"name": f.name, "norm": "none", "fill": "zero", "stats": {"mean": 0.0, "std": 1.0, "min": 0.0,
@@ -192,7 +195,7 @@ def write_features(folder: str, schema, config) -> list[str]:
         The names of the files written, features.json first.
 
     Raises:
-        ValueError: see :func:`features_dict`.
+        DataError: see :func:`features_dict`.
     """
     if config is not None and not isinstance(config, dict):
         from omegaconf import OmegaConf

@@ -1,5 +1,5 @@
 """Score raw rows with an exported model: ``features.json`` encodes them
-(:class:`~mtl_train.serving.encode.FeatureEncoder`), ONNX Runtime runs ``model.onnx``. Imports
+(:class:`~mtl_train.serving.rows.FeatureEncoder`), ONNX Runtime runs ``model.onnx``. Imports
 numpy, pyarrow and onnxruntime; not torch, not mtl-train's model code.
 
     from mtl_train.serving.scorer import Scorer
@@ -14,8 +14,8 @@ import os
 import numpy as np
 
 from mtl_train.errors import DataError
-from mtl_train.serving.encode import FeatureEncoder
 from mtl_train.serving.features import FILE, read_features
+from mtl_train.serving.rows import FeatureEncoder
 
 MODEL_FILE = "model.onnx"
 
