@@ -6,6 +6,7 @@
     mtl-train trainer.resume=outputs/2026-01-01/12-00-00_1234ab  # continue a run in its directory
     mtl-train mode=eval checkpoint=<run dir or .pt> infer.split=test   # re-evaluate a checkpoint
     mtl-train mode=predict checkpoint=<run dir or .pt> infer.input=new.parquet
+    mtl-train mode=export checkpoint=<run dir or .pt> export.output=<dir>   # model.pt2, model.onnx, manifest.json
 
 Bad input (an unknown option or key, a missing file or column) ends the run with one line
 ``mtl-train: error: ...`` on stderr and exit status 2. SIGINT/SIGTERM write
@@ -149,11 +150,11 @@ def absolute_path_overrides(args: list[str]) -> list[str]:
     return out
 
 
-INFER_MODES = ("eval", "predict")
+INFER_MODES = ("eval", "predict", "export")
 
 
 def eval_dataset_overrides(args: list[str]) -> list[str]:
-    """``args`` with, for ``mode=eval``/``predict``, every ``dataset=<name>`` and
+    """``args`` with, for ``mode=eval``/``predict``/``export``, every ``dataset=<name>`` and
     ``dataset.<key>=<value>`` moved to ``+infer.dataset.name`` / ``+infer.dataset.<key>``: those
     modes score the checkpoint's dataset, and these overrides apply to it (its paths may point
     at other files, see :func:`mtl_train.train.infer.checkpoint_config`), instead of to the
@@ -243,7 +244,7 @@ def precheck_overrides(args: list[str]) -> DictConfig:
             dotted.append(key)
         elif key not in ("seed", "mode", "checkpoint"):
             raise ConfigError(f"{key}: unknown config key (groups: {', '.join(GROUPS)}; "
-                              f"top-level keys: seed, mode, checkpoint, infer, objective)")
+                              f"top-level keys: seed, mode, checkpoint, infer, objective, export)")
     cfg = _compose(groups)
     chosen = cfg.hydra.runtime.choices
     for key in dotted:
@@ -404,7 +405,8 @@ def app(cfg: DictConfig) -> float | None:
     """One run (one job of a sweep): ``mode=train`` returns the sweep objective (top-level
     ``objective``: a weighted sum of tasks' val metric, default the val monitor, see
     :mod:`mtl_train.objective`); ``mode=eval`` / ``mode=predict`` score a checkpoint (see
-    :mod:`mtl_train.train.infer`) and return None. In a sweep, a job's bad input ends that job
+    :mod:`mtl_train.train.infer`), ``mode=export`` writes its serving formats (see
+    :mod:`mtl_train.export`), and return None. In a sweep, a job's bad input ends that job
     only (:func:`_run_failed`)."""
     from mtl_train.config import validate
     from mtl_train.objective import objective_value
@@ -427,6 +429,10 @@ def app(cfg: DictConfig) -> float | None:
             kernels.set_fused(typed.trainer.fused_kernels)
             if typed.mode == "eval":
                 _print_results(run_eval(typed, run_dir))
+            elif typed.mode == "export":
+                from mtl_train.export import run_export
+
+                print(f"export: {run_export(typed, run_dir)}")
             else:
                 out = run_predict(typed, run_dir)
                 print(f"predictions: {out}")

@@ -127,6 +127,21 @@ class InferConfig:
 
 
 @dataclass
+class ExportConfig:
+    """``mode=export``: where the serving formats of a checkpoint go (see :mod:`mtl_train.export`)."""
+
+    output: Optional[str] = param(None, "the directory to write; null: <this run's dir>/export", path=True)
+    formats: List[str] = param(doc="pt2 (torch.export program), onnx (ONNX model + external weights)",
+                               factory=lambda: ["pt2", "onnx"])
+    overwrite: bool = param(False, "an existing export.output is refused unless true (then replaced whole)")
+    split: str = param("test", "the split of the checkpoint's dataset whose first rows the parity check scores",
+                       choices=("train", "val", "test"))
+
+
+EXPORT_FORMATS = ("pt2", "onnx")
+
+
+@dataclass
 class Objective:
     """What the app returns to a sweeper (see :mod:`mtl_train.objective`): the sum over ``tasks``
     of weight * val ``metric``; ``tasks: null`` returns the val monitor (``trainer.monitor``)."""
@@ -154,9 +169,9 @@ def __getattr__(name: str):
 
 
 # top-level dict-valued keys that are not config groups (no options, one schema)
-SECTIONS: dict[str, type] = {"infer": InferConfig, "objective": Objective}
-MODES = ("train", "eval", "predict")
-TOP_LEVEL = ("seed", "mode", "checkpoint", "infer", "objective", "experiment")
+SECTIONS: dict[str, type] = {"infer": InferConfig, "objective": Objective, "export": ExportConfig}
+MODES = ("train", "eval", "predict", "export")
+TOP_LEVEL = ("seed", "mode", "checkpoint", "infer", "objective", "export", "experiment")
 
 
 def _check_values(group: str, cfg: DictConfig, schema: type) -> None:
@@ -235,12 +250,25 @@ def validate_objective(cfg: Any) -> DictConfig:
     return typed
 
 
+def _check_export(typed: DictConfig) -> None:
+    """``export.formats``: a non-empty list of :data:`EXPORT_FORMATS`, each once."""
+    formats = list(typed.formats)
+    for f in formats:
+        if f not in EXPORT_FORMATS:
+            raise ConfigError(f"export.formats: unknown format '{f}' (choose from {', '.join(EXPORT_FORMATS)})")
+    if not formats:
+        raise ConfigError(f"export.formats: give at least one of {', '.join(EXPORT_FORMATS)}")
+    if len(set(formats)) != len(formats):
+        raise ConfigError(f"export.formats: {formats} names a format twice")
+
+
 def validate(cfg: DictConfig) -> DictConfig:
     """Validate every group of the composed config; returns a new, typed config.
 
-    Top-level keys: the groups (``GROUPS``), ``seed`` (int), ``mode`` (train, eval or
-    predict), ``checkpoint`` (str or null: the checkpoint or run directory of eval/predict)
-    and the sections ``infer`` (:class:`InferConfig`) and ``objective`` (:class:`Objective`).
+    Top-level keys: the groups (``GROUPS``), ``seed`` (int), ``mode`` (train, eval, predict
+    or export), ``checkpoint`` (str or null: the checkpoint or run directory of
+    eval/predict/export) and the sections ``infer`` (:class:`InferConfig`), ``objective``
+    (:class:`Objective`) and ``export`` (:class:`ExportConfig`).
     Paths (``checkpoint`` and the fields declared ``param(..., path=True)``) come back
     absolute, resolved against the launch directory (:func:`resolve_path`).
 
@@ -275,4 +303,5 @@ def validate(cfg: DictConfig) -> DictConfig:
     for key, schema in SECTIONS.items():
         if key not in out:
             out[key] = OmegaConf.structured(schema)
+    _check_export(out["export"])
     return OmegaConf.create(out)

@@ -51,4 +51,6 @@ def require_extra(module: str | tuple[str, ...], extra: str, feature: str) -> No
 
 # the optional features of the command line: (module, extra, feature)
 OPTUNA = (("hydra_plugins.hydra_optuna_sweeper", "optuna"), "optuna", "hydra/sweeper=optuna: the Optuna sweeper")
+EXPORT = (("onnx", "onnxscript", "onnx_ir", "onnxruntime"), "export",
+          "mode=export: the ONNX format (onnx, onnxscript, onnxruntime)")
 REPORT_PLOT = ("matplotlib", "report", "the plot of mtl-report (matplotlib)")  # a base dependency; checked gracefully

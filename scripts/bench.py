@@ -39,9 +39,14 @@ MMoE, as a ratio to ``loss=equal`` measured in the same run; ARGS are its option
 (scripts/bench_ddp_balancers.py: step time of ``loss=gradnorm`` and ``loss=pcgrad`` under 2
 gloo ranks, as a ratio to ``loss=equal`` under 2 ranks in the same run).
 
+``python scripts/bench.py serve [ARGS]`` runs the serving latency benchmark instead
+(scripts/bench_serve.py: p50/p99 per call at batch 1, 64 and 512 of the bench MMoE in eager
+PyTorch, the torch.export program and ONNX Runtime, encoded inputs and raw rows).
+
 Usage: python scripts/bench.py [--workdir DIR] [--repeat N] [--stream] [--bf16] [--big-rows N --big-steps S]
        python scripts/bench.py balancers [--methods ...] [--rounds N] [--clock cpu] [--threads 1]
        python scripts/bench.py ddp-balancers [--methods equal,gradnorm,pcgrad] [--rounds N] [--threads 1]
+       python scripts/bench.py serve [--workdir DIR] [--threads 1] [--rounds N] [--json OUT]
 """
 from __future__ import annotations
 
@@ -121,7 +126,8 @@ def main() -> None:
         description=__doc__.split("\n\n")[0].replace("\n", " "),
         epilog="'python scripts/bench.py balancers [ARGS]' runs the loss-balancing benchmark instead "
                "(scripts/bench_balancers.py; 'balancers --help' lists its options); 'ddp-balancers [ARGS]' the "
-               "balancers under 2 ranks (scripts/bench_ddp_balancers.py).")
+               "balancers under 2 ranks (scripts/bench_ddp_balancers.py); 'serve [ARGS]' the serving "
+               "latency benchmark (scripts/bench_serve.py).")
     ap.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "mtl-bench"),
                     help="where the workload, the prepare cache and the runs go (default: %(default)s)")
     ap.add_argument("--repeat", type=int, default=1, help="rounds to run (default: %(default)s)")
@@ -238,11 +244,11 @@ def report_round(r: int, res: dict) -> None:
 
 
 if __name__ == "__main__":
-    if sys.argv[1:2] in (["balancers"], ["ddp-balancers"]):
+    modes = {"balancers": "bench_balancers.py", "ddp-balancers": "bench_ddp_balancers.py", "serve": "bench_serve.py"}
+    if sys.argv[1:2] and sys.argv[1] in modes:
         import runpy
 
-        script = "bench_balancers.py" if sys.argv[1] == "balancers" else "bench_ddp_balancers.py"
-        sys.argv = [os.path.join(os.path.dirname(os.path.abspath(__file__)), script), *sys.argv[2:]]
+        sys.argv = [os.path.join(os.path.dirname(os.path.abspath(__file__)), modes[sys.argv[1]]), *sys.argv[2:]]
         runpy.run_path(sys.argv[0], run_name="__main__")
     else:
         main()

@@ -38,6 +38,9 @@ def test_eval_and_predict_move_dataset_overrides_to_the_checkpoints_dataset():
                                             "+infer.dataset.path=d/h.csv", "--config-dir", "dataset.x=1"]
     train = ["dataset=hillstrom", "dataset.path=d/h.csv"]
     assert eval_dataset_overrides(train) == train
+    # mode=export checks itself on rows of the checkpoint's dataset, which these point at too
+    assert eval_dataset_overrides(["mode=export", *train]) == ["mode=export", "+infer.dataset.name=hillstrom",
+                                                               "+infer.dataset.path=d/h.csv"]
 
 
 def test_path_overrides_are_made_absolute_before_hydra_records_them(tmp_path):
@@ -48,12 +51,13 @@ def test_path_overrides_are_made_absolute_before_hydra_records_them(tmp_path):
     try:
         out = absolute_path_overrides(["dataset.path=d/h.csv", "+infer.dataset.path=x.csv", "checkpoint=run",
                                        "infer.output=null", "dataset.train_path=a.csv,b.csv", "model.num_experts=4",
-                                       "hydra.run.dir=rel", "dataset.cache_dir=${oc.env:HOME}/c"])
+                                       "hydra.run.dir=rel", "dataset.cache_dir=${oc.env:HOME}/c", "export.output=e"])
     finally:
         set_launch_dir(None)
     assert out == [f"dataset.path='{tmp_path}/d/h.csv'", f"+infer.dataset.path='{tmp_path}/x.csv'",
                    f"checkpoint='{tmp_path}/run'", "infer.output=null", "dataset.train_path=a.csv,b.csv",
-                   "model.num_experts=4", "hydra.run.dir=rel", "dataset.cache_dir=${oc.env:HOME}/c"]
+                   "model.num_experts=4", "hydra.run.dir=rel", "dataset.cache_dir=${oc.env:HOME}/c",
+                   f"export.output='{tmp_path}/e'"]
 
 
 def test_presets_select_their_graph_and_precheck_accepts_combinations():

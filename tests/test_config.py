@@ -51,6 +51,10 @@ def test_every_experiment_composes_validates_and_sweeps_known_keys(name):
     (["+infer.splt=val"], "infer.splt: unknown key"),
     (["+trainr={}"], "trainr: unknown top-level config key"),
     (["+trainer.lr_decay=1"], "trainer.lr_decay: unknown key"),
+    (["export.formats=[pt2,tflite]"], "export.formats: unknown format 'tflite' (choose from pt2, onnx)"),
+    (["export.formats=[]"], "export.formats: give at least one of pt2, onnx"),
+    (["export.formats=[onnx,onnx]"], "export.formats: ['onnx', 'onnx'] names a format twice"),
+    (["export.split=dev"], "export.split: 'dev'"),
 ])
 def test_config_errors_name_the_key(overrides, needle):
     with pytest.raises(ConfigError) as e:
@@ -96,7 +100,7 @@ def test_validation_resolves_every_path_field_whatever_the_working_directory(lau
 def test_every_field_that_names_a_file_or_folder_is_declared_a_path():
     """The kind, not the example: a new dataset's ``*_path``/``*_dir``/``*_file`` field that is
     not declared ``param(..., path=True)`` would be read relative to the run directory."""
-    schemas = [config.TrainerConfig, config.InferConfig]
+    schemas = [config.TrainerConfig, config.InferConfig, config.ExportConfig]
     schemas += [e.config for g in registry.GROUPS for e in registry.options(g).values()]
     for schema in schemas:
         named = {f.name for f in fields(schema) if f.name in ("path", "input", "output", "resume")

@@ -7,7 +7,7 @@ from conftest import REPO
 from omegaconf import OmegaConf
 
 from mtl_train import registry
-from mtl_train.config import InferConfig, Objective, TrainerConfig, validate_group
+from mtl_train.config import ExportConfig, InferConfig, Objective, TrainerConfig, validate_group
 from mtl_train.data.spec import ParquetSchema
 from mtl_train.errors import ConfigError
 
@@ -42,11 +42,12 @@ def test_each_yaml_states_its_dataclass_defaults(group):
     assert set(opts) <= used | {p.stem for p in (REPO / "conf" / group).glob("*.yaml")}
 
 
-def test_trainer_infer_and_objective_yaml_state_their_dataclass_defaults():
+def test_trainer_infer_objective_and_export_yaml_state_their_dataclass_defaults():
     assert _yaml(REPO / "conf" / "trainer" / "default.yaml") == registry.defaults(TrainerConfig)
     top = _yaml(REPO / "conf" / "config.yaml")
     assert top["infer"] == registry.defaults(InferConfig)
     assert top["objective"] == registry.defaults(Objective)
+    assert top["export"] == registry.defaults(ExportConfig)
 
 
 @pytest.mark.parametrize("group", sorted(registry.GROUPS))

@@ -163,6 +163,11 @@ def run_eval(cfg: DictConfig, run_dir: str) -> dict:
 
     Raises:
         ConfigError: see :func:`output_path` (checked before the model is loaded)."""
+    from mtl_train.serving.scorer import is_export_dir
+
+    if is_export_dir(cfg.checkpoint):
+        raise ConfigError(f"checkpoint: {cfg.checkpoint} is an exported model; mode=eval scores a training checkpoint "
+                          f"(run dir or .pt), mode=predict scores files with either")
     out, _ = output_path(cfg, run_dir, "eval.json", {".json": "json", "": "json"})
     device = resolve_device(cfg.trainer.device)
     model, trained, schema, _ = load_model(cfg.checkpoint, device, cfg.infer.get("dataset"))
@@ -216,7 +221,11 @@ def run_predict(cfg: DictConfig, run_dir: str) -> str:
         ConfigError: see :func:`output_path` (checked before the model is loaded); a list id
             column for a CSV output (checked before scoring).
     """
+    from mtl_train.serving.scorer import is_export_dir
+
     out, fmt = output_path(cfg, run_dir, "predictions.parquet", PREDICT_FORMATS)
+    if is_export_dir(cfg.checkpoint):
+        return _predict_export(cfg, out, fmt)
     device = resolve_device(cfg.trainer.device)
     model, trained, schema, _ = load_model(cfg.checkpoint, device, cfg.infer.get("dataset"))
     table, name, raw = load_input(cfg, trained, schema, labels_required=False)
@@ -226,18 +235,30 @@ def run_predict(cfg: DictConfig, run_dir: str) -> str:
     ids = list(cfg.infer.id_columns) if cfg.infer.id_columns is not None else sparse_names
     cols: dict[str, pa.Array] = {}
     if raw is not None:
-        require_columns(raw.column_names, ids, cfg.infer.input, "id column (infer.id_columns)")
-        nested = [c for c in ids if pa.types.is_nested(raw.schema.field(c).type)]
-        if fmt == "csv" and nested:
-            raise ConfigError(f"infer.output: {out}: CSV cannot hold the list column(s) {nested}; write Parquet "
-                              f"or leave them out of infer.id_columns")
-        for c in ids:
-            cols[c] = raw.column(c)
+        cols.update(_id_columns(cfg, raw, ids, out, fmt))
     else:
         require_columns(sparse_names, ids, f"{name} split", "id column (infer.id_columns; a split has its sparse features)")
         cols["row"] = pa.array(np.arange(len(table), dtype=np.int64))
         for c in ids:
             cols[c] = pa.array(table.sparse[:, sparse_names.index(c)].numpy())
+    _write_predictions(cols, scores, out, fmt)
+    log.info("%d predictions written to %s", len(table), out)
+    return out
+
+
+def _id_columns(cfg: DictConfig, raw: pa.Table, ids: list[str], out: str, fmt: str) -> dict[str, pa.Array]:
+    """The id columns ``ids`` of the raw input, checked (see :func:`run_predict`)."""
+    require_columns(raw.column_names, ids, cfg.infer.input, "id column (infer.id_columns)")
+    nested = [c for c in ids if pa.types.is_nested(raw.schema.field(c).type)]
+    if fmt == "csv" and nested:
+        raise ConfigError(f"infer.output: {out}: CSV cannot hold the list column(s) {nested}; write Parquet "
+                          f"or leave them out of infer.id_columns")
+    return {c: raw.column(c) for c in ids}
+
+
+def _write_predictions(cols: dict[str, pa.Array], scores: dict[str, tuple[np.ndarray, np.ndarray, str]], out: str,
+                       fmt: str) -> None:
+    """Write the id columns ``cols`` and, per output, its score and label column to ``out``."""
     for out_name, (score, label, typ) in scores.items():
         cols[f"{'pred' if typ == 'regression' else 'prob'}_{out_name}"] = pa.array(score)
         cols[f"label_{out_name}"] = pa.array(label, from_pandas=True)
@@ -254,5 +275,83 @@ def run_predict(cfg: DictConfig, run_dir: str) -> str:
             pq.write_table(tbl, p)
 
     write_atomic(write, out)
-    log.info("%d predictions written to %s", len(table), out)
+
+
+def export_scores(features: dict, probs: dict[str, np.ndarray],
+                  labels: np.ndarray) -> dict[str, tuple[np.ndarray, np.ndarray, str]]:
+    """The outputs :func:`predict_table` gives, from an exported model's outputs: {output:
+    (score float32 [N], label float32 [N], NaN where not scored, type)}, in the same order and
+    with the same labels and masks as the graphs' ``standard_eval``
+    (:class:`~mtl_train.models.graphs.base.TaskGraph`): ``<task>`` against the label (for a
+    graph with a conditional head, the label AND its ancestors' labels), then for a binary
+    task with a parent ``<task>_given_<parent>`` on the rows where every ancestor's label is 1.
+
+    Args:
+        features: features.json (its ``tasks``, ``graph`` and ``outputs``). probs: {export
+            output name (``prob_<output>``): [N]} of the exported model.
+        labels: float32 [N, T] raw labels in task order, NaN where missing.
+
+    Raises:
+        DataError: an output of features.json that the model does not give.
+    """
+    tasks = features["tasks"]
+    names = [t["name"] for t in tasks]
+    chains = []
+    for t in tasks:
+        chain, p = [], t["parent"]
+        while p is not None:
+            chain.insert(0, names.index(p))
+            p = tasks[names.index(p)]["parent"]
+        chains.append(chain)
+    res: dict[str, tuple[np.ndarray, np.ndarray, str]] = {}
+    for o in features["outputs"]:
+        if o["name"] not in probs:
+            raise DataError(f"the exported model gives no output '{o['name']}' (it gives {sorted(probs)})")
+        k = names.index(o["task"])
+        y = labels[:, k]
+        if o["output"] == o["task"]:  # entire space
+            if features["graph"]["conditional"] and chains[k]:
+                chain = labels[:, chains[k] + [k]]
+                y = np.where((chain == 0).any(1), np.float32(0), chain.prod(1)).astype(np.float32)
+        else:  # on the rows whose ancestors are all positive
+            scored = ~np.isnan(y)
+            for a in chains[k]:
+                scored &= labels[:, a] == 1
+            y = np.where(scored, y, np.float32(np.nan))
+        res[o["output"]] = (probs[o["name"]], y, o["type"])
+    return res
+
+
+def _predict_export(cfg: DictConfig, out: str, fmt: str) -> str:
+    """``mode=predict`` with ``checkpoint=<export dir>``: score ``infer.input`` with the exported
+    model (:class:`mtl_train.serving.scorer.Scorer`: features.json and ONNX Runtime, no model
+    code) and write the file :func:`run_predict` writes for the training checkpoint.
+
+    Raises:
+        ConfigError: no ``infer.input`` (an export holds no dataset to take a split of).
+        DataError: see :meth:`mtl_train.serving.scorer.Scorer.score`; a bad label value."""
+    from types import SimpleNamespace
+
+    from mtl_train.data.columns import label_array
+    from mtl_train.data.files import read_parquet
+    from mtl_train.serving.scorer import Scorer
+
+    if not cfg.infer.input:
+        raise ConfigError(f"infer.input: {cfg.checkpoint} is an exported model, which scores files: give "
+                          f"infer.input=<file> (infer.split needs the training checkpoint)")
+    scorer = Scorer(cfg.checkpoint, threads=cfg.trainer.get("num_threads"))
+    features = scorer.features
+    path = check_readable(cfg.infer.input, "infer.input")
+    dataset = features.get("dataset") or {}
+    raw = read_file(OmegaConf.create(dataset), path) if dataset.get("name") else read_parquet(path)
+    ids = list(cfg.infer.id_columns) if cfg.infer.id_columns is not None else [c["name"] for c in features["categorical"]]
+    cols = _id_columns(cfg, raw, ids, out, fmt)
+    inputs = scorer.encode(raw, path)
+    probs = scorer.run(inputs, cfg.infer.batch_size or 4096)
+    labels = np.full((raw.num_rows, len(features["tasks"])), np.nan, dtype=np.float32)
+    for k, t in enumerate(features["tasks"]):
+        if t["label"] in raw.column_names:
+            labels[:, k] = label_array(raw.column(t["label"]), SimpleNamespace(**t), path)
+    _write_predictions(cols, export_scores(features, probs, labels), out, fmt)
+    log.info("%d predictions of the exported model %s written to %s", raw.num_rows, cfg.checkpoint, out)
     return out
