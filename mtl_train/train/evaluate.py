@@ -135,6 +135,24 @@ def check_gauc_by(cfg) -> None:
                               f"rows (e.g. trainer.gauc_by=user_id)")
 
 
+def check_monitor(schema, monitor: str) -> None:
+    """Raises ConfigError when ``trainer.monitor`` (``<metric>/mean`` or ``<metric>/<task>``) asks
+    for a metric that no task it names reports: auc, gauc and logloss exist for binary tasks only,
+    mse and r2 for regression tasks only. Such a monitor is None at every evaluation, so no
+    best.pt would be kept and early stopping would end the run after ``trainer.patience``
+    evaluations, without a word (e.g. the default ``auc/mean`` on ``dataset=mmoe_synthetic``)."""
+    metric, _, what = monitor.partition("/")
+    needs = "regression" if metric in ("mse", "r2") else "binary"
+    types = {t.name: t.type for t in schema.tasks}
+    named = list(types.values()) if what == "mean" else [types[what]] if what in types else None
+    if named is None or needs in named:  # an output that is not a task: monitor_value checks it
+        return
+    fix = "mse/mean trainer.monitor_mode=min" if needs == "binary" else "auc/mean trainer.monitor_mode=max"
+    whose = "no task of this dataset is one" if what == "mean" else f"task '{what}' is not one"
+    raise ConfigError(f"trainer.monitor: {metric} is reported for {needs} tasks only, and {whose}; "
+                      f"e.g. trainer.monitor={fix}")
+
+
 def evaluate(model: MultiTaskModel, table: Split, device: torch.device, batch_size: int, split: str,
              group_index: int | None = None) -> dict:
     """Exact metrics of every evaluated output over the whole split ``table`` (a

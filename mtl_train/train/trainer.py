@@ -47,7 +47,7 @@ from mtl_train.models.memory import check_memory
 from mtl_train.system import tune_malloc
 from mtl_train.train import checkpoint as ckpt
 from mtl_train.train.device import resolve_device, resolve_precision, to_device
-from mtl_train.train.evaluate import check_gauc_by, evaluate, gauc_column, monitor_value
+from mtl_train.train.evaluate import check_gauc_by, check_monitor, evaluate, gauc_column, monitor_value
 from mtl_train.train.logger import RunLogger
 from mtl_train.train.nonfinite import NonFiniteGuard
 from mtl_train.train.optim import build_optimizer, build_schedulers, sparse_embedding_default
@@ -135,6 +135,7 @@ class Trainer:
         self.sign = 1.0 if tcfg.monitor_mode == "max" else -1.0
         self.gauc_index = gauc_column(data.schema, tcfg.gauc_by)
         check_gauc_by(cfg)
+        check_monitor(data.schema, tcfg.monitor)
         self.autocast_dtype = resolve_precision(tcfg.precision, self.device)
         if self.autocast_dtype is not None and not any(True for _ in self.model.backbone.parameters()):
             log.warning("trainer.precision=%s changes nothing here: model.backbone=%s has no layers of its own, and "
