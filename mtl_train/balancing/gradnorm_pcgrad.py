@@ -58,6 +58,7 @@ class GradNormPCGrad(GradNorm):
     """
 
     needs_task_gradients = True
+    provides_shared_gram = True
 
     def __init__(self, loss_names, cfg, model=None):
         super().__init__(loss_names, cfg, model)
@@ -86,6 +87,7 @@ class GradNormPCGrad(GradNorm):
             w_sel = list(range(len(params), len(params) + len(extra)))
         grads = task_gradients(losses, idx, params + extra)
         K = gram(grads, shared)
+        self.shared_gram = (K, idx)
         KW = gram(grads, w_sel)
         norms = self._norms(KW, idx)
         w = self.w.detach()

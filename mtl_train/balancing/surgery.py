@@ -30,6 +30,7 @@ class SharedGradientSurgery(Balancer):
     """
 
     needs_task_gradients = True
+    provides_shared_gram = True
 
     def __init__(self, loss_names, cfg, model=None):
         super().__init__(loss_names, cfg, model)
@@ -59,6 +60,7 @@ class SharedGradientSurgery(Balancer):
         shared = [k for k, s in enumerate(is_shared) if s]
         grads = task_gradients(losses, idx, params + self.extra_inputs(model, out))
         K = gram(grads, shared)
+        self.shared_gram = (K, idx)
         a, b, logs = self.coefficients(K, idx, losses, grads, len(params), shared)
         for k, p in enumerate(params):
             set_grad(p, combine(grads, k, a if is_shared[k] else b))

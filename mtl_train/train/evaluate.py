@@ -13,8 +13,9 @@ import torch
 
 from mtl_train.data.schema import OOV_ID, Split
 from mtl_train.errors import ConfigError, NonFiniteScores
-from mtl_train.metrics import binary_metrics, group_auc, regression_metrics
+from mtl_train.metrics import binary_metrics, degenerate_scores, group_auc, regression_metrics
 from mtl_train.models.builder import MultiTaskModel
+from mtl_train.models.gates import GateRecorder, recording
 from mtl_train.models.graphs.base import EvalOutput
 from mtl_train.train.device import to_device
 
@@ -154,7 +155,7 @@ def check_monitor(schema, monitor: str) -> None:
 
 
 def evaluate(model: MultiTaskModel, table: Split, device: torch.device, batch_size: int, split: str,
-             group_index: int | None = None) -> dict:
+             group_index: int | None = None, gates: GateRecorder | None = None) -> dict:
     """Exact metrics of every evaluated output over the whole split ``table`` (a
     :class:`~mtl_train.data.schema.Split`, in memory or streamed), scored by
     :func:`score_chunks` (read ``batch_size`` rows at a time; the scores do not depend on it).
@@ -162,6 +163,14 @@ def evaluate(model: MultiTaskModel, table: Split, device: torch.device, batch_si
     ``group_index`` (see :func:`gauc_column`) adds GAUC to binary outputs, grouping rows by
     that categorical column's ids; rows whose id is null or out of vocabulary (ids 0 and 1:
     users unseen in training share id 1) are left out of GAUC only.
+
+    ``gates``: a :class:`~mtl_train.models.gates.GateRecorder` that receives the gate probabilities
+    of the backbone (MMoE, OMoE, CGC, PLE) on every real row of the split (no effect on the scores;
+    nothing is recorded for a backbone without gates).
+
+    An output whose scores are degenerate (:func:`~mtl_train.metrics.degenerate_scores`: constant,
+    or a binary AUC significantly below 0.5) gets ``"degenerate": "constant" | "below_chance"`` in
+    its metrics and a warning; other outputs' metrics have no such key.
 
     Returns {output name: metrics dict} (see :mod:`mtl_train.metrics`).
 
@@ -171,14 +180,11 @@ def evaluate(model: MultiTaskModel, table: Split, device: torch.device, batch_si
     scores: dict[str, list] = {}
     types: dict[str, str] = {}
     eval_only: set[str] = set()
-    for outputs, batch in score_chunks(model, table, device, batch_size):
-        for name, eo in outputs.items():
-            m = eo.mask
-            group = batch["sparse"][:, group_index][m].cpu() if group_index is not None else None
-            scores.setdefault(name, []).append((eo.score[m].float().cpu(), eo.label[m].float().cpu(), group))
-            types[name] = eo.type
-            if eo.eval_only:
-                eval_only.add(name)
+    with recording(model.backbone, gates):
+        for outputs, batch in score_chunks(model, table, device, batch_size):
+            if gates is not None:
+                gates.commit(_rows(batch))  # the chunk's real rows (the padding of the last one dropped)
+            _collect(outputs, batch, group_index, scores, types, eval_only)
     result, left_out = {}, []
     for name, parts in scores.items():
         score = torch.cat([p[0] for p in parts]).numpy()
@@ -196,12 +202,28 @@ def evaluate(model: MultiTaskModel, table: Split, device: torch.device, batch_si
                 result[name].update(group_auc(score[known], label[known], group[known]))
                 if not known.all():
                     left_out.append(f"{name} {int((~known).sum())}/{known.size}")
+        flag = degenerate_scores(score, label, types[name], result[name].get("auc"))
+        if flag is not None:
+            result[name]["degenerate"] = flag[0]
+            log.warning("%s %s: degenerate scores: %s", split, name, flag[1])
         if name in eval_only:  # scored against an evaluation-only column: never part of the monitor
             result[name]["eval_only"] = True
     if left_out:
         log.info("%s: GAUC leaves out the rows whose group id is null or unseen in training: %s", split,
                  ", ".join(left_out))
     return result
+
+
+def _collect(outputs: dict[str, EvalOutput], batch: dict[str, torch.Tensor], group_index: int | None,
+             scores: dict[str, list], types: dict[str, str], eval_only: set[str]) -> None:
+    """Add one chunk's valid (score, label, group) of every output to ``scores``."""
+    for name, eo in outputs.items():
+        m = eo.mask
+        group = batch["sparse"][:, group_index][m].cpu() if group_index is not None else None
+        scores.setdefault(name, []).append((eo.score[m].float().cpu(), eo.label[m].float().cpu(), group))
+        types[name] = eo.type
+        if eo.eval_only:
+            eval_only.add(name)
 
 
 def monitor_value(metrics: dict, monitor: str) -> float | None:
