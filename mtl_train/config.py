@@ -106,6 +106,11 @@ class TrainerConfig:
                                   path=True)
     nonfinite: str = param("stop", "a non-finite loss: stop (keep the last good checkpoint) or skip the batch (counted)",
                            choices=("stop", "skip"))
+    diagnostics_every_steps: Optional[int] = param(50, "every N steps: cosines and norms of the task gradients on "
+                                                       "the shared parameters (diag/grad_cos, diag/grad_norm); "
+                                                       "null: never (mtl_train/train/diagnostics.py)", positive=True)
+    gate_diagnostics: bool = param(True, "at each evaluation: the mean gate weights, entropy and unused experts of "
+                                         "MoE backbones (diag/gate, run.json; mtl_train/models/gates.py)")
     fused_kernels: bool = param(True, "hand-written expert passes, sparse lookup and row-sparse Adam; false: their "
                                       "plain-torch references (mtl_train/kernels)")
 

@@ -247,3 +247,55 @@ def regression_metrics(pred: np.ndarray, target: np.ndarray, name: str = "", spl
     sse = float(np.sum((pred - target) ** 2))
     sst = float(np.sum((target - target.mean()) ** 2))
     return {"mse": sse / rows, "r2": (1 - sse / sst) if sst > 0 else None, "rows": rows, **weighted}
+
+
+CONSTANT_STD = 1e-6
+"""Scores whose standard deviation is at most this (times max(1, |mean|)) are constant."""
+BELOW_CHANCE_Z = -3.09
+"""z below which an AUC is significantly below 0.5: one-sided p < 0.001 under the null AUC = 0.5."""
+MIN_CLASS_ROWS = 10
+"""The below-chance test needs at least this many positives and negatives (normal approximation)."""
+
+
+def degenerate_scores(score: np.ndarray, label: np.ndarray, kind: str = "binary",
+                      auc: float | None = None) -> tuple[str, str] | None:
+    """Whether a task's scores on a split are degenerate, and why.
+
+    - ``constant``: std(score) <= :data:`CONSTANT_STD` * max(1, |mean(score)|) (any task type);
+      the AUC of constant scores is exactly 0.5 (every pair tied), which hides a model that
+      outputs one value for every row;
+    - ``below_chance`` (binary tasks, P positives and N negatives both at least
+      :data:`MIN_CLASS_ROWS`): the AUC is significantly below 0.5, i.e. the scores rank the
+      positives systematically low. The test is Mann-Whitney's: under the null hypothesis that
+      scores do not depend on the label (AUC = 0.5), U / (P N) has mean 1/2 and standard error
+      SE_0 = sqrt((P + N + 1) / (12 P N)) (Mann and Whitney 1947; the Hanley-McNeil 1982 SE at
+      AUC = 0.5 without ties); with ties the true SE is smaller, so the test is conservative. The
+      flag is set when z = (AUC - 0.5) / SE_0 < :data:`BELOW_CHANCE_Z` (one-sided p < 0.001).
+      E.g. P = 100, N = 1,000: SE_0 = 0.030, flagged below AUC 0.406.
+
+    Args:
+        score: float [N] scores (probabilities or predictions). label: [N] labels (0/1 for
+            binary). kind: ``binary`` or ``regression``. auc: the exact AUC of ``score`` (binary).
+
+    Returns:
+        None, or (flag, one-line reason with the numbers).
+    """
+    score = np.asarray(score, dtype=np.float64)
+    n = score.size
+    if n == 0:
+        return None
+    mean, std = float(score.mean()), float(score.std())
+    if std <= CONSTANT_STD * max(1.0, abs(mean)):
+        return "constant", f"all {n} scores are {mean:.6g} (std {std:.2g}); the AUC of constant scores is 0.5"
+    if kind != "binary" or auc is None:
+        return None
+    pos = int(np.asarray(label).astype(bool).sum())
+    neg = n - pos
+    if min(pos, neg) < MIN_CLASS_ROWS:
+        return None
+    se = float(np.sqrt((pos + neg + 1) / (12.0 * pos * neg)))
+    z = (auc - 0.5) / se
+    if z < BELOW_CHANCE_Z:
+        return "below_chance", (f"AUC {auc:.4f} is {-z:.1f} standard errors below 0.5 (SE {se:.4f}, {pos} positives, "
+                                f"{neg} negatives): the scores rank positives systematically low")
+    return None

@@ -24,7 +24,9 @@ Files written (``--out PREFIX``, default ``<sweep dir>/report``): ``PREFIX.csv``
 table row: axes, n, failed, missing, ``<split>/<metric>/<task>`` mean and std), ``PREFIX_runs.csv``
 (one row per job), ``PREFIX.md`` (the table in Markdown) and ``PREFIX.png`` (per-task
 ``--plot-metric`` on ``--plot-split`` by the first axis, one marker per value of the other axes,
-error bars = std over seeds; matplotlib, a dependency of mtl-train, draws it).
+error bars = std over seeds; matplotlib, a dependency of mtl-train, draws it) and, where jobs have
+gates (MMoE, OMoE, CGC, PLE), ``PREFIX_gates.png``: per job and level, a heatmap of the mean gate
+weight of each task on each expert on ``--plot-split`` (run.json ``diagnostics.gates_final``).
 
 Errors (one line ``mtl-report: error: ...``, exit status 2): a missing sweep directory, a
 directory without jobs, an unreadable ``metrics.json``.
@@ -67,6 +69,7 @@ class Job:
     choices: dict[str, str] = field(default_factory=dict)  # config group -> option (.hydra/hydra.yaml)
     source: str = "."  # the sweep directory of a sweep job, the run directory of a single run (relative)
     single: bool = False  # a single run (Hydra mode RUN), not a job of a sweep
+    gates: dict = field(default_factory=dict)  # run.json diagnostics.gates_final: {split: [gate levels]}
 
     def value(self, key: str):
         """The value ``key`` had in this job, as a comparable string (JSON), or None when unknown:
@@ -190,7 +193,7 @@ def load_jobs(sweep_dir: str | os.PathLike, skipped: list[Path] | None = None) -
             text = (d / "error.txt").read_text().strip()
             error = text.splitlines()[0] if text else "failed"
         jobs.append(Job(str(d.relative_to(root)), d, overrides, metrics, error, config, choices,
-                        str(source.relative_to(root)), single))
+                        str(source.relative_to(root)), single, _final_gates(d)))
     if not jobs:
         raise ReportError(f"{root}: no job directories (with .hydra/config.yaml) in this sweep")
 
@@ -199,6 +202,17 @@ def load_jobs(sweep_dir: str | os.PathLike, skipped: list[Path] | None = None) -
         return (j.source, 0, int(head), j.name) if head.isdigit() else (j.source, 1, 0, j.name)
 
     return sorted(jobs, key=order)
+
+
+def _final_gates(run_dir: Path) -> dict:
+    """run.json's ``diagnostics.gates_final`` ({split: levels}, see mtl_train/models/gates.py), or {}
+    (no run.json yet, an older run, a backbone without gates, an unreadable file)."""
+    try:
+        info = json.loads((run_dir / "run.json").read_text())
+        gates = (info.get("diagnostics") or {}).get("gates_final") or {}
+        return gates if isinstance(gates, dict) else {}
+    except (OSError, ValueError, AttributeError):
+        return {}
 
 
 def sweep_axes(jobs: list[Job]) -> list[str]:
@@ -479,6 +493,63 @@ def write_plot(rep: Report, path: Path, split: str = "test", metric: str = "auc"
     return True
 
 
+MAX_GATE_JOBS = 24
+
+
+def write_gate_heatmaps(rep: Report, path: Path, split: str = "test") -> bool:
+    """The gate use of every job with gates (MMoE, OMoE, CGC, PLE): one heatmap per job and level,
+    rows = gates (tasks; ``shared`` for OMoE's gate and PLE's shared gates), columns = the level's
+    experts, colour = the mean gate weight over ``split`` with best.pt's weights (run.json
+    ``diagnostics.gates_final``; a gate that cannot select an expert: blank). Each title gives the
+    job, the level, the unused experts' share and a collapse. At most :data:`MAX_GATE_JOBS` jobs,
+    in the report's order. Returns False when no job has gate data.
+
+    Raises:
+        ImportError: matplotlib is not installed.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    jobs = [j for j in rep.jobs if j.gates.get(split)][:MAX_GATE_JOBS]
+    if not jobs:
+        return False
+    cols = max(len(j.gates[split]) for j in jobs)
+    widest = max(len(lv["experts"]) for j in jobs for lv in j.gates[split])
+    fig, axes = plt.subplots(len(jobs), cols, squeeze=False, layout="constrained",
+                             figsize=(max(4.0, 0.45 * widest + 2.0) * cols + 1.0, 0.6 + 2.3 * len(jobs)))
+    image = None
+    for r, job in enumerate(jobs):
+        for c in range(cols):
+            ax = axes[r][c]
+            if c >= len(job.gates[split]):
+                ax.axis("off")
+                continue
+            lv = job.gates[split][c]
+            w = np.array([[np.nan if v is None else v for v in row] for row in lv["weight"]], dtype=float)
+            image = ax.imshow(np.ma.masked_invalid(w), vmin=0.0, vmax=1.0, cmap="viridis", aspect="auto")
+            ax.set_xticks(range(len(lv["experts"])))
+            ax.set_xticklabels(lv["experts"], rotation=45, ha="right", fontsize=7)
+            ax.set_yticks(range(len(lv["gates"])))
+            ax.set_yticklabels(lv["gates"], fontsize=8)
+            if w.size <= 64:
+                for (i, k), v in np.ndenumerate(w):
+                    if not np.isnan(v):
+                        ax.text(k, i, f"{v:.2f}", ha="center", va="center", fontsize=6,
+                                color="black" if v > 0.5 else "white")
+            note = f"unused {lv['unused_share']:.0%}" + (f", collapsed on {lv['collapsed']}" if lv.get("collapsed") else "")
+            level = f" level {lv['level']}" if len(job.gates[split]) > 1 else ""
+            ax.set_title(f"{job.name}{level}: {note}", fontsize=8)
+    if image is not None:
+        fig.colorbar(image, ax=axes, shrink=0.8, label=f"mean gate weight ({split})")
+    fig.suptitle(f"{rep.sweep_dir.name}: gate weight per task and expert ({split}, best.pt)", fontsize=10)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point (``mtl-report``)."""
     p = argparse.ArgumentParser(prog="mtl-report",
@@ -522,6 +593,9 @@ def main(argv: list[str] | None = None) -> None:
             raise ImportError("matplotlib")
         if write_plot(rep, out.with_suffix(".png"), args.plot_split, args.plot_metric):
             written.append(out.with_suffix(".png"))
+        gates_png = out.with_name(out.name + "_gates.png")
+        if write_gate_heatmaps(rep, gates_png, args.plot_split):
+            written.append(gates_png)
     except ImportError:
         print('mtl-report: note: matplotlib is not installed, so no plot was drawn (pip install matplotlib)',
               file=sys.stderr)

@@ -231,3 +231,43 @@ def test_weighted_regression_metrics_hand_computed():
     assert m["mse_weighted"] == pytest.approx(2 / 4) and m["weight_sum"] == 4.0
     assert m["r2_weighted"] == pytest.approx(1 - 2 / 6.75)
     assert m["mse"] == pytest.approx(1 / 3)
+
+
+def test_degenerate_constant_scores():
+    from mtl_train.metrics import binary_metrics, degenerate_scores
+
+    label = np.array([0, 1] * 50)
+    score = np.full(100, 0.3)
+    m = binary_metrics(score, label)
+    assert m["auc"] == 0.5  # every pair tied
+    flag, why = degenerate_scores(score, label, "binary", m["auc"])
+    assert flag == "constant" and "all 100 scores are 0.3" in why
+    assert degenerate_scores(np.full(10, 1e8) + np.arange(10) * 1e-3, np.zeros(10), "regression")[0] == "constant"
+    assert degenerate_scores(np.arange(10.0), np.arange(10.0), "regression") is None
+
+
+def test_degenerate_reversed_scores_and_the_mann_whitney_threshold():
+    from mtl_train.metrics import BELOW_CHANCE_Z, binary_metrics, degenerate_scores
+
+    rng = np.random.default_rng(0)
+    label = (rng.random(2000) < 0.1).astype(float)
+    good = label + rng.normal(0, 1.0, 2000)
+    sig = lambda x: 1 / (1 + np.exp(-x))  # noqa: E731
+    m_good = binary_metrics(sig(good), label)
+    assert m_good["auc"] > 0.7 and degenerate_scores(sig(good), label, "binary", m_good["auc"]) is None
+    m_rev = binary_metrics(sig(-good), label)  # the same scores reversed: AUC 1 - AUC
+    assert m_rev["auc"] == pytest.approx(1 - m_good["auc"])
+    flag, why = degenerate_scores(sig(-good), label, "binary", m_rev["auc"])
+    assert flag == "below_chance" and "standard errors below 0.5" in why
+    # the threshold: P = 100, N = 1000 -> SE_0 = sqrt(1101 / (12 * 100 * 1000)) = 0.030290
+    label = np.array([1.0] * 100 + [0.0] * 1000)
+    se = np.sqrt(1101 / 1.2e6)
+    assert se == pytest.approx(0.030290, abs=1e-6)
+    score = np.linspace(0, 1, 1100)
+    just_below = 0.5 + BELOW_CHANCE_Z * se - 1e-4
+    assert degenerate_scores(score, label, "binary", just_below)[0] == "below_chance"
+    assert degenerate_scores(score, label, "binary", just_below + 2e-4) is None
+    assert degenerate_scores(score, label, "binary", 0.41) is None  # 0.41 > 0.4064
+    # too few positives for the test: never flagged
+    few = np.array([1.0] * 9 + [0.0] * 1000)
+    assert degenerate_scores(np.linspace(0, 1, 1009), few, "binary", 0.0) is None

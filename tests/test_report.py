@@ -109,3 +109,44 @@ def test_report_bad_directory_is_one_line(tmp_path, capsys):
     assert e.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("mtl-report: error:") and "nope" in err[0]
+
+
+def _gates(weights, experts, gates, level=0):
+    return {"level": level, "experts": experts, "gates": gates, "weight": weights, "unused_share": 0.25,
+            "collapsed": None}
+
+
+def test_gate_heatmaps_per_job_and_level(tmp_path, capsys):
+    from mtl_train import report
+
+    f = tmp_path / "sw"
+    _fake(f, "0_x", ["model=mmoe", "seed=0"], 0.70)
+    _fake(f, "1_x", ["model=ple", "seed=0"], 0.60)
+    _fake(f, "2_x", ["model=shared_bottom", "seed=0"], 0.65)  # no gates: no heatmap
+    mmoe = [_gates([[0.7, 0.1, 0.1, 0.1], [0.25, 0.25, 0.25, 0.25]], ["e0", "e1", "e2", "e3"], ["a", "b"])]
+    ple = [_gates([[0.5, None, 0.5], [None, 0.4, 0.6], [0.2, 0.3, 0.5]], ["a_e0", "b_e0", "shared_e0"],
+                  ["a", "b", "shared"]),
+           _gates([[0.9, None, 0.1], [None, 0.5, 0.5]], ["a_e0", "b_e0", "shared_e0"], ["a", "b"], level=1)]
+    for name, levels in (("0_x", mmoe), ("1_x", ple)):
+        (f / name / "run.json").write_text(json.dumps({"diagnostics": {"gates_final": {"test": levels, "val": levels}}}))
+    rep = report.build_report(f)
+    assert [j.gates.get("test") is not None for j in rep.jobs] == [True, True, False]
+    assert rep.jobs[1].gates["test"][1]["weight"][0] == [0.9, None, 0.1]
+    _report(f, tmp_path)
+    out = capsys.readouterr().out
+    png = tmp_path / "rep_gates.png"
+    assert str(png) in out and png.stat().st_size > 5000
+    from matplotlib.image import imread
+
+    h, w = imread(png).shape[:2]
+    assert h > w / 3  # two job rows, two level columns
+
+
+def test_no_gate_heatmap_without_gate_data(tmp_path):
+    from mtl_train import report
+
+    f = tmp_path / "sw"
+    _fake(f, "0_x", ["model=mmoe", "seed=0"], 0.70)
+    (f / "0_x" / "run.json").write_text("{not json")
+    rep = report.build_report(f)
+    assert rep.jobs[0].gates == {} and not report.write_gate_heatmaps(rep, tmp_path / "g.png")

@@ -48,10 +48,15 @@ class Balancer:
         applied: float [T] or None: the weights that multiplied the task losses in the last
             :meth:`backward` (what ``train/weight/<task>`` logs for that step), set by methods
             whose weights change during a step; see :meth:`step`.
+        provides_shared_gram: class attribute; True where :meth:`backward` computes each task's
+            gradient on ``model.shared_parameters()`` and leaves their Gram matrix in
+            ``shared_gram``: (K [m, m] float64, the m task indices) or None (no valid task).
+            The gradient-conflict diagnostics (mtl_train/train/diagnostics.py) reuse it.
     """
 
     needs_task_gradients: bool = False
     reduces_gradients: bool = False
+    provides_shared_gram: bool = False
 
     def __init__(self, loss_names: list[str], cfg, model=None):
         self.loss_names = list(loss_names)
@@ -59,6 +64,7 @@ class Balancer:
         self.cfg = cfg
         self.log_due = True
         self.applied: torch.Tensor | None = None
+        self.shared_gram = None
 
     def to(self, device: torch.device) -> "Balancer":
         return self
@@ -80,6 +86,7 @@ class Balancer:
         nothing; its entry is the weight it keeps.
         """
         self.applied = None
+        self.shared_gram = None
         before = self.weights()
         logs = self.backward(losses, counts, model, out)
         applied = self.applied if self.applied is not None else before

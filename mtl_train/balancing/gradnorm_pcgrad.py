@@ -68,6 +68,7 @@ class GradNormPCGrad(GradNorm):
     """
 
     needs_task_gradients = True
+    provides_shared_gram = True
 
     def __init__(self, loss_names, cfg, model=None):
         super().__init__(loss_names, cfg, model)
@@ -104,6 +105,7 @@ class GradNormPCGrad(GradNorm):
             ddp.mean_task_gradients(grads, shared)
             KW = ddp.reduce_gram(gram(grads, w_sel))  # gradients on the representation: their Gram matrices add up
         K = gram(grads, shared)
+        self.shared_gram = (K, idx)
         norms = self._norms(KW, idx)
         w = self.w.detach()
         self.applied = w.clone()  # the weights of this step (update_weights changes self.w in place)

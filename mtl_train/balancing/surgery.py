@@ -39,6 +39,7 @@ class SharedGradientSurgery(Balancer):
 
     needs_task_gradients = True
     reduces_gradients = True
+    provides_shared_gram = True
 
     def __init__(self, loss_names, cfg, model=None):
         super().__init__(loss_names, cfg, model)
@@ -69,6 +70,7 @@ class SharedGradientSurgery(Balancer):
         grads = task_gradients(losses, idx, params + self.extra_inputs(model, out))
         ddp.mean_task_gradients(grads, shared)  # under several ranks: those of the global batch
         K = gram(grads, shared)
+        self.shared_gram = (K, idx)
         a, b, logs = self.coefficients(K, idx, losses, grads, len(params), shared)
         for k, p in enumerate(params):
             set_grad(p, combine(grads, k, a if is_shared[k] else b))

@@ -179,7 +179,11 @@ class Gate(nn.Module):
         return torch.softmax(self.linear(x), dim=-1)
 
     def mix(self, x: torch.Tensor, experts: torch.Tensor) -> torch.Tensor:
-        g = self.forward(x)  # [B, E]
-        # sum_e g[b, e] * experts[e, b, :], elementwise on the [E, B, H] layout the experts
-        # produce (a [B, 1, E] x [B, E, H] bmm would run B tiny GEMMs on a transposed copy)
+        return self.combine(self.forward(x), experts)
+
+    @staticmethod
+    def combine(g: torch.Tensor, experts: torch.Tensor) -> torch.Tensor:
+        """sum_e g[b, e] * experts[e, b, :]: g [B, E] gate probabilities, experts [E, B, H] -> [B, H]."""
+        # elementwise on the [E, B, H] layout the experts produce (a [B, 1, E] x [B, E, H] bmm
+        # would run B tiny GEMMs on a transposed copy)
         return (g.t().unsqueeze(-1) * experts).sum(0)

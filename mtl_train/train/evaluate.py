@@ -13,8 +13,9 @@ import torch
 
 from mtl_train.data.schema import OOV_ID, Split
 from mtl_train.errors import ConfigError, NonFiniteScores
-from mtl_train.metrics import binary_metrics, group_auc, regression_metrics
+from mtl_train.metrics import binary_metrics, degenerate_scores, group_auc, regression_metrics
 from mtl_train.models.builder import MultiTaskModel
+from mtl_train.models.gates import GateRecorder, recording
 from mtl_train.models.graphs.base import EvalOutput
 from mtl_train.train.device import to_device
 
@@ -136,8 +137,26 @@ def check_gauc_by(cfg) -> None:
                               f"rows (e.g. trainer.gauc_by=user_id)")
 
 
+def check_monitor(schema, monitor: str) -> None:
+    """Raises ConfigError when ``trainer.monitor`` (``<metric>/mean`` or ``<metric>/<task>``) asks
+    for a metric that no task it names reports: auc, gauc and logloss exist for binary tasks only,
+    mse and r2 for regression tasks only. Such a monitor is None at every evaluation, so no
+    best.pt would be kept and early stopping would end the run after ``trainer.patience``
+    evaluations, without a word (e.g. the default ``auc/mean`` on ``dataset=mmoe_synthetic``)."""
+    metric, _, what = monitor.partition("/")
+    needs = "regression" if metric in ("mse", "r2") else "binary"
+    types = {t.name: t.type for t in schema.tasks}
+    named = list(types.values()) if what == "mean" else [types[what]] if what in types else None
+    if named is None or needs in named:  # an output that is not a task: monitor_value checks it
+        return
+    fix = "mse/mean trainer.monitor_mode=min" if needs == "binary" else "auc/mean trainer.monitor_mode=max"
+    whose = "no task of this dataset is one" if what == "mean" else f"task '{what}' is not one"
+    raise ConfigError(f"trainer.monitor: {metric} is reported for {needs} tasks only, and {whose}; "
+                      f"e.g. trainer.monitor={fix}")
+
+
 def evaluate(model: MultiTaskModel, table: Split, device: torch.device, batch_size: int, split: str,
-             group_index: int | None = None) -> dict:
+             group_index: int | None = None, gates: GateRecorder | None = None) -> dict:
     """Exact metrics of every evaluated output over the whole split ``table`` (a
     :class:`~mtl_train.data.schema.Split`, in memory or streamed), scored by
     :func:`score_chunks` (read ``batch_size`` rows at a time; the scores do not depend on it).
@@ -150,6 +169,14 @@ def evaluate(model: MultiTaskModel, table: Split, device: torch.device, batch_si
     the weighted metrics too (``auc_weighted``, ``logloss_weighted``; ``mse_weighted``,
     ``r2_weighted``), beside the unweighted ones.
 
+    ``gates``: a :class:`~mtl_train.models.gates.GateRecorder` that receives the gate probabilities
+    of the backbone (MMoE, OMoE, CGC, PLE) on every real row of the split (no effect on the scores;
+    nothing is recorded for a backbone without gates).
+
+    An output whose scores are degenerate (:func:`~mtl_train.metrics.degenerate_scores`: constant,
+    or a binary AUC significantly below 0.5) gets ``"degenerate": "constant" | "below_chance"`` in
+    its metrics and a warning; other outputs' metrics have no such key.
+
     Returns {output name: metrics dict} (see :mod:`mtl_train.metrics`).
 
     Raises:
@@ -158,15 +185,11 @@ def evaluate(model: MultiTaskModel, table: Split, device: torch.device, batch_si
     scores: dict[str, list] = {}
     types: dict[str, str] = {}
     eval_only: set[str] = set()
-    for outputs, batch in score_chunks(model, table, device, batch_size):
-        for name, eo in outputs.items():
-            m = eo.mask
-            group = batch["sparse"][:, group_index][m].cpu() if group_index is not None else None
-            weight = eo.weight[m].float().cpu() if eo.weight is not None else None
-            scores.setdefault(name, []).append((eo.score[m].float().cpu(), eo.label[m].float().cpu(), group, weight))
-            types[name] = eo.type
-            if eo.eval_only:
-                eval_only.add(name)
+    with recording(model.backbone, gates):
+        for outputs, batch in score_chunks(model, table, device, batch_size):
+            if gates is not None:
+                gates.commit(_rows(batch))  # the chunk's real rows (the padding of the last one dropped)
+            _collect(outputs, batch, group_index, scores, types, eval_only)
     result, left_out = {}, []
     for name, parts in scores.items():
         score = torch.cat([p[0] for p in parts]).numpy()
@@ -185,12 +208,29 @@ def evaluate(model: MultiTaskModel, table: Split, device: torch.device, batch_si
                 result[name].update(group_auc(score[known], label[known], group[known]))
                 if not known.all():
                     left_out.append(f"{name} {int((~known).sum())}/{known.size}")
+        flag = degenerate_scores(score, label, types[name], result[name].get("auc"))
+        if flag is not None:
+            result[name]["degenerate"] = flag[0]
+            log.warning("%s %s: degenerate scores: %s", split, name, flag[1])
         if name in eval_only:  # scored against an evaluation-only column: never part of the monitor
             result[name]["eval_only"] = True
     if left_out:
         log.info("%s: GAUC leaves out the rows whose group id is null or unseen in training: %s", split,
                  ", ".join(left_out))
     return result
+
+
+def _collect(outputs: dict[str, EvalOutput], batch: dict[str, torch.Tensor], group_index: int | None,
+             scores: dict[str, list], types: dict[str, str], eval_only: set[str]) -> None:
+    """Add one chunk's valid (score, label, group, weight) of every output to ``scores``."""
+    for name, eo in outputs.items():
+        m = eo.mask
+        group = batch["sparse"][:, group_index][m].cpu() if group_index is not None else None
+        weight = eo.weight[m].float().cpu() if eo.weight is not None else None
+        scores.setdefault(name, []).append((eo.score[m].float().cpu(), eo.label[m].float().cpu(), group, weight))
+        types[name] = eo.type
+        if eo.eval_only:
+            eval_only.add(name)
 
 
 def monitor_value(metrics: dict, monitor: str) -> float | None:

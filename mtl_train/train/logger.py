@@ -2,7 +2,9 @@
 
 TensorBoard tags: ``train/loss/<task>``, ``train/weight/<task>``, ``train/<balancer key>``,
 ``<split>/<metric>/<output>`` (e.g. ``val/auc/click``, the curves), ``train/samples_per_s``, and
-``hparams/<split>/<metric>/<output>`` (the final metrics of the HPARAMS row, one value at step 0).
+``hparams/<split>/<metric>/<output>`` (the final metrics of the HPARAMS row, one value at step 0),
+and the diagnostics ``diag/...`` (gate use at each evaluation, task-gradient conflict every
+``trainer.diagnostics_every_steps`` steps: see mtl_train/train/diagnostics.py).
 The HPARAMS row is written with TensorBoard's own hparams plugin protos
 (``tensorboard.plugins.hparams.summary_v2``): a SessionStartInfo with the flattened config at
 the start, a SessionEndInfo with the status at the end.
@@ -152,7 +154,8 @@ class RunLogger:
         says which weights were scored when they are not the current ones (e.g. best.pt)."""
         for name, m in metrics.items():
             for metric, v in m.items():
-                if metric in ("rows", "positives", "gauc_groups", "gauc_rows") or v is None or isinstance(v, bool):
+                if (metric in ("rows", "positives", "gauc_groups", "gauc_rows") or v is None or isinstance(v, bool)
+                        or not isinstance(v, (int, float))):  # flags: eval_only, degenerate
                     continue
                 self.writer.add_scalar(f"{split}/{metric}/{name}", v, step)
         text = ", ".join(
@@ -161,6 +164,11 @@ class RunLogger:
             for name, m in metrics.items()
         )
         log.info("%s @ step %d%s: %s", split, step, f" ({note})" if note else "", text)
+
+    def scalars(self, values: dict[str, float], step: int) -> None:
+        """Write each ``tag: value`` of ``values`` at ``step`` as given (the ``diag/...`` diagnostics)."""
+        for tag, v in values.items():
+            self.writer.add_scalar(tag, v, step)
 
     def flush(self) -> None:
         """Write pending events to disk (before a checkpoint, so a kill loses none of them)."""

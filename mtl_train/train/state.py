@@ -46,14 +46,23 @@ class Progress:
     done: bool = False  # training ended; a resume only tests again (unless it extends the run)
     nonfinite_skipped: int = 0  # batches skipped for a non-finite loss (trainer.nonfinite=skip)
     resumes: list[dict] = field(default_factory=list)  # {"step", "epoch"} at each resume
+    # the diagnostics run.json reports for the whole run (mtl_train/train/diagnostics.py):
+    # {"grad_conflict": GradConflict's counters, "gates": gate use at each evaluation, "degenerate": [...]}
+    diagnostics: dict = field(default_factory=dict)
+
+    OPTIONAL = ("diagnostics",)  # fields added after checkpoint format 1: a checkpoint without them loads
 
     def state_dict(self) -> dict:
         """{field: value} (a copy); in a checkpoint these are top-level keys."""
         return dataclasses.asdict(self)
 
     def load_state_dict(self, state: dict) -> None:
-        """Set every field from ``state`` (a checkpoint dict); KeyError when one is missing."""
+        """Set every field from ``state`` (a checkpoint dict); KeyError when one is missing (but
+        for :attr:`OPTIONAL` ones, which then keep their defaults)."""
         for f in dataclasses.fields(self):
+            if f.name in self.OPTIONAL and f.name not in state:
+                setattr(self, f.name, f.default_factory())
+                continue
             setattr(self, f.name, state[f.name])
 
 

@@ -23,7 +23,12 @@ Runs you can trust:
   run.json says how far it got and why (``error``);
 - TensorBoard gets a training point (mean losses, the weights each step applied, the
   balancer's logs) every ``trainer.log_every_steps`` steps, at every evaluation and at the
-  last step.
+  last step;
+- diagnostics (TensorBoard ``diag/...`` and run.json ``diagnostics``): the task-gradient
+  cosines and norms on the shared parameters every ``trainer.diagnostics_every_steps`` steps
+  (train/diagnostics.py; training unchanged), the gates' use at each evaluation
+  (models/gates.py, ``trainer.gate_diagnostics``), degenerate scores (flagged in metrics.json,
+  and said when best.pt is chosen on such an evaluation).
 """
 from __future__ import annotations
 
@@ -44,12 +49,14 @@ from mtl_train.data.schema import DatasetBundle
 from mtl_train.data.stream import train_loader
 from mtl_train.errors import ConfigError, DataError, NonFiniteScores, RunInterrupted, TrainingError
 from mtl_train.models.builder import build_model
+from mtl_train.models.gates import GateRecorder, gate_scalars, gate_statistics, gate_warnings
 from mtl_train.models.memory import check_memory
 from mtl_train.system import tune_malloc
 from mtl_train.train import checkpoint as ckpt
 from mtl_train.train import ddp
 from mtl_train.train.device import resolve_device, resolve_precision, to_device
-from mtl_train.train.evaluate import check_gauc_by, evaluate, gauc_column, monitor_value
+from mtl_train.train.diagnostics import GradConflict, shared_task_gram
+from mtl_train.train.evaluate import check_gauc_by, check_monitor, evaluate, gauc_column, monitor_value
 from mtl_train.train.logger import RunLogger
 from mtl_train.train.nonfinite import NonFiniteGuard
 from mtl_train.train.optim import build_optimizer, build_schedulers, sparse_embedding_default
@@ -137,6 +144,7 @@ class Trainer:
         self.sign = 1.0 if tcfg.monitor_mode == "max" else -1.0
         self.gauc_index = gauc_column(data.schema, tcfg.gauc_by)
         check_gauc_by(cfg)
+        check_monitor(data.schema, tcfg.monitor)
         self.autocast_dtype = resolve_precision(tcfg.precision, self.device)
         if self.autocast_dtype is not None and not any(True for _ in self.model.backbone.parameters()):
             log.warning("trainer.precision=%s changes nothing here: model.backbone=%s has no layers of its own, and "
@@ -152,6 +160,10 @@ class Trainer:
                               "supported under several ranks yet (train it in one process)")
         # under several ranks: DistributedDataParallel, or the model itself for a balancer that reduces its gradients
         self.train_model = ddp.wrap_model(self.model, self.balancer, self.device)
+        self.conflict = GradConflict(self.loss_names, tcfg.diagnostics_every_steps)
+        self.conflict.load_state_dict(self.progress.diagnostics.get("grad_conflict", {}))
+        self.gate_layout = self.model.backbone.gate_layout([t.name for t in data.schema.tasks])
+        self.gate_stats: dict[str, list] = {}  # split -> gate_statistics of its latest evaluation
         purge = self.progress.step + 1 if resume_state is not None else None
         self.logger = RunLogger(run_dir, cfg, self.loss_names, progress=tcfg.progress, purge_step=purge)
 
@@ -258,9 +270,18 @@ class Trainer:
             return None
         for o in self.optimizers:
             o.zero_grad(set_to_none=True)
+        step = self.progress.step + 1
         # the balancer computes its diagnostics (gradient cosines...) only on steps the logger writes
-        self.balancer.log_due = self._point_due(self.progress.step + 1)
+        self.balancer.log_due = self._point_due(step)
+        measure = self.conflict.due(step)
+        measured = None
+        if measure and not self.balancer.provides_shared_gram:  # before the balancer frees the graph
+            measured = shared_task_gram(losses, counts, self.model)
         logs, weights = self.balancer.step(losses, counts, self.model, out)
+        if measure:
+            measured = self.balancer.shared_gram if self.balancer.provides_shared_gram else measured
+            if measured is not None:
+                self.logger.scalars(self.conflict.record(*measured), step)
         for o in self.optimizers:
             o.step()
         for sch in self.schedulers:
@@ -291,10 +312,17 @@ class Trainer:
         self.excluded_seconds += time.perf_counter() - t0  # best.pt saves count in save()
         p.last_eval_step = p.step
         self.logger.eval_metrics("val", metrics, p.step)
+        if self.gate_stats.get("val"):
+            self.logger.scalars(gate_scalars(self.gate_stats["val"]), p.step)
+            p.diagnostics.setdefault("gates", []).append({"step": p.step, "split": "val", "levels": self.gate_stats["val"]})
         value = monitor_value(metrics, tcfg.monitor)
         improved = value is not None and (p.best is None or self.sign * (value - p.best) > tcfg.min_delta)
         if improved:
             p.best, p.best_step, p.bad_evals = value, p.step, 0
+            bad = self._degenerate_monitored(metrics)
+            if bad:
+                log.warning("step %d: best.pt is taken from an evaluation whose val scores are degenerate (%s); "
+                            "the monitor %s does not see it", p.step, ", ".join(bad), tcfg.monitor)
             self.save("best.pt")
         else:
             p.bad_evals += 1
@@ -304,16 +332,38 @@ class Trainer:
         return tcfg.patience is not None and p.bad_evals >= tcfg.patience
 
     def evaluate(self, split: str) -> dict:
-        """Metrics of the model on ``split`` (see :func:`~mtl_train.train.evaluate.evaluate`).
+        """Metrics of the model on ``split`` (see :func:`~mtl_train.train.evaluate.evaluate`);
+        with gates (MoE backbones, ``trainer.gate_diagnostics``) their use on the split in
+        ``self.gate_stats[split]`` (:func:`~mtl_train.models.gates.gate_statistics`), a warning per
+        collapse; degenerate outputs are counted in run.json's ``diagnostics.degenerate``.
 
         Raises:
             TrainingError: the model scored a row NaN or inf (naming the step, the split, the
                 output and the last good checkpoint)."""
         table = getattr(self.data, split)
+        rec = GateRecorder() if self.gate_layout and self.cfg.trainer.gate_diagnostics else None
         try:
-            return evaluate(self.model, table, self.device, self.cfg.trainer.eval_batch_size, split, self.gauc_index)
+            metrics = evaluate(self.model, table, self.device, self.cfg.trainer.eval_batch_size, split, self.gauc_index,
+                               gates=rec)
         except NonFiniteScores as e:  # a broken model: stopped as a non-finite loss stops it
             raise TrainingError(f"{e} at step {self.progress.step}; stopped, {self._last_good()}") from None
+        if rec is not None:
+            stats = gate_statistics(self.gate_layout, rec)
+            self.gate_stats[split] = stats
+            for line in gate_warnings(stats):
+                log.warning("%s @ step %d: %s", split, self.progress.step, line)
+        for name, m in metrics.items():
+            if m.get("degenerate"):
+                self.progress.diagnostics.setdefault("degenerate", []).append(
+                    {"step": self.progress.step, "split": split, "output": name, "flag": m["degenerate"]})
+        return metrics
+
+    def _degenerate_monitored(self, metrics: dict) -> list[str]:
+        """``<output>: <flag>`` for the degenerate outputs among those the monitor reads (every
+        output but ``eval_only`` ones for ``<metric>/mean``, else the named one)."""
+        what = self.cfg.trainer.monitor.partition("/")[2]
+        return [f"{name}: {m['degenerate']}" for name, m in metrics.items()
+                if m.get("degenerate") and (name == what or (what == "mean" and not m.get("eval_only")))]
 
     def _max_reached(self) -> bool:
         m = self.cfg.trainer.max_steps
@@ -327,6 +377,7 @@ class Trainer:
         if os.path.exists(best_path):
             self.model.load_state_dict(ckpt.load(best_path, self.device)["model"])
         results = {"val": self.evaluate("val"), "test": self.evaluate("test")}
+        self.final_gates = {split: self.gate_stats[split] for split in results if self.gate_stats.get(split)}
         self.logger.eval_metrics("test", results["test"], p.step, note=f"best.pt of step {p.best_step}")
         self.logger.final(results)
         with open(os.path.join(self.run_dir, "metrics.json"), "w") as f:
@@ -356,12 +407,23 @@ class Trainer:
             "data_report": self.data.info.get("report"),
             "nonfinite_skipped": p.nonfinite_skipped, "resumed_at": p.resumes,
             "funnel_violations": self.data.info.get("funnel_violations"),
+            "diagnostics": self._diagnostics(),
         }
         if error is not None:
             run_info["error"] = error
         os.makedirs(self.run_dir, exist_ok=True)
         with open(os.path.join(self.run_dir, "run.json"), "w") as f:
             json.dump(run_info, f, indent=2)
+
+    def _diagnostics(self) -> dict:
+        """run.json's ``diagnostics``: ``grad_conflict`` (:meth:`GradConflict.summary`, null when
+        off), ``gates`` (per evaluation on val: step and :func:`gate_statistics` levels; [] without
+        gates), ``gates_final`` ({split: levels} of the final evaluation with best.pt's weights),
+        ``degenerate`` ([{step, split, output, flag}] of every degenerate evaluation)."""
+        d = self.progress.diagnostics
+        return {"grad_conflict": self.conflict.summary() if self.conflict.every else None,
+                "gates": d.get("gates", []), "gates_final": getattr(self, "final_gates", {}),
+                "degenerate": d.get("degenerate", [])}
 
     # ---- checkpoint -------------------------------------------------------------------
     def save(self, name: str) -> None:
@@ -375,6 +437,7 @@ class Trainer:
             raise TrainingError(f"model parameters became non-finite by step {self.progress.step}; {name} not written, "
                                 f"{self._last_good()}")
         self.logger.flush()
+        self.progress.diagnostics["grad_conflict"] = self.conflict.state_dict()
         ckpt.save_atomic(self.state.state_dict(), os.path.join(self.ckpt_dir, name))
         if name == "last.pt":
             self.last_saved_step = self.progress.step

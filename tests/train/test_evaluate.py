@@ -165,3 +165,20 @@ def test_every_backbone_and_graph_scores_a_row_the_same_in_any_batch(model, grap
     perm = torch.randperm(len(data.test))[:50]
     for name, (score, _, _) in predict_table(m, data.test.subset(perm), cpu, 1).items():
         assert np.array_equal(score.view(np.int32), whole[name][0][perm.numpy()].view(np.int32)), name
+
+
+def test_a_monitor_metric_no_monitored_task_reports_is_refused():
+    from mtl_train.data.schema import FeatureSchema, Task
+    from mtl_train.train.evaluate import check_monitor
+
+    reg = FeatureSchema([], [], [Task("a", "a", "regression"), Task("b", "b", "regression")])
+    mixed = FeatureSchema([], [], [Task("click", "click"), Task("spend", "spend", "regression")])
+    for schema, monitor in ((reg, "mse/mean"), (reg, "r2/b"), (mixed, "auc/mean"), (mixed, "mse/mean"),
+                            (mixed, "auc/click"), (mixed, "auc/click_given_x")):  # not a task: monitor_value's
+        check_monitor(schema, monitor)
+    with pytest.raises(ConfigError, match=r"^trainer.monitor: auc is reported for binary tasks only, and no task of "
+                                          r"this dataset is one; e.g. trainer.monitor=mse/mean trainer.monitor_mode=min$"):
+        check_monitor(reg, "auc/mean")
+    with pytest.raises(ConfigError, match=r"^trainer.monitor: mse is reported for regression tasks only, and task 'click' "
+                                          r"is not one; e.g. trainer.monitor=auc/mean trainer.monitor_mode=max$"):
+        check_monitor(mixed, "mse/click")

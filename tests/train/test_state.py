@@ -28,7 +28,7 @@ def test_a_checkpoint_holds_the_declared_parts_and_progress_fields(tmp_path):
     state = make_trainer(tmp_path).state.state_dict()
     assert list(state) == ["format", "model", "optimizers", "schedulers", "balancer", "data", "rng",
                            "step", "epoch", "best", "best_step", "bad_evals", "last_eval_step", "done",
-                           "nonfinite_skipped", "resumes", "config", "schema"]
+                           "nonfinite_skipped", "resumes", "diagnostics", "config", "schema"]
     assert state["format"] == 1 and state["step"] == 0 and state["resumes"] == []
     assert state["data"] == {"epoch": 0, "batch": 0, "kind": "memory"}
 
@@ -47,6 +47,10 @@ def test_restore_is_exact_and_needs_every_entry(tmp_path):
     for key in ("last_eval_step", "schedulers", "resumes"):  # no defaults: every entry is written
         with pytest.raises(KeyError):
             b.state.load_state_dict({k: v for k, v in saved.items() if k != key})
+    # but a checkpoint written before the diagnostics existed loads, with none counted yet
+    b.progress.diagnostics = {"degenerate": [1]}
+    b.state.load_state_dict({k: v for k, v in saved.items() if k != "diagnostics"})
+    assert b.progress.diagnostics == {}
 
 
 def test_a_checkpoint_of_other_features_is_refused(tmp_path):

@@ -57,9 +57,20 @@ class Backbone(nn.Module):
     separate_inputs = False
     shared_output = True
     out_dims: list[int]
+    # a mtl_train.models.gates.GateRecorder while gate use is recorded (evaluation), else None:
+    # the forward hands it each gate's probabilities (see gate_layout)
+    gate_recorder = None
 
     def forward(self, x: torch.Tensor | list[torch.Tensor]) -> BackboneOutput:  # pragma: no cover - interface
         raise NotImplementedError
+
+    def gate_layout(self, task_names: list[str] | None = None) -> list:
+        """The gates of the backbone, level by level (a list of
+        :class:`~mtl_train.models.gates.GateLevel`; gates named after ``task_names``, default
+        ``task0``, ``task1``, ...): [] for a backbone without gates. A backbone that has gates hands
+        their probabilities to ``self.gate_recorder.add(level, gate, probs)`` in its forward when
+        ``gate_recorder`` is not None, in this order."""
+        return []
 
     def last_shared_layer(self) -> list[nn.Parameter]:
         """The weight(s) W of the last layer shared by all tasks (GradNorm's W); [] if none."""

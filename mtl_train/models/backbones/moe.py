@@ -9,6 +9,7 @@ import torch.nn as nn
 
 from mtl_train.errors import ConfigError
 from mtl_train.models.backbones.base import Backbone, BackboneOutput, ModelConfig
+from mtl_train.models.gates import GateLevel, GateSpec
 from mtl_train.models.layers import BatchedExperts, Gate, check_dims, gate_probabilities, mix_experts
 from mtl_train.registry import param, register
 
@@ -59,10 +60,21 @@ class MMoE(Backbone):
 
     def forward(self, x: torch.Tensor) -> BackboneOutput:
         ex = self.experts(x)  # [E, B, H]
-        reps = mix_experts(gate_probabilities(self.gates, x), ex)  # T x [B, H]
+        g = gate_probabilities(self.gates, x)  # [B, G, E]
+        if self.gate_recorder is not None:  # evaluation with gate diagnostics (mtl_train.models.gates)
+            self.gate_recorder.add(0, 0, g)
+        reps = mix_experts(g, ex)  # T x [B, H]
         if len(reps) == 1:
             reps = reps * self.num_tasks
         return BackboneOutput(reps, ex)
+
+    def gate_layout(self, task_names: list[str] | None = None) -> list[GateLevel]:
+        """One level: experts ``e0``, ``e1``, ...; one gate per task over all of them (OMoE: one
+        gate, named ``shared``)."""
+        names = list(task_names) if task_names is not None else [f"task{k}" for k in range(self.num_tasks)]
+        experts = list(range(self.experts.num_experts))
+        gates = names if len(self.gates) == self.num_tasks else ["shared"]
+        return [GateLevel([f"e{e}" for e in experts], [GateSpec(n, experts) for n in gates])]
 
     def last_shared_layer(self) -> list[nn.Parameter]:
         return [self.experts.weights[-1]]
@@ -133,18 +145,48 @@ class PLE(Backbone):
                     te = self.task_experts[level](xin)
             shared_out = self.shared_experts[level](shared_in) if self.ms else None
             outs = []
+            rec = self.gate_recorder  # evaluation with gate diagnostics (mtl_train.models.gates)
             for k in range(self.num_tasks):
                 parts = []
                 if self.mt:
                     parts.append(te[k * self.mt:(k + 1) * self.mt])
                 if self.ms:
                     parts.append(shared_out)
-                outs.append(self.task_gates[level][k].mix(task_in[k], torch.cat(parts) if len(parts) > 1 else parts[0]))
+                ex = torch.cat(parts) if len(parts) > 1 else parts[0]
+                gate = self.task_gates[level][k]
+                if rec is None:
+                    outs.append(gate.mix(task_in[k], ex))
+                else:
+                    g = gate(task_in[k])
+                    rec.add(level, k, g)
+                    outs.append(gate.combine(g, ex))
             if level < self.num_levels - 1:
                 parts = ([te] if self.mt else []) + ([shared_out] if self.ms else [])
-                shared_in = self.shared_gates[level].mix(shared_in, torch.cat(parts) if len(parts) > 1 else parts[0])
+                ex = torch.cat(parts) if len(parts) > 1 else parts[0]
+                gate = self.shared_gates[level]
+                if rec is None:
+                    shared_in = gate.mix(shared_in, ex)
+                else:
+                    g = gate(shared_in)
+                    rec.add(level, self.num_tasks, g)
+                    shared_in = gate.combine(g, ex)
             task_in = outs
         return BackboneOutput(task_in, shared_out)
+
+    def gate_layout(self, task_names: list[str] | None = None) -> list[GateLevel]:
+        """One level per extraction level. Experts, in the order the gates mix them: each task's
+        ``<task>_e<j>`` (j < num_task_experts), then ``shared_e<j>``. Gates: one per task over its
+        own experts and the shared ones, then (every level but the last) ``shared``, over all."""
+        names = list(task_names) if task_names is not None else [f"task{k}" for k in range(self.num_tasks)]
+        experts = [f"{t}_e{j}" for t in names for j in range(self.mt)] + [f"shared_e{j}" for j in range(self.ms)]
+        own_shared = list(range(self.num_tasks * self.mt, self.num_tasks * self.mt + self.ms))
+        levels = []
+        for level in range(self.num_levels):
+            gates = [GateSpec(t, list(range(k * self.mt, (k + 1) * self.mt)) + own_shared) for k, t in enumerate(names)]
+            if level < self.num_levels - 1:
+                gates.append(GateSpec("shared", list(range(len(experts))), task=False))
+            levels.append(GateLevel(list(experts), gates))
+        return levels
 
     def last_shared_layer(self) -> list[nn.Parameter]:
         if not self.ms:
