@@ -35,8 +35,13 @@ alternate and the median of their ratios is reported.
 (scripts/bench_balancers.py: time per training step of every ``loss=`` method on the bench
 MMoE, as a ratio to ``loss=equal`` measured in the same run; ARGS are its options).
 
+``python scripts/bench.py diagnostics [ARGS]`` measures the cost of the gradient-conflict
+diagnostics (scripts/bench_diagnostics.py: a measured step over a plain one on the bench MMoE, and
+the overhead that gives at ``trainer.diagnostics_every_steps`` = N).
+
 Usage: python scripts/bench.py [--workdir DIR] [--repeat N] [--stream] [--bf16] [--big-rows N --big-steps S]
        python scripts/bench.py balancers [--methods ...] [--rounds N] [--clock cpu] [--threads 1]
+       python scripts/bench.py diagnostics [--methods equal,gradnorm,pcgrad] [--rounds 20] [--every 10,50,100]
 """
 from __future__ import annotations
 
@@ -232,10 +237,11 @@ def report_round(r: int, res: dict) -> None:
 
 
 if __name__ == "__main__":
-    if sys.argv[1:2] == ["balancers"]:
+    if sys.argv[1:2] in (["balancers"], ["diagnostics"]):
         import runpy
 
-        sys.argv = [os.path.join(os.path.dirname(os.path.abspath(__file__)), "bench_balancers.py"), *sys.argv[2:]]
+        script = {"balancers": "bench_balancers.py", "diagnostics": "bench_diagnostics.py"}[sys.argv[1]]
+        sys.argv = [os.path.join(os.path.dirname(os.path.abspath(__file__)), script), *sys.argv[2:]]
         runpy.run_path(sys.argv[0], run_name="__main__")
     else:
         main()
