@@ -354,7 +354,8 @@ def _print_results(results: dict) -> None:
     for split, per in results.items():
         for name, m in per.items():
             shown = " ".join(f"{k}={v:.4f}" for k, v in m.items() if k in METRICS and v is not None)
-            print(f"{split:5s} {name:{width}s} {shown}")
+            flag = f"  (degenerate: {m['degenerate']})" if m.get("degenerate") else ""
+            print(f"{split:5s} {name:{width}s} {shown}{flag}")
 
 
 _FAILED_JOBS: list[str] = []

@@ -43,10 +43,15 @@ gloo ranks, as a ratio to ``loss=equal`` under 2 ranks in the same run).
 (scripts/bench_serve.py: p50/p99 per call at batch 1, 64 and 512 of the bench MMoE in eager
 PyTorch, the torch.export program and ONNX Runtime, encoded inputs and raw rows).
 
+``python scripts/bench.py diagnostics [ARGS]`` measures the cost of the gradient-conflict
+diagnostics (scripts/bench_diagnostics.py: a measured step over a plain one on the bench MMoE, and
+the overhead that gives at ``trainer.diagnostics_every_steps`` = N).
+
 Usage: python scripts/bench.py [--workdir DIR] [--repeat N] [--stream] [--bf16] [--big-rows N --big-steps S]
        python scripts/bench.py balancers [--methods ...] [--rounds N] [--clock cpu] [--threads 1]
        python scripts/bench.py ddp-balancers [--methods equal,gradnorm,pcgrad] [--rounds N] [--threads 1]
        python scripts/bench.py serve [--workdir DIR] [--threads 1] [--rounds N] [--json OUT]
+       python scripts/bench.py diagnostics [--methods equal,gradnorm,pcgrad] [--rounds 20] [--every 10,50,100]
 """
 from __future__ import annotations
 
@@ -244,7 +249,8 @@ def report_round(r: int, res: dict) -> None:
 
 
 if __name__ == "__main__":
-    modes = {"balancers": "bench_balancers.py", "ddp-balancers": "bench_ddp_balancers.py", "serve": "bench_serve.py"}
+    modes = {"balancers": "bench_balancers.py", "ddp-balancers": "bench_ddp_balancers.py", "serve": "bench_serve.py",
+             "diagnostics": "bench_diagnostics.py"}
     if sys.argv[1:2] and sys.argv[1] in modes:
         import runpy
 

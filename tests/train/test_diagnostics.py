@@ -138,3 +138,43 @@ def test_measuring_every_step_leaves_training_unchanged(tmp_path, loss, monkeypa
     # the gates of the MMoE at the evaluation (end of the epoch) and of the final evaluation
     assert [g["step"] for g in info["gates"]] == [10] and set(info["gates_final"]) == {"val", "test"}
     assert len(ea.Scalars("diag/gate/click/e0")) == 1
+
+
+def test_best_pt_on_a_degenerate_evaluation_is_said(tmp_path, caplog, monkeypatch):
+    import logging
+
+    from mtl_train.data.datasets import load_dataset
+    from mtl_train.train.trainer import Trainer
+
+    cfg = make_cfg(*TINY, "dataset.train_rows=640")
+    tr = Trainer(cfg, load_dataset(cfg.dataset, cfg.seed), str(tmp_path))
+    metrics = {"click": {"auc": 0.7}, "purchase": {"auc": 0.3, "degenerate": "below_chance"},
+               "purchase_given_click": {"auc": 0.5, "degenerate": "constant", "eval_only": True}}
+    monkeypatch.setattr(tr, "evaluate", lambda split: metrics)
+    with caplog.at_level(logging.WARNING):
+        tr.validate()
+    assert tr.progress.best_step == 0 and (tmp_path / "checkpoints" / "best.pt").exists()
+    said = [r.getMessage() for r in caplog.records if "best.pt" in r.getMessage()]
+    assert len(said) == 1 and "purchase: below_chance" in said[0] and "purchase_given_click" not in said[0]
+    assert tr._degenerate_monitored(metrics) == ["purchase: below_chance"]
+    tr.cfg.trainer.monitor = "auc/click"
+    assert tr._degenerate_monitored(metrics) == []
+    tr.logger.close()
+
+
+def test_degenerate_evaluations_are_flagged_in_metrics_and_listed_in_run_json(tmp_path):
+    from mtl_train.train import trainer as tr
+
+    # lr 0: the untrained model; zero weights make every score constant (sigmoid of the tower bias)
+    cfg = make_cfg(*TINY, "dataset.train_rows=640", "trainer.lr=1e-12", "trainer.diagnostics_every_steps=null")
+    data = tr.load_dataset(cfg.dataset, cfg.seed)
+    t = tr.Trainer(cfg, data, str(tmp_path))
+    with torch.no_grad():
+        for name, p in t.model.graph.named_parameters():
+            if "weight" in name:
+                p.zero_()
+    t.fit()
+    m = json.loads((tmp_path / "metrics.json").read_text())
+    assert m["val"]["click"]["degenerate"] == "constant" and m["val"]["click"]["auc"] == 0.5
+    info = json.loads((tmp_path / "run.json").read_text())["diagnostics"]
+    assert {"step": 10, "split": "test", "output": "click", "flag": "constant"} in info["degenerate"]

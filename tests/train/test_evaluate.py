@@ -182,3 +182,26 @@ def test_a_monitor_metric_no_monitored_task_reports_is_refused():
     with pytest.raises(ConfigError, match=r"^trainer.monitor: mse is reported for regression tasks only, and task 'click' "
                                           r"is not one; e.g. trainer.monitor=auc/mean trainer.monitor_mode=max$"):
         check_monitor(mixed, "mse/click")
+
+
+@pytest.mark.parametrize("model", ["mmoe", "ple"])
+def test_recording_gates_changes_no_metric_and_counts_every_real_row_once(model):
+    from mtl_train.data.datasets import load_dataset
+    from mtl_train.models.builder import build_model
+    from mtl_train.models.gates import GateRecorder, gate_statistics
+
+    cfg = make_cfg(*DATA, f"model={model}", "dataset.train_rows=50", "dataset.val_rows=50")
+    data = load_dataset(cfg.dataset, cfg.seed)
+    torch.manual_seed(1)
+    m = build_model(data.schema, cfg.model, cfg.graph)
+    cpu = torch.device("cpu")
+    plain = ev.evaluate(m, data.test, cpu, 7, "test")
+    rec = GateRecorder()
+    recorded = ev.evaluate(m, data.test, cpu, 7, "test", gates=rec)
+    assert json.dumps(recorded) == json.dumps(plain)
+    assert m.backbone.gate_recorder is None
+    assert set(rec.rows.values()) == {len(data.test)}  # every gate saw each real row once, no padding
+    stats = gate_statistics(m.backbone.gate_layout(data.schema.task_names), rec)
+    for lv in stats:
+        for row in lv["weight"]:
+            assert sum(w for w in row if w is not None) == pytest.approx(1.0)
