@@ -399,12 +399,13 @@ def distributed_overrides(args: list[str], composed: DictConfig) -> list[str]:
     device = resolve_device(_last_value(over, "trainer.device") or trainer.device)
     backend = _last_value(over, "trainer.dist_backend") or trainer.get("dist_backend")
     backend = None if backend in (None, "null") else backend
-    timeout = _last_value(over, "trainer.dist_timeout_s") or trainer.get("dist_timeout_s")
+    given = _last_value(over, "trainer.dist_timeout_s") or trainer.get("dist_timeout_s")
     try:
-        timeout = float(timeout)
-        assert timeout > 0
-    except (TypeError, ValueError, AssertionError):
-        raise ConfigError(f"trainer.dist_timeout_s: must be a positive number of seconds, got {timeout!r}") from None
+        timeout = float(given)
+    except (TypeError, ValueError):
+        timeout = -1.0
+    if not timeout > 0:
+        raise ConfigError(f"trainer.dist_timeout_s: must be a positive number of seconds, got {given!r}")
     distributed.init(env, device, backend, timeout)
     run_dir = distributed.broadcast_object(_run_dir_of(args, composed) if env.rank == 0 else None)
     if run_dir is None:

@@ -41,7 +41,7 @@ from mtl_train.errors import ConfigError, MtlError
 log = logging.getLogger(__name__)
 
 BACKENDS = ("gloo", "nccl")
-HEARTBEAT_S = 2.0  # seconds between heartbeats; a rank silent for 3 of them counts as dead
+HEARTBEAT_S = 1.0  # seconds between heartbeats; a rank silent for 2 of them counts as dead
 
 
 class DistributedError(MtlError):
@@ -263,27 +263,36 @@ def _heartbeat() -> None:
         return
 
 
+def _beats(store) -> dict[int, tuple[float, int]]:
+    """{rank: (time of its last heartbeat, its step)}; (-inf, -1) for a rank that never beat."""
+    out = {}
+    for r in range(_ENV.world_size):
+        try:
+            t, step = store.get(f"mtl/hb/{r}").decode().split()
+            out[r] = (float(t), int(step))
+        except Exception:  # noqa: BLE001 - no heartbeat from that rank
+            out[r] = (float("-inf"), -1)
+    return out
+
+
 def failure_message(err: BaseException) -> str:
-    """One line for a failed collective: which rank is dead (its heartbeat stopped) or behind (it
-    has not reached this rank's step), else the backend's own first line."""
+    """One line for a failed collective: which rank is dead (its heartbeat stopped: watched for
+    two heartbeat intervals) or behind (alive, but it has not reached this rank's step), else the
+    backend's own first line."""
     cause = _first_line(err)
     try:
         store = _store()
-        now, beats = time.time(), {}
-        for r in range(_ENV.world_size):
-            try:
-                t, step = store.get(f"mtl/hb/{r}").decode().split()
-                beats[r] = (now - float(t), int(step))
-            except Exception:  # noqa: BLE001 - no heartbeat from that rank
-                beats[r] = (float("inf"), -1)
+        first = _beats(store)
+        time.sleep(2 * HEARTBEAT_S)
+        second = _beats(store)
     except Exception:  # noqa: BLE001 - the store itself is gone: it lives in rank 0 under srun
         return (f"rank {_ENV.rank}: lost the job's store at {_ENV.master_addr}:{_ENV.master_port} "
                 f"(rank 0 or the launcher died?) at step {_STEP}: {cause}")
-    dead = [r for r, (age, _) in beats.items() if age > 3 * HEARTBEAT_S and r != _ENV.rank]
+    dead = [r for r in range(_ENV.world_size) if r != _ENV.rank and second[r][0] == first[r][0]]
     if dead:
-        return (f"rank {_ENV.rank}: rank {', '.join(map(str, dead))} stopped answering (no heartbeat for "
-                f"{min(beats[r][0] for r in dead):.0f} s: dead) at step {_STEP}; the job ends")
-    behind = [r for r, (_, step) in beats.items() if step < _STEP]
+        return (f"rank {_ENV.rank}: rank {', '.join(map(str, dead))} stopped answering (no heartbeat: dead) at "
+                f"step {_STEP}; the job ends ({cause})")
+    behind = [r for r, (_, step) in second.items() if step < _STEP]
     if behind:
         return (f"rank {_ENV.rank}: rank {', '.join(map(str, behind))} did not reach step {_STEP} within "
                 f"trainer.dist_timeout_s={_TIMEOUT_S:g} (hung?); the job ends")

@@ -176,6 +176,7 @@ class Trainer:
         self.nonfinite = NonFiniteGuard(tcfg.nonfinite, self.loss_names, self.progress, self._last_good,
                                         agree=_first_reason)
         self.agreed_signal: int | None = None  # several ranks: the stop signal every rank acts on
+        self._rows = self.step_rows = 0  # rows of the current step: this rank's, all ranks' (several ranks)
         self.state = TrainState(model=self.model, optimizers=Each(self.optimizers), schedulers=Each(self.schedulers),
                                 balancer=self.balancer, data=DataPosition(self.loader), rng=RNG(),
                                 progress=self.progress, config=cfg, schema=data.schema)
@@ -266,7 +267,7 @@ class Trainer:
             if result is not None:
                 losses, weights, logs = result
                 p.step += 1
-                n = batch["labels"].shape[0] * self.world_size  # rows of the step over all ranks
+                n = batch["labels"].shape[0] if self.world_size == 1 else self.step_rows  # over all ranks
                 self.samples += n
                 distributed.set_step(p.step)
                 self.logger.train_step(p.step, n, losses, weights, logs, bar, write=self._point_due(p.step))
@@ -302,6 +303,7 @@ class Trainer:
         with self.autocast():
             out = self.model(batch)
         losses, counts = self.model.graph.losses(out, batch["labels"])
+        self._rows = batch["labels"].shape[0]
         if self.nonfinite.skip(self._agree(losses), self.model, out, batch):
             return None
         for o in self.optimizers:
@@ -323,15 +325,17 @@ class Trainer:
         every rank takes the same decisions at the same step: a non-finite loss on any rank is
         seen by all (the returned [T] is the ranks' sum, non-finite where any rank's is), and
         a SIGINT/SIGTERM caught by any rank stops all of them after this step
-        (:attr:`agreed_signal`). One process: ``losses`` unchanged."""
+        (:attr:`agreed_signal`); the step's rows over all ranks go along (:attr:`step_rows`). One
+        process: ``losses`` unchanged."""
         if self.world_size == 1:
             return losses
         sig = float(self.signals.received or 0)
-        both = distributed.all_reduce(torch.cat([losses.detach().float().reshape(-1), torch.tensor([sig],
-                                                                                                      device=losses.device)]))
-        if self.agreed_signal is None and both[-1] > 0:
+        extra = torch.tensor([sig, float(self._rows)], device=losses.device)
+        both = distributed.all_reduce(torch.cat([losses.detach().float().reshape(-1), extra]))
+        self.step_rows = int(both[-1].item())
+        if self.agreed_signal is None and both[-2] > 0:
             self.agreed_signal = int(distributed.all_reduce(torch.tensor([sig]), "max").item())
-        return both[:-1]
+        return both[:-2]
 
     def _point_due(self, step: int) -> bool:
         """Whether the logger writes a training point (losses, weights, the balancer's logs) at
