@@ -7,7 +7,7 @@ Launchers (PyTorch's own engine, ``torch.distributed``; nothing home-made):
   --rdzv-endpoint=HOST:PORT``): torchrun sets ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``,
   ``MASTER_ADDR``, ``MASTER_PORT``;
 - Slurm, ``srun --ntasks=N python -m mtl_train ...``: ``SLURM_PROCID``, ``SLURM_STEP_NUM_TASKS``
-  (``SLURM_NTASKS``), ``SLURM_LOCALID``; ``MASTER_ADDR`` defaults to the first host of the
+  (set by srun, not in the sbatch script itself), ``SLURM_LOCALID``; ``MASTER_ADDR`` defaults to the first host of the
   step's node list and ``MASTER_PORT`` to 29500 + the job id modulo 1000 (set either to choose).
 
 Without these variables (or with a world size of 1) :func:`detect` returns None and nothing in
@@ -87,9 +87,9 @@ def detect(environ=None) -> DistEnv | None:
         rank, world = _int(env, "RANK"), _int(env, "WORLD_SIZE")
         local = _int(env, "LOCAL_RANK") if "LOCAL_RANK" in env else rank
         addr, port, launcher = env.get("MASTER_ADDR", "127.0.0.1"), env.get("MASTER_PORT", "29500"), "torchrun"
-    elif "SLURM_PROCID" in env and ("SLURM_STEP_NUM_TASKS" in env or "SLURM_STEP_ID" in env):  # a task of srun
+    elif "SLURM_PROCID" in env and "SLURM_STEP_NUM_TASKS" in env:  # a task of srun (not the sbatch script itself)
         rank = _int(env, "SLURM_PROCID")
-        world = _int(env, "SLURM_STEP_NUM_TASKS" if "SLURM_STEP_NUM_TASKS" in env else "SLURM_NTASKS")
+        world = _int(env, "SLURM_STEP_NUM_TASKS")
         local = _int(env, "SLURM_LOCALID") if "SLURM_LOCALID" in env else 0
         nodes = env.get("SLURM_STEP_NODELIST") or env.get("SLURM_JOB_NODELIST") or "127.0.0.1"
         addr = env.get("MASTER_ADDR") or first_host(nodes)

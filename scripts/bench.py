@@ -34,9 +34,13 @@ alternate and the median of their ratios is reported.
 ``python scripts/bench.py balancers [ARGS]`` runs the loss-balancing benchmark instead
 (scripts/bench_balancers.py: time per training step of every ``loss=`` method on the bench
 MMoE, as a ratio to ``loss=equal`` measured in the same run; ARGS are its options).
+``python scripts/bench.py ddp [ARGS]`` runs the several-ranks benchmark instead
+(scripts/bench_ddp.py: 2 ranks x 1 thread under torchrun against 1 process x 1 thread and
+1 process x 2 threads, samples/s ratios and the share of the 2-rank loop in communication).
 
 Usage: python scripts/bench.py [--workdir DIR] [--repeat N] [--stream] [--bf16] [--big-rows N --big-steps S]
        python scripts/bench.py balancers [--methods ...] [--rounds N] [--clock cpu] [--threads 1]
+       python scripts/bench.py ddp [--rounds N] [--steps S] [--losses equal,gradnorm,pcgrad]
 """
 from __future__ import annotations
 
@@ -115,7 +119,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0].replace("\n", " "),
         epilog="'python scripts/bench.py balancers [ARGS]' runs the loss-balancing benchmark instead "
-               "(scripts/bench_balancers.py; 'balancers --help' lists its options).")
+               "(scripts/bench_balancers.py; 'balancers --help' lists its options); 'python scripts/bench.py ddp "
+               "[ARGS]' the several-ranks one (scripts/bench_ddp.py).")
     ap.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "mtl-bench"),
                     help="where the workload, the prepare cache and the runs go (default: %(default)s)")
     ap.add_argument("--repeat", type=int, default=1, help="rounds to run (default: %(default)s)")
@@ -232,10 +237,11 @@ def report_round(r: int, res: dict) -> None:
 
 
 if __name__ == "__main__":
-    if sys.argv[1:2] == ["balancers"]:
+    if sys.argv[1:2] in (["balancers"], ["ddp"]):
         import runpy
 
-        sys.argv = [os.path.join(os.path.dirname(os.path.abspath(__file__)), "bench_balancers.py"), *sys.argv[2:]]
+        script = {"balancers": "bench_balancers.py", "ddp": "bench_ddp.py"}[sys.argv[1]]
+        sys.argv = [os.path.join(os.path.dirname(os.path.abspath(__file__)), script), *sys.argv[2:]]
         runpy.run_path(sys.argv[0], run_name="__main__")
     else:
         main()

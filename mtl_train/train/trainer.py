@@ -22,7 +22,10 @@ Runs you can trust:
   run.json says how far it got and why (``error``);
 - TensorBoard gets a training point (mean losses, the weights each step applied, the
   balancer's logs) every ``trainer.log_every_steps`` steps, at every evaluation and at the
-  last step.
+  last step;
+- on several ranks (torchrun, srun: :mod:`mtl_train.distributed`) every rank runs this loop on
+  its slice of each global batch; rank 0 alone writes files, evaluation is sharded and exact,
+  and every decision (stop, skip, save, a signal) is taken at the same step on every rank.
 """
 from __future__ import annotations
 
@@ -177,6 +180,7 @@ class Trainer:
                                         agree=_first_reason)
         self.agreed_signal: int | None = None  # several ranks: the stop signal every rank acts on
         self._rows = self.step_rows = 0  # rows of the current step: this rank's, all ranks' (several ranks)
+        self.comm_seconds = 0.0  # several ranks: time in the step's collectives (waiting for other ranks included)
         self.state = TrainState(model=self.model, optimizers=Each(self.optimizers), schedulers=Each(self.schedulers),
                                 balancer=self.balancer, data=DataPosition(self.loader), rng=RNG(),
                                 progress=self.progress, config=cfg, schema=data.schema)
@@ -311,7 +315,8 @@ class Trainer:
         # the balancer computes its diagnostics (gradient cosines...) only on steps the logger writes
         self.balancer.log_due = self._point_due(self.progress.step + 1)
         logs, weights = self.balancer.step(losses, counts, self.model, out)
-        _average_gradients(self.model)  # several ranks (placeholder for the balancers' own reduction)
+        with self._communicating():
+            _average_gradients(self.model)  # several ranks (placeholder for the balancers' own reduction)
         for o in self.optimizers:
             o.step()
         for sch in self.schedulers:
@@ -331,11 +336,25 @@ class Trainer:
             return losses
         sig = float(self.signals.received or 0)
         extra = torch.tensor([sig, float(self._rows)], device=losses.device)
-        both = distributed.all_reduce(torch.cat([losses.detach().float().reshape(-1), extra]))
+        with self._communicating():
+            both = distributed.all_reduce(torch.cat([losses.detach().float().reshape(-1), extra]))
         self.step_rows = int(both[-1].item())
         if self.agreed_signal is None and both[-2] > 0:
             self.agreed_signal = int(distributed.all_reduce(torch.tensor([sig]), "max").item())
         return both[:-2]
+
+    @contextlib.contextmanager
+    def _communicating(self):
+        """Count the block's time in :attr:`comm_seconds` (several ranks only; run.json
+        ``communication_seconds``)."""
+        if self.world_size == 1:
+            yield
+            return
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.comm_seconds += time.perf_counter() - t0
 
     def _point_due(self, step: int) -> bool:
         """Whether the logger writes a training point (losses, weights, the balancer's logs) at
@@ -431,6 +450,8 @@ class Trainer:
             "nonfinite_skipped": p.nonfinite_skipped, "resumed_at": p.resumes,
             "funnel_violations": self.data.info.get("funnel_violations"),
         }
+        if self.world_size > 1:  # rank 0's time in the step's collectives, waiting for the other ranks included
+            run_info["communication_seconds"] = round(self.comm_seconds, 3)
         if error is not None:
             run_info["error"] = error
         os.makedirs(self.run_dir, exist_ok=True)
