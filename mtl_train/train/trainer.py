@@ -76,6 +76,10 @@ def run(cfg: DictConfig, run_dir: str, overridden: list[str] = ()) -> dict:
             (non-finite parameters or scores, either setting).
         RunInterrupted: SIGINT/SIGTERM (after writing last.pt).
     """
+    if distributed.world_size() > 1:  # the log's first line (data preparation may log before training starts)
+        ws = distributed.world_size()
+        log.info("distributed: world size %d (%s), global batch %d = %d ranks x trainer.batch_size %d", ws,
+                 torch.distributed.get_backend(), ws * cfg.trainer.batch_size, ws, cfg.trainer.batch_size)
     # several ranks: rank 0 reads the checkpoint and decides, every rank gets the result
     cfg, state = distributed.on_main(lambda: starting_point(cfg, run_dir, list(overridden)))
     _check_world_size(state)

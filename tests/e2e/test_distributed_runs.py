@@ -93,8 +93,9 @@ def test_two_ranks_write_one_run_directory_from_rank_0(reference):
     info = json.loads((run / "run.json").read_text())
     assert (info["world_size"], info["global_batch"]) == (2, 32)
     assert info["steps"] == 3 * 32 and info["train_samples"] == 3 * 1001  # ceil(1001 / 32) steps per epoch
-    first = (run / "cli.log").read_text().splitlines()[0]
-    assert "32 steps/epoch of 16" in first and first.endswith("world size 2 (gloo), global batch 32")
+    first, second = (run / "cli.log").read_text().splitlines()[:2]
+    assert first.endswith("distributed: world size 2 (gloo), global batch 32 = 2 ranks x trainer.batch_size 16")
+    assert "32 steps/epoch of 16" in second and second.endswith("world size 2 (gloo), global batch 32")
     assert proc.stdout.count("test  click") == 1  # the results printed once, by rank 0
     ckpt = torch.load(run / "checkpoints" / "last.pt", weights_only=False)
     assert ckpt["world_size"] == 2 and [r["data"] for r in ckpt["ranks"]] == [ckpt["data"]] * 2
