@@ -29,7 +29,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from mtl_train import extras
+from mtl_train import distributed, extras
 from mtl_train.config import SECTIONS
 from mtl_train.errors import ConfigError, MtlError, RunInterrupted
 from mtl_train.metrics import METRICS
@@ -345,8 +345,78 @@ def check_output_dir(args: list[str], composed: DictConfig) -> None:
 
 
 def _fail(err: Exception, code: int = 2) -> None:
-    print(f"mtl-train: error: {err}", file=sys.stderr)
+    who = f"[rank {distributed.rank()}] " if distributed.rank() else ""
+    print(f"mtl-train: error: {who}{err}", file=sys.stderr)
+    _leave()
     sys.exit(code)
+
+
+def _leave() -> None:
+    """Several ranks: wait until every rank has finished (rank 0 writing the run directory last),
+    then leave the process group; nothing for one process."""
+    distributed.exit_barrier()
+    distributed.shutdown()
+
+
+def _run_dir_of(args: list[str], composed: DictConfig) -> str | None:
+    """``hydra.run.dir`` as Hydra will resolve it (the last one given in ``args``, else the one of
+    ``composed``), or None where only Hydra's run can resolve it."""
+    given = _last_value(_overrides(args), "hydra.run.dir")
+    try:
+        if given is not None:
+            composed = composed.copy()
+            OmegaConf.update(composed, "hydra.run.dir", given)
+        path = OmegaConf.select(composed, "hydra.run.dir", throw_on_missing=True)
+    except Exception:  # noqa: BLE001 - an interpolation only Hydra's run can resolve
+        return None
+    return os.path.abspath(path) if isinstance(path, str) and path else None
+
+
+def distributed_overrides(args: list[str], composed: DictConfig) -> list[str]:
+    """Join the process group when this process is one rank of several (torchrun, srun; see
+    :mod:`mtl_train.distributed`) and return ``args`` made the same for the whole job: one run
+    directory, decided by rank 0 and sent to every rank (``hydra.run.dir``); on the other ranks
+    Hydra writes neither ``.hydra/`` nor a log file (their warnings and errors go to stderr,
+    prefixed with the rank). One process: ``args`` unchanged.
+
+    Raises:
+        ConfigError: a sweep (``-m``) or ``mode=eval``/``predict`` under several ranks, a backend
+            the device does not support (see :func:`mtl_train.distributed.backend_for`).
+        DistributedError: the process group did not form within ``trainer.dist_timeout_s``.
+    """
+    from mtl_train.train.device import resolve_device
+
+    env = distributed.detect()
+    if env is None or _NO_JOB_FLAGS & set(args):
+        return list(args)
+    if {"-m", "--multirun"} & set(args):
+        raise ConfigError(f"-m/--multirun: a sweep does not run under torchrun or srun (WORLD_SIZE={env.world_size}); "
+                          f"launch one distributed job per configuration (e.g. a shell loop over torchrun)")
+    mode = _last_value(_overrides(args), "mode") or composed.get("mode")
+    if mode in INFER_MODES:
+        raise ConfigError(f"mode={mode}: scores a checkpoint in one process; run it without torchrun or srun")
+    over = _overrides(args)
+    trainer = composed.trainer
+    device = resolve_device(_last_value(over, "trainer.device") or trainer.device)
+    backend = _last_value(over, "trainer.dist_backend") or trainer.get("dist_backend")
+    backend = None if backend in (None, "null") else backend
+    given = _last_value(over, "trainer.dist_timeout_s") or trainer.get("dist_timeout_s")
+    try:
+        timeout = float(given)
+    except (TypeError, ValueError):
+        timeout = -1.0
+    if not timeout > 0:
+        raise ConfigError(f"trainer.dist_timeout_s: must be a positive number of seconds, got {given!r}")
+    distributed.init(env, device, backend, timeout)
+    run_dir = distributed.broadcast_object(_run_dir_of(args, composed) if env.rank == 0 else None)
+    if run_dir is None:
+        raise ConfigError("hydra.run.dir: under torchrun or srun the run directory must resolve before Hydra runs "
+                          "(every rank uses rank 0's); give hydra.run.dir=<path>")
+    out = [a for a in args if not a.startswith("hydra.run.dir=")] + [f"hydra.run.dir={_quote(run_dir)}"]
+    if env.rank != 0:  # rank 0 alone writes the run directory
+        out = [a for a in out if not a.startswith("hydra.output_subdir=")]
+        out += ["hydra.output_subdir=null", "hydra/job_logging=none"]
+    return out
 
 
 def _print_results(results: dict) -> None:
@@ -392,7 +462,8 @@ def _run_failed(run_dir: str, err: Exception, foreign: bool, sweep: bool) -> flo
     ``loss=gradnorm`` with ``model=single_task``, which shares no layer) must not end the other
     jobs: print the error naming the job and return NaN, which Optuna records as a failed
     trial; :func:`main` exits 2 after the sweep when any job failed."""
-    _record_error(run_dir, err, foreign)
+    if distributed.is_main():
+        _record_error(run_dir, err, foreign)
     if not sweep:
         _fail(err)
     name = os.path.basename(os.path.normpath(run_dir))
@@ -415,6 +486,8 @@ def app(cfg: DictConfig) -> float | None:
 
     hc = HydraConfig.get()
     run_dir = hc.runtime.output_dir
+    if distributed.rank():
+        distributed.rank_prefix_logging()
     overridden = [o.split("=", 1)[0] for o in hc.overrides.task]
     # a directory that already holds a run, and is not this run's own (resumed) one, gets no error.txt
     foreign = _holds_a_run(run_dir) and cfg.trainer.get("resume") in (None, "", "null")
@@ -422,7 +495,8 @@ def app(cfg: DictConfig) -> float | None:
     try:
         typed = validate(cfg)
         if typed.mode == "train":
-            results = run(typed, run_dir, overridden)
+            with distributed.collectives():  # a dead or hung rank: one line naming it
+                results = run(typed, run_dir, overridden)
         else:
             from mtl_train import kernels
             from mtl_train.train.infer import run_eval, run_predict
@@ -443,9 +517,11 @@ def app(cfg: DictConfig) -> float | None:
     except RunInterrupted as e:
         # a graceful stop, not an error: one warning line (console and log file), exit 128 + signal
         log.warning("%s", e)
+        _leave()
         sys.exit(128 + e.signum)
     log.info("run finished in %.1f s: %s", time.perf_counter() - t0, run_dir)
-    _print_results(results)
+    if distributed.is_main():
+        _print_results(results)
     try:
         return objective_value(results["val"], typed.get("objective"), typed.trainer.monitor)
     except MtlError as e:
@@ -463,9 +539,11 @@ def main() -> None:
         sys.argv[1:] = absolute_path_overrides(sys.argv[1:])
         sys.argv.extend(resume_overrides(sys.argv[1:]))
         check_output_dir(sys.argv[1:], composed)
+        sys.argv[1:] = distributed_overrides(sys.argv[1:], composed)
     except MtlError as e:
         _fail(e)
     app()
+    _leave()
     if _FAILED_JOBS:
         print(f"mtl-train: error: {len(_FAILED_JOBS)} job(s) of the sweep failed (see error.txt in each): "
               f"{', '.join(_FAILED_JOBS)}", file=sys.stderr)

@@ -113,6 +113,10 @@ class TrainerConfig:
                                          "MoE backbones (diag/gate, run.json; mtl_train/models/gates.py)")
     fused_kernels: bool = param(True, "hand-written expert passes, sparse lookup and row-sparse Adam; false: their "
                                       "plain-torch references (mtl_train/kernels)")
+    dist_backend: Optional[str] = param(None, "several ranks (torchrun, srun): the torch.distributed backend, gloo or "
+                                              "nccl; null: gloo on CPU, nccl on CUDA (mtl_train/distributed.py)")
+    dist_timeout_s: float = param(300.0, "several ranks: seconds a collective waits for the other ranks before the job "
+                                         "ends naming the rank that is missing", positive=True)
 
 
 @dataclass

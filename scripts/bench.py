@@ -35,6 +35,10 @@ alternate and the median of their ratios is reported.
 (scripts/bench_balancers.py: time per training step of every ``loss=`` method on the bench
 MMoE, as a ratio to ``loss=equal`` measured in the same run; ARGS are its options).
 
+``python scripts/bench.py ddp [ARGS]`` runs the several-ranks benchmark instead
+(scripts/bench_ddp.py: 2 ranks x 1 thread under torchrun against 1 process x 1 thread and
+1 process x 2 threads, samples/s ratios and the share of the 2-rank loop in communication).
+
 ``python scripts/bench.py ddp-balancers [ARGS]`` runs the distributed balancer benchmark
 (scripts/bench_ddp_balancers.py: step time of ``loss=gradnorm`` and ``loss=pcgrad`` under 2
 gloo ranks, as a ratio to ``loss=equal`` under 2 ranks in the same run).
@@ -52,6 +56,7 @@ Usage: python scripts/bench.py [--workdir DIR] [--repeat N] [--stream] [--bf16] 
        python scripts/bench.py ddp-balancers [--methods equal,gradnorm,pcgrad] [--rounds N] [--threads 1]
        python scripts/bench.py serve [--workdir DIR] [--threads 1] [--rounds N] [--json OUT]
        python scripts/bench.py diagnostics [--methods equal,gradnorm,pcgrad] [--rounds 20] [--every 10,50,100]
+       python scripts/bench.py ddp [--rounds N] [--steps S] [--losses equal,gradnorm,pcgrad]
 """
 from __future__ import annotations
 
@@ -69,6 +74,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 BENCH = REPO.parent / "shared" / "bench"
 CHUNK = 1_000_000
+MODES = {  # python scripts/bench.py <mode> [ARGS] runs scripts/<script> with ARGS (see the docstring)
+    "balancers": "bench_balancers.py", "ddp": "bench_ddp.py", "ddp-balancers": "bench_ddp_balancers.py",
+    "serve": "bench_serve.py", "diagnostics": "bench_diagnostics.py",
+}
 
 
 def run(cmd: list[str], cwd: Path, env: dict | None = None) -> tuple[str, float, float]:
@@ -130,9 +139,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0].replace("\n", " "),
         epilog="'python scripts/bench.py balancers [ARGS]' runs the loss-balancing benchmark instead "
-               "(scripts/bench_balancers.py; 'balancers --help' lists its options); 'ddp-balancers [ARGS]' the "
-               "balancers under 2 ranks (scripts/bench_ddp_balancers.py); 'serve [ARGS]' the serving "
-               "latency benchmark (scripts/bench_serve.py).")
+               "(scripts/bench_balancers.py; 'balancers --help' lists its options); the other modes: "
+               + ", ".join(f"'{m}'" for m in MODES) + " (see the module docstring).")
     ap.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "mtl-bench"),
                     help="where the workload, the prepare cache and the runs go (default: %(default)s)")
     ap.add_argument("--repeat", type=int, default=1, help="rounds to run (default: %(default)s)")
@@ -249,12 +257,10 @@ def report_round(r: int, res: dict) -> None:
 
 
 if __name__ == "__main__":
-    modes = {"balancers": "bench_balancers.py", "ddp-balancers": "bench_ddp_balancers.py", "serve": "bench_serve.py",
-             "diagnostics": "bench_diagnostics.py"}
-    if sys.argv[1:2] and sys.argv[1] in modes:
+    if sys.argv[1:2] and sys.argv[1] in MODES:
         import runpy
 
-        sys.argv = [os.path.join(os.path.dirname(os.path.abspath(__file__)), modes[sys.argv[1]]), *sys.argv[2:]]
+        sys.argv = [os.path.join(os.path.dirname(os.path.abspath(__file__)), MODES[sys.argv[1]]), *sys.argv[2:]]
         runpy.run_path(sys.argv[0], run_name="__main__")
     else:
         main()

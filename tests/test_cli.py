@@ -96,3 +96,36 @@ def test_precheck_knows_top_level_keys_and_infer():
                         "graph.tower_hidden=[8,4]"])
     with pytest.raises(ConfigError, match="Hydra cannot parse"):
         precheck_overrides(["--config-dir", "/tmp", "dataset.train_path=logs/day=*/p.parquet"])
+
+
+TORCHRUN_ENV = {"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "9"}
+
+
+@pytest.mark.parametrize("args, message", [
+    (["-m", "seed=0,1"], "-m/--multirun: a sweep does not run under torchrun or srun (WORLD_SIZE=2); launch one "
+                         "distributed job per configuration (e.g. a shell loop over torchrun)"),
+    (["mode=predict", "checkpoint=x"], "mode=predict: scores a checkpoint in one process; run it without torchrun or srun"),
+    (["trainer.dist_timeout_s=-1"], "trainer.dist_timeout_s: must be a positive number of seconds, got '-1'"),
+    (["trainer.dist_backend=mpi"], "trainer.dist_backend: 'mpi' is not one of gloo, nccl"),
+])
+def test_distributed_overrides_refuse_before_joining_the_process_group(monkeypatch, args, message):
+    from mtl_train import distributed
+    from mtl_train.cli import distributed_overrides, precheck_overrides
+
+    for k, v in TORCHRUN_ENV.items():
+        monkeypatch.setenv(k, v)
+    with pytest.raises(ConfigError) as e:
+        distributed_overrides(args, precheck_overrides(args))
+    assert str(e.value) == message and not distributed.is_distributed()
+
+
+def test_distributed_overrides_change_nothing_for_one_process(monkeypatch):
+    from mtl_train.cli import distributed_overrides, precheck_overrides
+
+    for k in ("RANK", "WORLD_SIZE", "SLURM_PROCID"):
+        monkeypatch.delenv(k, raising=False)
+    args = ["-m", "seed=0,1", "hydra.output_subdir=x"]
+    assert distributed_overrides(args, precheck_overrides(args)) == args
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "1")  # torchrun --nproc-per-node=1: one process, nothing changes
+    assert distributed_overrides(args, precheck_overrides(args)) == args

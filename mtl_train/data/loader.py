@@ -59,10 +59,15 @@ class InMemoryLoader(LoaderPosition):
 
     Each epoch draws ``torch.randperm`` from a generator seeded with (seed, epoch), so the
     order of every epoch is reproducible and independent of how many epochs ran before.
-    With ``rank``/``world_size`` each rank takes every world_size-th row of the permutation, the
-    same number of rows on every rank (floor(N / world_size): the at most world_size - 1 rows
-    left over, different ones each epoch, wait for a later epoch), so that all ranks run the
-    same number of steps.
+    With ``rank``/``world_size`` (several processes, see :mod:`mtl_train.distributed`) every rank
+    draws the same permutation and takes its slice of each *global* batch: batch i of rank r is
+    rows [r*b, (r+1)*b) of the batch of ``world_size * batch_size`` rows that one process with
+    that batch size draws at step i, so that N ranks with batch b see exactly the rows of one
+    process with batch N*b, in the same order (gradient exactness, issue 15). The last, shorter
+    global batch of m rows is cut into N contiguous parts whose sizes differ by at most one row;
+    when m < N (a part would be empty) those m rows wait for a later epoch (different ones each
+    epoch). Every rank thus has the same number of batches per epoch, disjoint rows, and the
+    ranks together cover the epoch's rows.
 
     Data position (the interface every train loader implements, for exact resume):
     ``set_epoch(e)`` starts epoch ``e`` at its first batch; ``state_dict()`` is
@@ -82,28 +87,36 @@ class InMemoryLoader(LoaderPosition):
         self.epoch = 0
         self.batch = 0  # batches of self.epoch handed out so far
 
-    def _rows(self) -> int:
-        """Rows of this rank per epoch."""
-        return len(self.table) // self.world_size
+    def _global_rows(self) -> int:
+        """Rows of the epoch over all ranks: all of them, less a last global batch smaller than
+        the world size (see the class docstring)."""
+        n, ws = len(self.table), self.world_size
+        if ws == 1:
+            return n
+        tail = n % (self.batch_size * ws)
+        return n - tail if tail < ws else n
 
     def _order(self) -> torch.Tensor | None:
-        n, ws = len(self.table), self.world_size
         if not self.shuffle:
-            return torch.arange(self.rank, self._rows() * ws, ws) if ws > 1 else None
+            return None
         g = torch.Generator().manual_seed(self.seed * 100003 + self.epoch)
-        perm = torch.randperm(n, generator=g)
-        return perm[self.rank::ws][:self._rows()] if ws > 1 else perm
+        return torch.randperm(len(self.table), generator=g)
 
     def __len__(self) -> int:
-        n = self._rows()
-        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+        n, gb = self._global_rows(), self.batch_size * self.world_size
+        return n // gb if self.drop_last else -(-n // gb)
+
+    def _span(self, i: int) -> tuple[int, int]:
+        """Rows [start, end) of the epoch's order that batch ``i`` of this rank takes."""
+        gb, ws, r = self.batch_size * self.world_size, self.world_size, self.rank
+        s = i * gb
+        m = min(gb, self._global_rows() - s)
+        return s + r * m // ws, s + (r + 1) * m // ws
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         order = self._order()
-        n = len(self.table) if order is None else len(order)
-        stop = n - n % self.batch_size if self.drop_last else n
-        for s in range(self.batch * self.batch_size, stop, self.batch_size):
-            e = min(s + self.batch_size, n)
+        for i in range(self.batch, len(self)):
+            s, e = self._span(i)
             batch = self.table.slice(s, e) if order is None else self.table.take(order[s:e])
             self.batch += 1  # counted when handed out: state_dict() taken while it is used points past it
             yield batch

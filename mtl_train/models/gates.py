@@ -87,6 +87,15 @@ class GateRecorder:
             self.rows[key] = self.rows.get(key, 0) + int(p.shape[0])
         self._pending.clear()
 
+    def merge(self, other: "GateRecorder | None") -> None:
+        """Add the sums of ``other`` (another rank's rows of the same split) to these."""
+        if other is None:
+            return
+        for key, w in other.weight_sum.items():
+            self.weight_sum[key] = self.weight_sum.get(key, 0) + w
+            self.entropy_sum[key] = self.entropy_sum.get(key, 0.0) + other.entropy_sum[key]
+            self.rows[key] = self.rows.get(key, 0) + other.rows[key]
+
 
 @contextlib.contextmanager
 def recording(backbone, recorder: GateRecorder | None):

@@ -11,6 +11,7 @@ from typing import Iterable, Iterator
 import numpy as np
 import torch
 
+from mtl_train import distributed
 from mtl_train.data.schema import OOV_ID, Split
 from mtl_train.errors import ConfigError, NonFiniteScores
 from mtl_train.metrics import binary_metrics, degenerate_scores, group_auc, regression_metrics
@@ -80,8 +81,8 @@ def fixed_chunks(batches: Iterable[dict[str, torch.Tensor]], size: int) -> Itera
 
 
 @torch.no_grad()
-def score_chunks(model: MultiTaskModel, table: Split, device: torch.device,
-                 batch_size: int) -> Iterator[tuple[dict[str, EvalOutput], dict[str, torch.Tensor]]]:
+def score_chunks(model: MultiTaskModel, table: Split, device: torch.device, batch_size: int,
+                 shard: tuple[int, int] | None = None) -> Iterator[tuple[dict[str, EvalOutput], dict[str, torch.Tensor]]]:
     """Every evaluated output on every row of ``table``, in row order, computed batch-invariantly:
     the one scoring path of training-time evaluation (:func:`evaluate`), ``mode=eval`` and
     ``mode=predict`` (:func:`mtl_train.train.infer.predict_table`).
@@ -93,6 +94,9 @@ def score_chunks(model: MultiTaskModel, table: Split, device: torch.device,
     length or the row's neighbours (rows are independent in every backbone and graph, and the
     kernels' results for a fixed shape do not depend on a row's position).
 
+    ``shard=(r, N)`` scores only the chunks k with k % N == r (rank r of N; the chunks are the
+    same on every rank, so the ranks' scores together are the one-process scores, bit for bit).
+
     Yields:
         ({output: EvalOutput with score, label, mask (and weight) [n]}, the chunk's real rows as a batch on
         ``device``, each block [n, ...]), n <= :data:`EVAL_CHUNK`.
@@ -100,7 +104,9 @@ def score_chunks(model: MultiTaskModel, table: Split, device: torch.device,
     was_training = model.training
     model.eval()
     try:
-        for chunk, n in fixed_chunks(table.batches(batch_size), EVAL_CHUNK):
+        for k, (chunk, n) in enumerate(fixed_chunks(table.batches(batch_size), EVAL_CHUNK)):
+            if shard is not None and k % shard[1] != shard[0]:
+                continue
             batch = to_device(chunk, device)
             outputs = model.graph.eval_outputs(model(batch), batch)
             yield ({name: dataclasses.replace(eo, score=eo.score[:n], label=eo.label[:n], mask=eo.mask[:n],
@@ -177,19 +183,66 @@ def evaluate(model: MultiTaskModel, table: Split, device: torch.device, batch_si
     or a binary AUC significantly below 0.5) gets ``"degenerate": "constant" | "below_chance"`` in
     its metrics and a warning; other outputs' metrics have no such key.
 
+    With several ranks (:mod:`mtl_train.distributed`) each rank scores every N-th chunk, rank 0
+    gathers the scores in row order and computes the metrics, and every rank gets them: the
+    same numbers as one process scoring the whole split (the scores are batch-invariant).
+
     Returns {output name: metrics dict} (see :mod:`mtl_train.metrics`).
 
     Raises:
-        NonFiniteScores: an output scored a row NaN or inf (a broken model).
+        NonFiniteScores: an output scored a row NaN or inf (a broken model), on every rank.
     """
+    if distributed.world_size() > 1:
+        return _evaluate_distributed(model, table, device, batch_size, split, group_index, gates)
+    return _metrics(*_score(model, table, device, batch_size, group_index, gates=gates), split, group_index)
+
+
+def _score(model, table, device, batch_size, group_index, shard=None, gates=None) -> tuple[dict, dict, set]:
+    """({output: [(score, label, group, weight) per chunk]}, {output: type}, eval-only outputs)."""
     scores: dict[str, list] = {}
     types: dict[str, str] = {}
     eval_only: set[str] = set()
     with recording(model.backbone, gates):
-        for outputs, batch in score_chunks(model, table, device, batch_size):
+        for outputs, batch in score_chunks(model, table, device, batch_size, shard):
             if gates is not None:
                 gates.commit(_rows(batch))  # the chunk's real rows (the padding of the last one dropped)
             _collect(outputs, batch, group_index, scores, types, eval_only)
+    return scores, types, eval_only
+
+
+def _evaluate_distributed(model, table, device, batch_size, split, group_index, gates=None) -> dict:
+    """:func:`evaluate` over ranks: chunk k scored by rank k % N, gathered to rank 0 in chunk
+    order, metrics computed there and sent to every rank (an error too: every rank raises it).
+    ``gates`` receives the sums of every rank's rows (float64 sums, added rank by rank)."""
+    r, ws = distributed.rank(), distributed.world_size()
+    mine = GateRecorder() if gates is not None else None
+    scored = _score(model, table, device, batch_size, group_index, shard=(r, ws), gates=mine)
+    parts = distributed.gather_objects((*scored, mine))
+    outcome = None
+    if parts is not None:
+        scores: dict[str, list] = {}
+        types, eval_only = {}, set()
+        names = list(dict.fromkeys(n for p in parts for n in p[0]))  # rank 0's order first (it holds chunk 0)
+        for name in names:  # rank q holds chunks q, q + N, ...: interleave them back
+            per_rank = [p[0].get(name, []) for p in parts]
+            scores[name] = [per_rank[k % ws][k // ws] for k in range(sum(map(len, per_rank)))]
+        for p in parts:
+            types.update(p[1])
+            eval_only |= p[2]
+        try:
+            outcome = ("ok", _metrics(scores, types, eval_only, split, group_index), [p[3] for p in parts])
+        except NonFiniteScores as e:
+            outcome = ("nonfinite", (e.split, e.output, e.bad, e.rows), None)
+    kind, value, recorders = distributed.broadcast_object(outcome)
+    if kind == "nonfinite":
+        raise NonFiniteScores(*value)
+    if gates is not None:
+        for rec in recorders:
+            gates.merge(rec)
+    return value
+
+
+def _metrics(scores: dict, types: dict, eval_only: set, split: str, group_index) -> dict:
     result, left_out = {}, []
     for name, parts in scores.items():
         score = torch.cat([p[0] for p in parts]).numpy()

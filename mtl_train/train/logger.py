@@ -56,6 +56,28 @@ def final_metrics(results: dict) -> dict[str, float]:
     return out
 
 
+class _NoEvents:
+    """A SummaryWriter that writes nothing (ranks other than 0)."""
+
+    def __init__(self, *args, **kwargs):
+        pass
+
+    def add_scalar(self, *args, **kwargs) -> None:
+        pass
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def _get_file_writer(self) -> "_NoEvents":
+        return self
+
+    def add_summary(self, *args, **kwargs) -> None:
+        pass
+
+
 class RunLogger:
     """Writes TensorBoard events under ``<run_dir>/tb`` and drives a tqdm progress bar.
 
@@ -67,11 +89,15 @@ class RunLogger:
     """
 
     def __init__(self, run_dir: str, cfg, loss_names: list[str], progress: bool = True, purge_step: int | None = None,
-                 trial_id: str | None = None):
+                 trial_id: str | None = None, write: bool = True):
         """``purge_step``: on resume, the first step the resumed run will write; TensorBoard then
         drops the events at or after it that the interrupted run had written (no duplicates).
-        ``trial_id``: the name of the job's HPARAMS session (default: the run directory's name)."""
+        ``trial_id``: the name of the job's HPARAMS session (default: the run directory's name).
+        ``write=False`` (ranks other than 0 of a distributed run): no event file at all."""
         from torch.utils.tensorboard import SummaryWriter
+
+        if not write:
+            SummaryWriter = _NoEvents  # noqa: N806
 
         self.trial_id = trial_id or os.path.basename(os.path.normpath(run_dir))
         self._ended = False

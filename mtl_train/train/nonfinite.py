@@ -36,8 +36,12 @@ class NonFiniteGuard:
             last good checkpoint, for the error message.
     """
 
-    def __init__(self, mode: str, loss_names: list[str], progress: Progress, last_good: Callable[[], str]):
+    def __init__(self, mode: str, loss_names: list[str], progress: Progress, last_good: Callable[[], str],
+                 agree: Callable[[str | None], str | None] = lambda reason: reason):
+        """``agree``: several ranks: the reason (see :func:`broken`) any rank found, so that all
+        ranks stop or skip together (one process: the reason itself)."""
         self.mode, self.loss_names, self.progress, self.last_good = mode, loss_names, progress, last_good
+        self.agree = agree
 
     def skip(self, losses: torch.Tensor, model, out: dict, batch: dict) -> bool:
         """True when the batch is to be skipped (a non-finite loss under ``skip``, counted in
@@ -53,7 +57,7 @@ class NonFiniteGuard:
         where = f"non-finite loss at step {p.step + 1} (epoch {p.epoch + 1}) in task {bad}; stopped, {self.last_good()}"
         if self.mode != "skip":
             raise TrainingError(f"{where}; trainer.nonfinite=skip skips such batches")
-        reason = broken(model, out, batch)
+        reason = self.agree(broken(model, out, batch))
         if reason:
             raise TrainingError(f"{where}; {reason}: trainer.nonfinite=skip skips bad batches, not a broken model")
         p.nonfinite_skipped += 1

@@ -28,7 +28,8 @@ def same_schema(a, b) -> bool:
 # keys a resumed run may change (they do not alter the trajectory, or extend it on purpose)
 RESUMABLE_KEYS = ("trainer.resume", "trainer.progress", "trainer.device", "trainer.num_threads",
                   "trainer.tune_malloc", "trainer.log_every_steps", "trainer.checkpoint_every_steps",
-                  "trainer.epochs", "trainer.max_steps", "trainer.patience", "mode", "checkpoint", "infer")
+                  "trainer.epochs", "trainer.max_steps", "trainer.patience", "trainer.dist_backend",
+                  "trainer.dist_timeout_s", "mode", "checkpoint", "infer")
 
 
 def resume_config(stored: dict, current: DictConfig, overridden: list[str]) -> DictConfig:

@@ -29,6 +29,9 @@ Runs you can trust:
   (train/diagnostics.py; training unchanged), the gates' use at each evaluation
   (models/gates.py, ``trainer.gate_diagnostics``), degenerate scores (flagged in metrics.json,
   and said when best.pt is chosen on such an evaluation).
+- on several ranks (torchrun, srun: :mod:`mtl_train.distributed`) every rank runs this loop on
+  its slice of each global batch; rank 0 alone writes files, evaluation is sharded and exact,
+  and every decision (stop, skip, save, a signal) is taken at the same step on every rank.
 """
 from __future__ import annotations
 
@@ -42,7 +45,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from mtl_train import kernels
+from mtl_train import distributed, kernels
 from mtl_train.balancing.base import build_balancer
 from mtl_train.data.datasets import load_dataset
 from mtl_train.data.schema import DatasetBundle
@@ -82,20 +85,37 @@ def run(cfg: DictConfig, run_dir: str, overridden: list[str] = ()) -> dict:
             (non-finite parameters or scores, either setting).
         RunInterrupted: SIGINT/SIGTERM (after writing last.pt).
     """
-    cfg, state = starting_point(cfg, run_dir, list(overridden))
-    torch.manual_seed(cfg.seed)
+    if distributed.world_size() > 1:  # the log's first line (data preparation may log before training starts)
+        ws = distributed.world_size()
+        log.info("distributed: world size %d (%s), global batch %d = %d ranks x trainer.batch_size %d", ws,
+                 torch.distributed.get_backend(), ws * cfg.trainer.batch_size, ws, cfg.trainer.batch_size)
+    # several ranks: rank 0 reads the checkpoint and decides, every rank gets the result
+    cfg, state = distributed.on_main(lambda: starting_point(cfg, run_dir, list(overridden)))
+    _check_world_size(state)
+    torch.manual_seed(cfg.seed)  # the same seed on every rank: identical initial weights and random draws
     np.random.seed(cfg.seed)
     if cfg.trainer.num_threads:
         torch.set_num_threads(cfg.trainer.num_threads)
     if cfg.trainer.tune_malloc:
         tune_malloc()
-    data = load_dataset(cfg.dataset, cfg.seed)
+    data = distributed.main_first(lambda: load_dataset(cfg.dataset, cfg.seed))  # rank 0 writes any cache first
     _check_labels(data)
     trainer = Trainer(cfg, data, run_dir, resume_state=state)
     try:
         return trainer.fit()
     finally:  # a job that fails still closes its event file (sweeps run many jobs in one process)
         trainer.logger.close(failed=True)
+
+
+def _check_world_size(state: dict | None) -> None:
+    """Raises ConfigError when a checkpoint of N ranks is resumed with another number of ranks."""
+    if state is None:
+        return
+    before, now = int(state.get("world_size", 1)), distributed.world_size()
+    if before != now:
+        raise ConfigError(f"trainer.resume: the checkpoint was written by {before} rank(s) and this run has {now} "
+                          f"(WORLD_SIZE); resume with {before} rank(s): the global batch and every rank's data "
+                          f"position depend on it")
 
 
 def _check_labels(data: DatasetBundle) -> None:
@@ -119,19 +139,26 @@ class Trainer:
         self.cfg, self.data, self.run_dir = cfg, data, run_dir
         tcfg = cfg.trainer
         kernels.set_fused(tcfg.fused_kernels)  # hand-written kernels or their references, process-wide
-        self.device = resolve_device(tcfg.device)
+        self.rank, self.world_size = distributed.rank(), distributed.world_size()
+        self.global_batch = tcfg.batch_size * self.world_size  # trainer.batch_size is per rank
+        self.device = distributed.local_device(resolve_device(tcfg.device))
         sparse_default = sparse_embedding_default(cfg, self.device)
         check_memory(data.schema, cfg, self.device, sparse_default)  # before allocating
         self.model = build_model(data.schema, cfg.model, cfg.graph, sparse_default=sparse_default).to(self.device)
         self.loss_names = self.model.graph.loss_names
         self.balancer = build_balancer(cfg.loss, self.loss_names, self.model).to(self.device)
         self.optimizers = build_optimizer(self.model, tcfg)
-        self.loader = train_loader(data.train, tcfg.batch_size, seed=cfg.seed)
+        _check_shards(data, self.world_size)
+        self.loader = train_loader(data.train, tcfg.batch_size, seed=cfg.seed, rank=self.rank, world_size=self.world_size)
         steps = tcfg.epochs * len(self.loader)
         self.total_steps = min(steps, tcfg.max_steps) if tcfg.max_steps else steps
         self.schedulers = build_schedulers(self.optimizers, tcfg, self.total_steps)
         self.progress = Progress()
-        self.nonfinite = NonFiniteGuard(tcfg.nonfinite, self.loss_names, self.progress, self._last_good)
+        self.nonfinite = NonFiniteGuard(tcfg.nonfinite, self.loss_names, self.progress, self._last_good,
+                                        agree=_first_reason)
+        self.agreed_signal: int | None = None  # several ranks: the stop signal every rank acts on
+        self._rows = self.step_rows = 0  # rows of the current step: this rank's, all ranks' (several ranks)
+        self.comm_seconds = 0.0  # several ranks: time in the step's collectives (waiting for other ranks included)
         self.state = TrainState(model=self.model, optimizers=Each(self.optimizers), schedulers=Each(self.schedulers),
                                 balancer=self.balancer, data=DataPosition(self.loader), rng=RNG(),
                                 progress=self.progress, config=cfg, schema=data.schema)
@@ -151,6 +178,8 @@ class Trainer:
                         "the embedding lookup and the task graph run in float32", tcfg.precision, cfg.model.backbone)
         self.sparse_embedding = any(isinstance(m, torch.nn.Embedding) and m.sparse for m in self.model.modules())
         if resume_state is not None:
+            if "ranks" in resume_state:  # several ranks: this rank's own data position and RNG states
+                resume_state = {**resume_state, **resume_state["ranks"][self.rank]}
             self.state.load_state_dict(resume_state)
             self.progress.resumes.append({"step": self.progress.step, "epoch": self.progress.epoch})
             self.last_saved_step = self.progress.step
@@ -165,7 +194,8 @@ class Trainer:
         self.gate_layout = self.model.backbone.gate_layout([t.name for t in data.schema.tasks])
         self.gate_stats: dict[str, list] = {}  # split -> gate_statistics of its latest evaluation
         purge = self.progress.step + 1 if resume_state is not None else None
-        self.logger = RunLogger(run_dir, cfg, self.loss_names, progress=tcfg.progress, purge_step=purge)
+        self.logger = RunLogger(run_dir, cfg, self.loss_names, progress=tcfg.progress and self.rank == 0,
+                                purge_step=purge, write=distributed.is_main())
 
     # ---- loop -------------------------------------------------------------------------
     def fit(self) -> dict:
@@ -180,10 +210,12 @@ class Trainer:
         # a resumed run stops where the run would have: epochs, max_steps, early stopping (so a
         # finished run resumed with more trainer.epochs trains on; unchanged, it only re-tests)
         stop = self._max_reached() or (tcfg.patience is not None and p.bad_evals >= tcfg.patience)
+        ranks = (f", world size {self.world_size} ({torch.distributed.get_backend()}), global batch {self.global_batch}"
+                 if self.world_size > 1 else "")
         log.info("training %s + %s, loss=%s: %d steps/epoch of %d, device %s, %d threads, precision %s, "
-                 "sparse embedding %s", self.cfg.model.name or self.cfg.model.backbone, self.cfg.graph.name,
+                 "sparse embedding %s%s", self.cfg.model.name or self.cfg.model.backbone, self.cfg.graph.name,
                  self.cfg.loss.name, len(self.loader), tcfg.batch_size, self.device, torch.get_num_threads(), tcfg.precision,
-                 "on" if self.sparse_embedding else "off")
+                 "on" if self.sparse_embedding else "off", ranks)
         t_start = time.perf_counter()
         try:
             with self.signals.handled(lambda: p.step + 1):
@@ -228,8 +260,9 @@ class Trainer:
             if result is not None:
                 losses, weights, logs = result
                 p.step += 1
-                n = batch["labels"].shape[0]
+                n = batch["labels"].shape[0] if self.world_size == 1 else self.step_rows  # over all ranks
                 self.samples += n
+                distributed.set_step(p.step)
                 self.logger.train_step(p.step, n, losses, weights, logs, bar, write=self._point_due(p.step))
                 if tcfg.eval_every_steps and p.step % tcfg.eval_every_steps == 0:
                     stop = self.validate()
@@ -266,7 +299,8 @@ class Trainer:
         losses, counts = (self.model.graph.losses(out, labels) if weights is None
                           else self.model.graph.losses(out, labels, weights))
         losses, counts = ddp.global_losses(losses, counts)  # the global batch's, under several ranks
-        if self.nonfinite.skip(losses, self.model, out, batch):
+        self._rows = labels.shape[0]
+        if self.nonfinite.skip(self._agree(losses), self.model, out, batch):
             return None
         for o in self.optimizers:
             o.zero_grad(set_to_none=True)
@@ -289,6 +323,37 @@ class Trainer:
         logs = dict(logs)
         logs["lr"] = self.optimizers[0].param_groups[0]["lr"]
         return losses.detach(), weights, logs
+
+    def _agree(self, losses: torch.Tensor) -> torch.Tensor:
+        """Several ranks: one all-reduce per step of the task losses and the stop signal, so that
+        every rank takes the same decisions at the same step: a non-finite loss on any rank is
+        seen by all (the returned [T] is the ranks' sum, non-finite where any rank's is), and
+        a SIGINT/SIGTERM caught by any rank stops all of them after this step
+        (:attr:`agreed_signal`); the step's rows over all ranks go along (:attr:`step_rows`). One
+        process: ``losses`` unchanged."""
+        if self.world_size == 1:
+            return losses
+        sig = float(self.signals.received or 0)
+        extra = torch.tensor([sig, float(self._rows)], device=losses.device)
+        with self._communicating():
+            both = distributed.all_reduce(torch.cat([losses.detach().float().reshape(-1), extra]))
+        self.step_rows = int(both[-1].item())
+        if self.agreed_signal is None and both[-2] > 0:
+            self.agreed_signal = int(distributed.all_reduce(torch.tensor([sig]), "max").item())
+        return both[:-2]
+
+    @contextlib.contextmanager
+    def _communicating(self):
+        """Count the block's time in :attr:`comm_seconds` (several ranks only; run.json
+        ``communication_seconds``)."""
+        if self.world_size == 1:
+            yield
+            return
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.comm_seconds += time.perf_counter() - t0
 
     def _point_due(self, step: int) -> bool:
         """Whether the logger writes a training point (losses, weights, the balancer's logs) at
@@ -374,14 +439,17 @@ class Trainer:
         runs with one config and seed write identical files) and run.json (timings, counts)."""
         p = self.progress
         best_path = os.path.join(self.ckpt_dir, "best.pt")
-        if os.path.exists(best_path):
-            self.model.load_state_dict(ckpt.load(best_path, self.device)["model"])
+        # several ranks: rank 0 reads best.pt and sends the weights (no filesystem shared with rank 0 needed)
+        best = distributed.on_main(lambda: ckpt.load(best_path, "cpu")["model"] if os.path.exists(best_path) else None)
+        if best is not None:
+            self.model.load_state_dict(best)
         results = {"val": self.evaluate("val"), "test": self.evaluate("test")}
         self.final_gates = {split: self.gate_stats[split] for split in results if self.gate_stats.get(split)}
         self.logger.eval_metrics("test", results["test"], p.step, note=f"best.pt of step {p.best_step}")
         self.logger.final(results)
-        with open(os.path.join(self.run_dir, "metrics.json"), "w") as f:
-            json.dump(results, f, indent=2)
+        if distributed.is_main():
+            with open(os.path.join(self.run_dir, "metrics.json"), "w") as f:
+                json.dump(results, f, indent=2)
         if p.nonfinite_skipped:
             log.warning("%d batch(es) skipped for a non-finite loss (trainer.nonfinite=skip)", p.nonfinite_skipped)
         self.write_run_info(train_s)
@@ -392,11 +460,14 @@ class Trainer:
         """Write run.json: steps, epochs, best step, timings (``train_s`` seconds of training),
         device, data counts, skipped batches, resumes; for a run stopped by a
         :class:`~mtl_train.errors.TrainingError`, also ``error``, its one-line message."""
+        if not distributed.is_main():
+            return
         p = self.progress
         run_info = {
             "steps": p.step, "epochs": p.epoch, "best_step": p.best_step, "best": p.best,
             "monitor": self.cfg.trainer.monitor, "train_seconds": round(train_s, 3),
-            "train_samples_per_s": round(p.step * self.cfg.trainer.batch_size / max(train_s, 1e-9), 1),
+            "train_samples_per_s": round(p.step * self.global_batch / max(train_s, 1e-9), 1),
+            "world_size": self.world_size, "global_batch": self.global_batch,
             # the training loop alone: batches read, steps taken; validation and checkpoints excluded
             "train_loop_seconds": round(train_s - self.excluded_seconds, 3), "train_samples": self.samples,
             "train_loop_samples_per_s": round(self.samples / max(train_s - self.excluded_seconds, 1e-9), 1),
@@ -409,6 +480,8 @@ class Trainer:
             "funnel_violations": self.data.info.get("funnel_violations"),
             "diagnostics": self._diagnostics(),
         }
+        if self.world_size > 1:  # rank 0's time in the step's collectives, waiting for the other ranks included
+            run_info["communication_seconds"] = round(self.comm_seconds, 3)
         if error is not None:
             run_info["error"] = error
         os.makedirs(self.run_dir, exist_ok=True)
@@ -438,7 +511,12 @@ class Trainer:
                                 f"{self._last_good()}")
         self.logger.flush()
         self.progress.diagnostics["grad_conflict"] = self.conflict.state_dict()
-        ckpt.save_atomic(self.state.state_dict(), os.path.join(self.ckpt_dir, name))
+        state = self.state.state_dict()
+        if self.world_size > 1:  # every rank's data position and RNG states, gathered to rank 0
+            ranks = distributed.gather_objects({"data": state["data"], "rng": state["rng"]})
+            state.update(world_size=self.world_size, ranks=ranks)
+        if distributed.is_main():
+            ckpt.save_atomic(state, os.path.join(self.ckpt_dir, name))
         if name == "last.pt":
             self.last_saved_step = self.progress.step
         self.excluded_seconds += time.perf_counter() - t0
@@ -451,9 +529,27 @@ class Trainer:
     def _check_signal(self, bar) -> None:
         """After a SIGINT/SIGTERM (see :class:`~mtl_train.train.signals.StopSignal`): write last.pt
         and raise :class:`RunInterrupted`."""
-        if self.signals.received is None:
+        received = self.signals.received if self.world_size == 1 else self.agreed_signal
+        if received is None:
             return
         self.logger.close_progress(bar)
         self.save("last.pt")
         self.logger.close()
-        raise RunInterrupted(self.signals.received, self.progress.step, os.path.join(self.ckpt_dir, "last.pt"), self.run_dir)
+        raise RunInterrupted(received, self.progress.step, os.path.join(self.ckpt_dir, "last.pt"), self.run_dir)
+
+
+def _check_shards(data: DatasetBundle, world_size: int) -> None:
+    """Raises DataError when a streamed train split has fewer Parquet row groups than ranks
+    (each rank reads whole row groups)."""
+    units = getattr(getattr(data.train, "source", None), "units", None)
+    if world_size > 1 and data.train.kind == "stream" and units is not None and world_size > len(units):
+        raise DataError(f"dataset: the streamed train split has {len(units)} Parquet row group(s), fewer than the "
+                        f"{world_size} ranks (WORLD_SIZE={world_size}); each rank reads whole row groups: write smaller "
+                        f"row groups, use fewer ranks, or dataset.mode=memory")
+
+
+def _first_reason(reason: str | None) -> str | None:
+    """Several ranks: why the model is broken on any rank (the first rank's reason), or None."""
+    if not distributed.is_distributed():
+        return reason
+    return next((r for r in distributed.all_gather_objects(reason) if r), None)
