@@ -137,3 +137,86 @@ def memory_budget(budget_mb: int | None = None) -> int:
     if budget_mb is not None:
         return int(budget_mb) << 20
     return memory_limit()[0] // 4
+
+
+# ---- start-up: what a process does before its first step and after its last one ----------------
+
+def progress_bar(**kw):
+    """``tqdm(**kw)`` without tqdm's monitor thread (``tqdm.monitor_interval = 0``): tqdm starts
+    that thread when any bar is created, a disabled one too (``disable=True``), to refresh bars
+    whose loop stalls; the bars of mtl-train are updated by the code itself, and a process that
+    shows no progress (``trainer.progress=false``, small splits) starts no thread at all."""
+    from tqdm import tqdm
+
+    tqdm.monitor_interval = 0
+    return tqdm(**kw)
+
+
+_frozen = False
+
+
+def pause_gc() -> None:
+    """Turn the cyclic garbage collector off while the process imports its modules (called
+    first thing by the CLI): torch, Hydra and TensorBoard allocate ~1M long-lived objects, and
+    each full collection triggered on the way traverses all of them again, for nothing (imports
+    make no garbage cycles worth collecting). :func:`resume_gc` turns it back on."""
+    import gc
+
+    gc.disable()
+
+
+def resume_gc() -> None:
+    """After the imports (before any data is read): move every object alive now into the
+    collector's permanent generation (``gc.freeze``), so that no later collection, nor the one
+    at interpreter exit, traverses them again, and turn the collector back on. Only the first
+    call freezes: a sweep runs many jobs in one process, and a later job's freeze would also
+    pin an earlier job's garbage for good. Idempotent; the collector runs normally from here on
+    (training and evaluation create reference cycles, e.g. exceptions, that it must free)."""
+    import gc
+
+    global _frozen
+    if not _frozen:
+        gc.freeze()
+        _frozen = True
+    gc.enable()
+
+
+def defer_dynamo_import() -> None:
+    """Keep ``torch.optim`` from importing ``torch._dynamo`` (about 1 s idle, as much as
+    torch itself) in a process that never compiles.
+
+    ``Optimizer.__init__``, ``zero_grad``, ``state_dict``, ``load_state_dict`` and
+    ``add_param_group`` are wrapped by ``torch._disable_dynamo``, which imports ``torch._dynamo``
+    at their first call to wrap them in ``torch._dynamo.disable`` (so that a compiled region
+    calling them falls back to eager). Here each wrapped function gets, in the cache attribute
+    that wrapper reads, a stand-in that runs the function directly while ``torch._dynamo`` has
+    not been imported (nothing can be compiling then) and otherwise hands over to the real
+    ``torch._dynamo.disable`` wrapper, exactly as torch would have. Nothing changes where
+    torch has no such wrapper (``__wrapped__`` absent) or where dynamo is already imported.
+    """
+    import torch
+
+    if "torch._dynamo" in sys.modules:
+        return
+    for name in ("__init__", "zero_grad", "state_dict", "load_state_dict", "add_param_group"):
+        fn = getattr(getattr(torch.optim.Optimizer, name, None), "__wrapped__", None)
+        if fn is None or getattr(fn, "__dynamo_disable", None) is not None:
+            continue
+        setattr(fn, "__dynamo_disable", _LazyDynamoDisable(fn))
+
+
+class _LazyDynamoDisable:
+    """The stand-in of :func:`defer_dynamo_import`: ``fn`` itself until ``torch._dynamo`` is
+    imported, then ``torch._dynamo.disable(fn)`` (what ``torch._disable_dynamo`` would have cached)."""
+
+    def __init__(self, fn):
+        self.fn, self.disabled = fn, None
+
+    def __call__(self, *args, **kwargs):
+        if self.disabled is None:
+            if "torch._dynamo" not in sys.modules:
+                return self.fn(*args, **kwargs)
+            import torch._dynamo
+
+            self.disabled = torch._dynamo.disable(self.fn, True, wrapping=False)
+        return self.disabled(*args, **kwargs)
