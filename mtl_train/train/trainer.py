@@ -27,6 +27,7 @@ Runs you can trust:
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import logging
 import os
@@ -130,6 +131,7 @@ class Trainer:
         self.last_saved_step: int | None = None
         self.signals = StopSignal()
         self.excluded_seconds = 0.0  # validation and checkpoint time (not in the training rate)
+        self.best_val: tuple[int, dict] | None = None  # (step, val metrics) of the evaluation that wrote best.pt
         self.samples = 0
         self.epoch_batches = len(self.loader)  # batches of the current epoch (set again as each begins)
         self.sign = 1.0 if tcfg.monitor_mode == "max" else -1.0
@@ -178,7 +180,9 @@ class Trainer:
                         stop = self.validate() or stop
                     if p.epoch < tcfg.epochs:
                         self.loader.set_epoch(p.epoch)  # the position a checkpoint now records
-                    if not stop:
+                    # the last epoch's end needs no save of its own when the final one follows at once
+                    final = p.epoch >= tcfg.epochs and p.last_eval_step == p.step
+                    if not stop and not final:
                         self.save("last.pt")
                         log.info("checkpoint: last.pt at step %d (end of epoch %d)", p.step, p.epoch)
                     self._check_signal(None)
@@ -285,6 +289,7 @@ class Trainer:
         if improved:
             p.best, p.best_step, p.bad_evals = value, p.step, 0
             self.save("best.pt")
+            self.best_val = (p.step, copy.deepcopy(metrics))
         else:
             p.bad_evals += 1
         log.info("step %d val %s = %s (best %s at step %d)", p.step, tcfg.monitor,
@@ -313,9 +318,12 @@ class Trainer:
         runs with one config and seed write identical files) and run.json (timings, counts)."""
         p = self.progress
         best_path = os.path.join(self.ckpt_dir, "best.pt")
-        if os.path.exists(best_path):
+        # best.pt's val metrics, when this process evaluated those very weights (they are what best.pt holds):
+        # scoring is deterministic, so evaluating them again would give the same numbers
+        known = self.best_val is not None and self.best_val[0] == p.best_step
+        if os.path.exists(best_path) and not (known and p.best_step == p.step):  # else the model holds them already
             self.model.load_state_dict(ckpt.load(best_path, self.device)["model"])
-        results = {"val": self.evaluate("val"), "test": self.evaluate("test")}
+        results = {"val": self.best_val[1] if known else self.evaluate("val"), "test": self.evaluate("test")}
         self.logger.eval_metrics("test", results["test"], p.step, note=f"best.pt of step {p.best_step}")
         self.logger.final(results)
         with open(os.path.join(self.run_dir, "metrics.json"), "w") as f:
