@@ -10,7 +10,6 @@ import torch
 
 from mtl_train import registry
 from mtl_train.kernels.sparse_adam import RowSparseAdam
-from mtl_train.system import defer_dynamo_import
 
 log = logging.getLogger(__name__)
 
@@ -22,7 +21,6 @@ def build_optimizer(model: torch.nn.Module, cfg) -> list[torch.optim.Optimizer]:
     Args:
         model: the model. cfg: ``trainer`` (optimizer, lr, weight_decay), validated.
     """
-    defer_dynamo_import()  # torch.optim would import torch._dynamo (~1 s) for nothing
     sparse = [p for m in model.modules() if isinstance(m, torch.nn.Embedding) and m.sparse for p in m.parameters()]
     sparse_ids = {id(p) for p in sparse}
     dense = [p for p in model.parameters() if id(p) not in sparse_ids]
