@@ -92,3 +92,16 @@ def test_precheck_knows_top_level_keys_and_infer():
                         "graph.tower_hidden=[8,4]"])
     with pytest.raises(ConfigError, match="Hydra cannot parse"):
         precheck_overrides(["--config-dir", "/tmp", "dataset.train_path=logs/day=*/p.parquet"])
+
+
+def test_help_imports_no_torch_and_lists_every_group():
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-X", "importtime", "-m", "mtl_train", "--help"], capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0
+    imported = {line.rsplit("|", 1)[-1].strip() for line in out.stderr.splitlines()}
+    assert "torch" not in imported and "hydra" in imported
+    assert "dataset: aliccp, aliexpress, census, hillstrom, parquet, synthetic\n" in out.stdout
+    assert "loss: cagrad, dwa, equal, gradnorm, gradnorm_pcgrad, mgda, pcgrad, rlw, static, uncertainty\n" in out.stdout
