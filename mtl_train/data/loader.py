@@ -100,6 +100,8 @@ class InMemoryLoader(LoaderPosition):
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         order = self._order()
+        if order is not None and order.device != self.table.labels.device:  # a device-resident table (a GPU)
+            order = order.to(self.table.labels.device)
         n = len(self.table) if order is None else len(order)
         stop = n - n % self.batch_size if self.drop_last else n
         for s in range(self.batch * self.batch_size, stop, self.batch_size):

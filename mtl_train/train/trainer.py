@@ -52,6 +52,7 @@ from mtl_train.train.evaluate import check_gauc_by, evaluate, gauc_column, monit
 from mtl_train.train.logger import RunLogger
 from mtl_train.train.nonfinite import NonFiniteGuard
 from mtl_train.train.optim import build_optimizer, build_schedulers, sparse_embedding_default
+from mtl_train.train.placement import place_data, train_loader_on
 from mtl_train.train.resume import starting_point
 from mtl_train.train.signals import StopSignal
 from mtl_train.train.state import RNG, DataPosition, Each, Progress, TrainState
@@ -110,15 +111,21 @@ class Trainer:
     def __init__(self, cfg: DictConfig, data: DatasetBundle, run_dir: str, resume_state: dict | None = None):
         self.cfg, self.data, self.run_dir = cfg, data, run_dir
         tcfg = cfg.trainer
-        kernels.set_fused(tcfg.fused_kernels)  # hand-written kernels or their references, process-wide
         self.device = resolve_device(tcfg.device)
+        # hand-written kernels or their references, process-wide: the kernels are CPU kernels; on a GPU
+        # the references (cuBLAS GEMMs under autograd) run, see mtl_train.kernels
+        kernels.set_fused(tcfg.fused_kernels and self.device.type == "cpu")
         sparse_default = sparse_embedding_default(cfg, self.device)
         check_memory(data.schema, cfg, self.device, sparse_default)  # before allocating
         self.model = build_model(data.schema, cfg.model, cfg.graph, sparse_default=sparse_default).to(self.device)
         self.loss_names = self.model.graph.loss_names
         self.balancer = build_balancer(cfg.loss, self.loss_names, self.model).to(self.device)
         self.optimizers = build_optimizer(self.model, tcfg)
-        self.loader = train_loader(data.train, tcfg.batch_size, seed=cfg.seed)
+        # on a GPU: splits that fit move to the device, the others are copied ahead (see placement.py)
+        data, self.placement = place_data(data, self.device)
+        self.data = data
+        self.loader = train_loader_on(data.train, train_loader(data.train, tcfg.batch_size, seed=cfg.seed), self.device,
+                                      self.placement["train"])
         steps = tcfg.epochs * len(self.loader)
         self.total_steps = min(steps, tcfg.max_steps) if tcfg.max_steps else steps
         self.schedulers = build_schedulers(self.optimizers, tcfg, self.total_steps)
@@ -354,6 +361,8 @@ class Trainer:
             "nonfinite_skipped": p.nonfinite_skipped, "resumed_at": p.resumes,
             "funnel_violations": self.data.info.get("funnel_violations"),
         }
+        if self.device.type == "cuda":  # the most the run's tensors held at once (data, model, activations)
+            run_info["peak_gpu_memory_mb"] = round(torch.cuda.max_memory_allocated(self.device) / 2**20)
         if error is not None:
             run_info["error"] = error
         os.makedirs(self.run_dir, exist_ok=True)
