@@ -31,12 +31,17 @@ and trains on it streamed for ``--big-steps`` steps, reporting samples/s and pea
 an in-memory run of the same number of steps on the 400k workload; ``--big-repeat`` such pairs
 alternate and the median of their ratios is reported.
 
+``python scripts/bench.py startup [ARGS]`` runs the start-up benchmark instead (scripts/bench_startup.py:
+``--help``, launch to the first step, per-job overhead of a sweep, evaluation over training
+samples/s; ``--before DIR`` compares another checkout in the same run).
+
 ``python scripts/bench.py balancers [ARGS]`` runs the loss-balancing benchmark instead
 (scripts/bench_balancers.py: time per training step of every ``loss=`` method on the bench
 MMoE, as a ratio to ``loss=equal`` measured in the same run; ARGS are its options).
 
 Usage: python scripts/bench.py [--workdir DIR] [--repeat N] [--stream] [--bf16] [--big-rows N --big-steps S]
        python scripts/bench.py balancers [--methods ...] [--rounds N] [--clock cpu] [--threads 1]
+       python scripts/bench.py startup [--before DIR] [--repeat N] [--sweep-jobs N]
 """
 from __future__ import annotations
 
@@ -232,10 +237,11 @@ def report_round(r: int, res: dict) -> None:
 
 
 if __name__ == "__main__":
-    if sys.argv[1:2] == ["balancers"]:
+    if sys.argv[1:2] in (["balancers"], ["startup"]):
         import runpy
 
-        sys.argv = [os.path.join(os.path.dirname(os.path.abspath(__file__)), "bench_balancers.py"), *sys.argv[2:]]
+        script = {"balancers": "bench_balancers.py", "startup": "bench_startup.py"}[sys.argv[1]]
+        sys.argv = [os.path.join(os.path.dirname(os.path.abspath(__file__)), script), *sys.argv[2:]]
         runpy.run_path(sys.argv[0], run_name="__main__")
     else:
         main()
