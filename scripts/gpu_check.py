@@ -141,6 +141,7 @@ def _workload(a) -> tuple[Path, Path, Path]:
 def cmd_bench(a, roofs: dict) -> dict:
     train, valid, schema = _workload(a)
     runs = Path(a.workdir) / "runs"
+    runs.mkdir(parents=True, exist_ok=True)
     base = ["dataset=parquet", f"dataset.train_path={train}", f"dataset.val_path={valid}", f"dataset.test_path={valid}",
             f"dataset.schema_file={schema}", f"dataset.cache_dir={Path(a.workdir) / 'cache'}", "dataset.progress=false",
             "dataset.mode=memory", "model=mmoe", "model.embedding_dim=16", "model.num_experts=8",
