@@ -17,6 +17,8 @@ PY=${1:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}
 DIR=${GPU_CHECK_DIR:-/tmp/mtl-gpu-check}
 export CUBLAS_WORKSPACE_CONFIG=:4096:8   # deterministic cuBLAS: a resumed run must repeat the same bits
 export PYTHONUNBUFFERED=1
+# the repository's own mtl_train, installed or not (runs start in their own folders, not here)
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 start=$(date +%s)
 
 # limits that keep the GPU run under 8 minutes; a dry run has none (a loaded CPU machine is slow, not stuck)
