@@ -138,13 +138,17 @@ def absolute_path_overrides(args: list[str]) -> list[str]:
     left as given: validation resolves every path field anyway."""
     from mtl_train.config import resolve_path
 
-    keys, out = _path_keys(), list(args)
+    keys, out = None, list(args)
     for i in _override_indices(args):
         key, eq, value = args[i].partition("=")
         name = key.lstrip("+")
         if name.startswith("infer.dataset."):  # a checkpoint's dataset path on mode=eval/predict
             name = "dataset." + name[len("infer.dataset."):]
-        if (eq and name in keys and value and value != "null" and value[0] not in "'\"[{"
+        if not eq or ("." not in name and name != "checkpoint"):
+            continue  # no path key (a group choice, seed, mode): the registry's modules (torch) not imported
+        if keys is None:
+            keys = _path_keys()
+        if (name in keys and value and value != "null" and value[0] not in "'\"[{"
                 and not any(c in value for c in ",${}()'\" ")):
             out[i] = f"{key}={_quote(resolve_path(value))}"
     return out
@@ -344,6 +348,37 @@ def check_output_dir(args: list[str], composed: DictConfig) -> None:
         ensure_writable_dir(key, path)
 
 
+_HELP_FLAGS = {"--help", "-h", "--hydra-help"}
+
+
+def _share_group_listing() -> None:
+    """Make Hydra's ``--help`` list the config groups from one config repository.
+
+    Hydra's help lists every group and its options through ``ConfigLoaderImpl.get_group_options``,
+    and each of its ~90 calls builds a fresh repository (a deep copy of Hydra's ConfigStore):
+    about two thirds of the time ``mtl-train --help`` took without torch. The repository cannot
+    change within one ``--help`` process, so this process builds it once per (config name,
+    overrides) and answers every listing from it: the same groups and options, in the same
+    order. Called only for the help flags; a Hydra without that private method is left as is.
+    """
+    from hydra._internal.config_loader_impl import ConfigLoaderImpl
+    from hydra.core.object_type import ObjectType
+
+    build = getattr(ConfigLoaderImpl, "_parse_overrides_and_create_caching_repo", None)
+    if build is None or getattr(ConfigLoaderImpl.get_group_options, "_mtl_shared", False):
+        return
+    repos: dict = {}
+
+    def get_group_options(self, group_name, results_filter=ObjectType.CONFIG, config_name=None, overrides=None):
+        key = (id(self), config_name, tuple(overrides or ()))
+        if key not in repos:
+            repos[key] = build(self, config_name, list(overrides or ()))[1]
+        return repos[key].get_group_options(group_name, results_filter)
+
+    get_group_options._mtl_shared = True
+    ConfigLoaderImpl.get_group_options = get_group_options
+
+
 def _fail(err: Exception, code: int = 2) -> None:
     who = f"[rank {distributed.rank()}] " if distributed.rank() else ""
     print(f"mtl-train: error: {who}{err}", file=sys.stderr)
@@ -482,8 +517,10 @@ def app(cfg: DictConfig) -> float | None:
     only (:func:`_run_failed`)."""
     from mtl_train.config import validate
     from mtl_train.objective import objective_value
+    from mtl_train.system import resume_gc
     from mtl_train.train.trainer import run
 
+    resume_gc()  # the imports are done (see main)
     hc = HydraConfig.get()
     run_dir = hc.runtime.output_dir
     if distributed.rank():
@@ -531,7 +568,9 @@ def app(cfg: DictConfig) -> float | None:
 def main() -> None:
     """Console-script entry point (``mtl-train``, ``python -m mtl_train``)."""
     from mtl_train.config import set_launch_dir
+    from mtl_train.system import pause_gc
 
+    pause_gc()  # until app() has imported what a run needs (see mtl_train.system.resume_gc)
     set_launch_dir(os.getcwd())  # relative paths mean this directory, whatever hydra.job.chdir does
     try:
         sys.argv[1:] = eval_dataset_overrides(sys.argv[1:])
@@ -542,6 +581,8 @@ def main() -> None:
         sys.argv[1:] = distributed_overrides(sys.argv[1:], composed)
     except MtlError as e:
         _fail(e)
+    if _HELP_FLAGS & set(sys.argv[1:]):
+        _share_group_listing()
     app()
     _leave()
     if _FAILED_JOBS:

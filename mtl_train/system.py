@@ -137,3 +137,45 @@ def memory_budget(budget_mb: int | None = None) -> int:
     if budget_mb is not None:
         return int(budget_mb) << 20
     return memory_limit()[0] // 4
+
+
+# ---- start-up: what a process does before its first step and after its last one ----------------
+
+def progress_bar(**kw):
+    """``tqdm(**kw)`` without tqdm's monitor thread (``tqdm.monitor_interval = 0``): tqdm starts
+    that thread when any bar is created, a disabled one too (``disable=True``), to refresh bars
+    whose loop stalls; the bars of mtl-train are updated by the code itself, and a process that
+    shows no progress (``trainer.progress=false``, small splits) starts no thread at all."""
+    from tqdm import tqdm
+
+    tqdm.monitor_interval = 0
+    return tqdm(**kw)
+
+
+_frozen = False
+
+
+def pause_gc() -> None:
+    """Turn the cyclic garbage collector off while the process imports its modules (called
+    first thing by the CLI): torch, Hydra and TensorBoard allocate ~1M long-lived objects, and
+    each full collection triggered on the way traverses all of them again, for nothing (imports
+    make no garbage cycles worth collecting). :func:`resume_gc` turns it back on."""
+    import gc
+
+    gc.disable()
+
+
+def resume_gc() -> None:
+    """After the imports (before any data is read): move every object alive now into the
+    collector's permanent generation (``gc.freeze``), so that no later collection, nor the one
+    at interpreter exit, traverses them again, and turn the collector back on. Only the first
+    call freezes: a sweep runs many jobs in one process, and a later job's freeze would also
+    pin an earlier job's garbage for good. Idempotent; the collector runs normally from here on
+    (training and evaluation create reference cycles, e.g. exceptions, that it must free)."""
+    import gc
+
+    global _frozen
+    if not _frozen:
+        gc.freeze()
+        _frozen = True
+    gc.enable()

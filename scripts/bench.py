@@ -31,6 +31,10 @@ and trains on it streamed for ``--big-steps`` steps, reporting samples/s and pea
 an in-memory run of the same number of steps on the 400k workload; ``--big-repeat`` such pairs
 alternate and the median of their ratios is reported.
 
+``python scripts/bench.py startup [ARGS]`` runs the start-up benchmark instead (scripts/bench_startup.py:
+``--help``, launch to the first step, per-job overhead of a sweep, evaluation over training
+samples/s; ``--before DIR`` compares another checkout in the same run).
+
 ``python scripts/bench.py balancers [ARGS]`` runs the loss-balancing benchmark instead
 (scripts/bench_balancers.py: time per training step of every ``loss=`` method on the bench
 MMoE, as a ratio to ``loss=equal`` measured in the same run; ARGS are its options).
@@ -57,6 +61,7 @@ Usage: python scripts/bench.py [--workdir DIR] [--repeat N] [--stream] [--bf16] 
        python scripts/bench.py serve [--workdir DIR] [--threads 1] [--rounds N] [--json OUT]
        python scripts/bench.py diagnostics [--methods equal,gradnorm,pcgrad] [--rounds 20] [--every 10,50,100]
        python scripts/bench.py ddp [--rounds N] [--steps S] [--losses equal,gradnorm,pcgrad]
+       python scripts/bench.py startup [--before DIR] [--repeat N] [--sweep-jobs N]
 """
 from __future__ import annotations
 
@@ -76,7 +81,7 @@ BENCH = REPO.parent / "shared" / "bench"
 CHUNK = 1_000_000
 MODES = {  # python scripts/bench.py <mode> [ARGS] runs scripts/<script> with ARGS (see the docstring)
     "balancers": "bench_balancers.py", "ddp": "bench_ddp.py", "ddp-balancers": "bench_ddp_balancers.py",
-    "serve": "bench_serve.py", "diagnostics": "bench_diagnostics.py",
+    "serve": "bench_serve.py", "diagnostics": "bench_diagnostics.py", "startup": "bench_startup.py",
 }
 
 

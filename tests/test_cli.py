@@ -129,3 +129,16 @@ def test_distributed_overrides_change_nothing_for_one_process(monkeypatch):
     monkeypatch.setenv("RANK", "0")
     monkeypatch.setenv("WORLD_SIZE", "1")  # torchrun --nproc-per-node=1: one process, nothing changes
     assert distributed_overrides(args, precheck_overrides(args)) == args
+
+
+def test_help_imports_no_torch_and_lists_every_group():
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-X", "importtime", "-m", "mtl_train", "--help"], capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0
+    imported = {line.rsplit("|", 1)[-1].strip() for line in out.stderr.splitlines()}
+    assert "torch" not in imported and "hydra" in imported
+    assert "dataset: aliccp, aliexpress, census, hillstrom, parquet, synthetic\n" in out.stdout
+    assert "loss: cagrad, dwa, equal, gradnorm, gradnorm_pcgrad, mgda, pcgrad, rlw, static, uncertainty\n" in out.stdout

@@ -66,3 +66,25 @@ def test_memory_budget_is_a_quarter_of_the_lower_of_ram_and_the_cgroup_limits(mo
     assert memory_budget(None) == min(
         2 << 30, os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")) // 4
     assert memory_budget(100) == 100 << 20
+
+
+START_UP = """
+import gc, sys, threading, torch
+from mtl_train import system
+system.pause_gc()
+assert not gc.isenabled()
+system.resume_gc()
+frozen = gc.get_freeze_count()
+system.resume_gc()  # a second job of a sweep: nothing more is frozen
+assert gc.isenabled() and frozen > 0 and gc.get_freeze_count() == frozen
+bar = system.progress_bar(total=3, disable=True)
+bar.close()
+assert not any(type(t).__name__ == "TMonitor" for t in threading.enumerate())
+print("ok")
+"""
+
+
+def test_start_up_helpers_freeze_once_and_start_no_thread():
+    out = subprocess.run([sys.executable, "-c", START_UP], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["ok"]

@@ -115,6 +115,8 @@ class InMemoryLoader(LoaderPosition):
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         order = self._order()
+        if order is not None and order.device != self.table.labels.device:  # a device-resident table (a GPU)
+            order = order.to(self.table.labels.device)
         for i in range(self.batch, len(self)):
             s, e = self._span(i)
             batch = self.table.slice(s, e) if order is None else self.table.take(order[s:e])

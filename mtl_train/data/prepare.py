@@ -122,9 +122,9 @@ class _Moments:
 def _progress(**kw):
     """A tqdm bar that is cleared, not left half-drawn, when the block raises (so the one-line
     error does not share the bar's line)."""
-    from tqdm import tqdm
+    from mtl_train.system import progress_bar
 
-    bar = tqdm(**kw)
+    bar = progress_bar(**kw)
     try:
         yield bar
     except BaseException:

@@ -273,6 +273,15 @@ class Table(Split):
         seq, weights = b.pop("seq", None), b.pop("weights", None)
         return Table(b.pop("sparse"), b.pop("dense"), b.pop("labels"), b, seq, weights)
 
+    def to(self, device: torch.device, pin: bool = False) -> "Table":
+        """The same table with every tensor on ``device`` (``pin``: in page-locked host memory,
+        for asynchronous copies to a GPU; see :mod:`mtl_train.train.placement`)."""
+        def move(t: torch.Tensor) -> torch.Tensor:
+            return t.pin_memory() if pin else t.to(device)
+
+        return Table(move(self.sparse), move(self.dense), move(self.labels), {k: move(v) for k, v in self.extra.items()},
+                     move(self.seq))
+
     def batches(self, batch_size: int) -> Iterable[dict[str, torch.Tensor]]:
         """Every row once, in order, as contiguous batches of ``batch_size`` (the last may be
         shorter): how evaluation reads a split."""

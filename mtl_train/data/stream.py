@@ -61,7 +61,7 @@ def _concat(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
 def read_table(source, encoder, rows: int) -> Table:
     """Read a whole split into an in-memory :class:`Table`, record batch by record batch into
     preallocated columnar arrays (peak memory: the table plus one record batch)."""
-    from tqdm import tqdm
+    from mtl_train.system import progress_bar
 
     spec = encoder.spec
     out = {
@@ -73,7 +73,7 @@ def read_table(source, encoder, rows: int) -> Table:
     if encoder.weighted:
         out["weights"] = np.empty((rows, len(spec.tasks)), dtype=np.float32)
     at = 0
-    bar = tqdm(total=rows, desc=f"reading {source.name} into memory", unit="row", mininterval=1.0, leave=False,
+    bar = progress_bar(total=rows, desc=f"reading {source.name} into memory", unit="row", mininterval=1.0, leave=False,
                disable=rows < 1_000_000)
     for unit in source.units:
         pf = pq.ParquetFile(unit.file)

@@ -16,6 +16,9 @@ false runs every reference path instead (no custom autograd function and no priv
 kernel, so a model traces and exports as plain operators). Each kernel reads the switch when it
 runs, so it may be changed between steps; a model needs no rebuilding. The optimizer state is
 the same on both paths (a checkpoint resumes on either). Timings: docs/RESULTS.md.
+
+They are CPU kernels: a trainer on a GPU turns the switch off (the references' cuBLAS GEMMs
+and autograd are what is fast there; see :mod:`mtl_train.train.placement`).
 """
 from __future__ import annotations
 

@@ -15,8 +15,6 @@ from __future__ import annotations
 import glob
 import os
 
-import torch
-
 from mtl_train.errors import ConfigError, DataError
 from mtl_train.io import write_atomic
 
@@ -25,6 +23,8 @@ def save_atomic(obj, path: str) -> None:
     """``torch.save(obj)`` to ``path`` so that a reader never sees a partial file: written to a
     temporary file beside ``path``, fsynced, then ``os.replace``d over it and the folder fsynced
     (the rename survives a power loss); see :func:`mtl_train.io.write_atomic`."""
+    import torch  # here, not at the top: the CLI reads run directories (existing_checkpoints) before importing torch
+
     write_atomic(lambda tmp: torch.save(obj, tmp), path, durable=True)
 
 
@@ -42,6 +42,8 @@ def load(path: str, map_location="cpu") -> dict:
     Raises:
         DataError: the file is missing or not a readable checkpoint (one line, naming it).
     """
+    import torch
+
     if not os.path.isfile(path):
         raise DataError(f"checkpoint not found: {path}")
     try:
@@ -87,6 +89,8 @@ def existing_checkpoints(run_dir: str) -> list[str]:
 
 def all_finite(state_dict: dict) -> bool:
     """True when every floating tensor of a (model) state dict is finite."""
+    import torch
+
     for v in state_dict.values():
         if torch.is_tensor(v) and v.is_floating_point() and not bool(torch.isfinite(v).all()):
             return False

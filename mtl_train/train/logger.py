@@ -21,9 +21,9 @@ from tensorboard.compat.proto import summary_pb2
 from tensorboard.plugins.hparams import api_pb2, plugin_data_pb2
 from tensorboard.plugins.hparams import metadata as hparams_metadata
 from tensorboard.plugins.hparams import summary_v2 as hparams_summary
-from tqdm import tqdm
 
 from mtl_train.metrics import METRICS
+from mtl_train.system import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +116,7 @@ class RunLogger:
     def progress(self, total: int, desc: str):
         if not self.show_progress:
             return None
-        return tqdm(total=total, desc=desc, unit="batch", dynamic_ncols=True, leave=False, mininterval=0.5)
+        return progress_bar(total=total, desc=desc, unit="batch", dynamic_ncols=True, leave=False, mininterval=0.5)
 
     def close_progress(self, bar) -> None:
         if bar is not None:

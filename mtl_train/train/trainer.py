@@ -36,6 +36,7 @@ Runs you can trust:
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import logging
 import os
@@ -63,6 +64,7 @@ from mtl_train.train.evaluate import check_gauc_by, check_monitor, evaluate, gau
 from mtl_train.train.logger import RunLogger
 from mtl_train.train.nonfinite import NonFiniteGuard
 from mtl_train.train.optim import build_optimizer, build_schedulers, sparse_embedding_default
+from mtl_train.train.placement import place_data, train_loader_on
 from mtl_train.train.resume import starting_point
 from mtl_train.train.signals import StopSignal
 from mtl_train.train.state import RNG, DataPosition, Each, Progress, TrainState
@@ -138,10 +140,12 @@ class Trainer:
     def __init__(self, cfg: DictConfig, data: DatasetBundle, run_dir: str, resume_state: dict | None = None):
         self.cfg, self.data, self.run_dir = cfg, data, run_dir
         tcfg = cfg.trainer
-        kernels.set_fused(tcfg.fused_kernels)  # hand-written kernels or their references, process-wide
         self.rank, self.world_size = distributed.rank(), distributed.world_size()
         self.global_batch = tcfg.batch_size * self.world_size  # trainer.batch_size is per rank
         self.device = distributed.local_device(resolve_device(tcfg.device))
+        # hand-written kernels or their references, process-wide: the kernels are CPU kernels; on a GPU
+        # the references (cuBLAS GEMMs under autograd) run, see mtl_train.kernels
+        kernels.set_fused(tcfg.fused_kernels and self.device.type == "cpu")
         sparse_default = sparse_embedding_default(cfg, self.device)
         check_memory(data.schema, cfg, self.device, sparse_default)  # before allocating
         self.model = build_model(data.schema, cfg.model, cfg.graph, sparse_default=sparse_default).to(self.device)
@@ -149,7 +153,11 @@ class Trainer:
         self.balancer = build_balancer(cfg.loss, self.loss_names, self.model).to(self.device)
         self.optimizers = build_optimizer(self.model, tcfg)
         _check_shards(data, self.world_size)
-        self.loader = train_loader(data.train, tcfg.batch_size, seed=cfg.seed, rank=self.rank, world_size=self.world_size)
+        # on a GPU: splits that fit move to the device, the others are copied ahead (see placement.py)
+        data, self.placement = place_data(data, self.device)
+        self.data = data
+        loader = train_loader(data.train, tcfg.batch_size, seed=cfg.seed, rank=self.rank, world_size=self.world_size)
+        self.loader = train_loader_on(data.train, loader, self.device, self.placement["train"])
         steps = tcfg.epochs * len(self.loader)
         self.total_steps = min(steps, tcfg.max_steps) if tcfg.max_steps else steps
         self.schedulers = build_schedulers(self.optimizers, tcfg, self.total_steps)
@@ -166,6 +174,7 @@ class Trainer:
         self.last_saved_step: int | None = None
         self.signals = StopSignal()
         self.excluded_seconds = 0.0  # validation and checkpoint time (not in the training rate)
+        self.best_val: tuple[int, dict, list | None] | None = None  # (step, val metrics, gates) that wrote best.pt
         self.samples = 0
         self.epoch_batches = len(self.loader)  # batches of the current epoch (set again as each begins)
         self.sign = 1.0 if tcfg.monitor_mode == "max" else -1.0
@@ -230,7 +239,9 @@ class Trainer:
                         stop = self.validate() or stop
                     if p.epoch < tcfg.epochs:
                         self.loader.set_epoch(p.epoch)  # the position a checkpoint now records
-                    if not stop:
+                    # the last epoch's end needs no save of its own when the final one follows at once
+                    final = p.epoch >= tcfg.epochs and p.last_eval_step == p.step
+                    if not stop and not final:
                         self.save("last.pt")
                         log.info("checkpoint: last.pt at step %d (end of epoch %d)", p.step, p.epoch)
                     self._check_signal(None)
@@ -389,6 +400,7 @@ class Trainer:
                 log.warning("step %d: best.pt is taken from an evaluation whose val scores are degenerate (%s); "
                             "the monitor %s does not see it", p.step, ", ".join(bad), tcfg.monitor)
             self.save("best.pt")
+            self.best_val = (p.step, copy.deepcopy(metrics), self.gate_stats.get("val"))
         else:
             p.bad_evals += 1
         log.info("step %d val %s = %s (best %s at step %d)", p.step, tcfg.monitor,
@@ -439,11 +451,17 @@ class Trainer:
         runs with one config and seed write identical files) and run.json (timings, counts)."""
         p = self.progress
         best_path = os.path.join(self.ckpt_dir, "best.pt")
-        # several ranks: rank 0 reads best.pt and sends the weights (no filesystem shared with rank 0 needed)
-        best = distributed.on_main(lambda: ckpt.load(best_path, "cpu")["model"] if os.path.exists(best_path) else None)
-        if best is not None:
-            self.model.load_state_dict(best)
-        results = {"val": self.evaluate("val"), "test": self.evaluate("test")}
+        # best.pt's val metrics, when this process evaluated those very weights (they are what best.pt holds):
+        # scoring is deterministic, so evaluating them again would give the same numbers
+        known = self.best_val is not None and self.best_val[0] == p.best_step
+        if not (known and p.best_step == p.step):  # else the model holds best.pt's weights already
+            # several ranks: rank 0 reads best.pt and sends the weights (no filesystem shared with rank 0 needed)
+            best = distributed.on_main(lambda: ckpt.load(best_path, "cpu")["model"] if os.path.exists(best_path) else None)
+            if best is not None:
+                self.model.load_state_dict(best)
+        if known:
+            self.gate_stats["val"] = self.best_val[2]
+        results = {"val": self.best_val[1] if known else self.evaluate("val"), "test": self.evaluate("test")}
         self.final_gates = {split: self.gate_stats[split] for split in results if self.gate_stats.get(split)}
         self.logger.eval_metrics("test", results["test"], p.step, note=f"best.pt of step {p.best_step}")
         self.logger.final(results)
@@ -482,6 +500,8 @@ class Trainer:
         }
         if self.world_size > 1:  # rank 0's time in the step's collectives, waiting for the other ranks included
             run_info["communication_seconds"] = round(self.comm_seconds, 3)
+        if self.device.type == "cuda":  # the most the run's tensors held at once (data, model, activations)
+            run_info["peak_gpu_memory_mb"] = round(torch.cuda.max_memory_allocated(self.device) / 2**20)
         if error is not None:
             run_info["error"] = error
         os.makedirs(self.run_dir, exist_ok=True)

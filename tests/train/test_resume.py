@@ -84,3 +84,21 @@ def test_a_parquet_run_resumed_where_mode_auto_would_stream_reads_as_the_interru
     a, b = (torch.load(d / "checkpoints" / "last.pt", weights_only=False) for d in (tmp_path / "whole", part))
     assert a["step"] == b["step"] == 9 and a["data"] == b["data"]
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+
+
+@pytest.mark.cuda
+def test_a_cuda_run_resumed_with_its_cuda_rng_equals_a_longer_run(tmp_path):
+    from mtl_train.train.trainer import run
+
+    # dropout draws from the CUDA generator: the checkpoint must restore it for the second epoch to match
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        over = [*TINY, "trainer.device=cuda", "model.dropout=0.2", "trainer.patience=null"]
+        run(make_cfg(*over, "trainer.epochs=2"), str(tmp_path / "long"))
+        short = tmp_path / "short"
+        run(make_cfg(*over), str(short))
+        assert "cuda" in torch.load(short / "checkpoints" / "last.pt", weights_only=False)["rng"]
+        run(make_cfg(f"trainer.resume={short}", "trainer.epochs=2"), str(short), ["trainer.resume", "trainer.epochs"])
+        assert (short / "metrics.json").read_bytes() == (tmp_path / "long" / "metrics.json").read_bytes()
+    finally:
+        torch.use_deterministic_algorithms(False)

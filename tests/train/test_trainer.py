@@ -266,3 +266,35 @@ def test_evaluation_refuses_non_finite_scores(tmp_path):
     assert str(e.value) == (f"non-finite scores on val in output 'purchase' (400 of 400 rows) at step 4; stopped, "
                             f"the last good checkpoint is {tmp_path / 'checkpoints' / 'last.pt'} (step 0)")
     assert not (tmp_path / "checkpoints" / "best.pt").exists()
+
+
+@pytest.mark.cuda
+def test_a_cuda_run_equals_the_cpu_run_within_tolerance(tmp_path):
+    from mtl_train.train.trainer import Trainer
+
+    # dense embedding gradients on both (the CPU default, a row-sparse Adam, is another optimizer)
+    params, results = {}, {}
+    for dev in ("cpu", "cuda"):
+        cfg = make_cfg(*TINY, f"trainer.device={dev}", "model.sparse_embedding=false", "trainer.max_steps=20")
+        torch.manual_seed(0)
+        trainer = Trainer(cfg, load_dataset(cfg.dataset, cfg.seed), str(tmp_path / dev))
+        results[dev] = trainer.fit()
+        params[dev] = {k: v.detach().cpu() for k, v in trainer.model.state_dict().items()}
+    for k, v in params["cpu"].items():
+        torch.testing.assert_close(params["cuda"][k], v, rtol=1e-4, atol=1e-5, msg=k)
+    for name, m in results["cpu"]["test"].items():
+        assert results["cuda"]["test"][name]["auc"] == pytest.approx(m["auc"], abs=1e-4)
+
+
+def test_the_end_of_a_run_scores_val_once_and_writes_last_pt_once(tmp_path, monkeypatch):
+    from mtl_train.train.trainer import Trainer
+
+    calls = []
+    for name in ("evaluate", "save"):
+        orig = getattr(Trainer, name)
+        monkeypatch.setattr(Trainer, name, lambda self, arg, _o=orig, _n=name: calls.append((_n, arg)) or _o(self, arg))
+    cfg = make_cfg(*TINY)
+    results = Trainer(cfg, load_dataset(cfg.dataset, cfg.seed), str(tmp_path)).fit()
+    # val at the epoch's end (best.pt), then only test: best.pt's val metrics are those already computed
+    assert calls == [("evaluate", "val"), ("save", "best.pt"), ("save", "last.pt"), ("evaluate", "test")]
+    assert json.loads((tmp_path / "metrics.json").read_text()) == json.loads(json.dumps(results))
