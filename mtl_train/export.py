@@ -358,21 +358,20 @@ def _publish(tmp: str, out: str, overwrite: bool) -> None:
 
 def write_features(schema: FeatureSchema, trained: DictConfig | None, folder: str) -> list[str]:
     """``features.json`` and its vocabulary files in ``folder``: how raw values become the
-    inputs (:func:`mtl_train.serving.features.write_features`). Nothing where ``trained`` (the
-    checkpoint's config) is None, or where the dataset has no raw form to describe (a dataset
-    without fitted encoders other than the synthetic set; a warning says so).
+    inputs (:func:`mtl_train.serving.features.write_features`); nothing where ``trained`` (the
+    checkpoint's config) is None.
 
     Returns:
-        the names of the files written."""
+        the names of the files written.
+
+    Raises:
+        DataError: a dataset with no raw form to describe (no fitted encoders, not the
+            synthetic set)."""
     if trained is None:
         return []
     from mtl_train.serving.features import write_features as write
 
-    try:
-        return write(folder, schema, trained)
-    except ValueError as e:
-        log.warning("export: no features.json (%s); the model's inputs are ids and normalised numbers", e)
-        return []
+    return write(folder, schema, trained)
 
 
 def _check_features(folder: str, inputs: list[dict], outputs: list[dict]) -> None:
@@ -408,6 +407,7 @@ def export_model(model: nn.Module, rows: dict[str, torch.Tensor], output: str, f
     Raises:
         ConfigError: see :func:`check_output`; ``onnx`` without the ``export`` extra; torch
             older than :data:`MIN_TORCH`.
+        DataError: see :func:`write_features`.
         ParityError: a format disagrees with the eager model (nothing is written).
     """
     require_torch()

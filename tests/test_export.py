@@ -9,7 +9,7 @@ from helpers import group_cfg
 
 from mtl_train import export
 from mtl_train.data.schema import DenseFeature, FeatureSchema, SequenceFeature, SparseFeature, Task
-from mtl_train.errors import ConfigError
+from mtl_train.errors import ConfigError, DataError
 from mtl_train.models.builder import build_model
 
 BACKBONES = ["single_task", "shared_bottom", "omoe", "mmoe", "cgc", "ple"]
@@ -181,7 +181,7 @@ def test_the_traced_program_keeps_no_operator_of_the_placeholder_labels():
     assert "aten.embedding.default" in ops and "aten.sigmoid.default" in ops
 
 
-def test_the_export_holds_features_json_naming_the_programs_inputs_and_outputs(tmp_path, caplog, monkeypatch):
+def test_the_export_holds_features_json_naming_the_programs_inputs_and_outputs(tmp_path, monkeypatch):
     from omegaconf import OmegaConf
 
     from mtl_train.serving import features as serving_features
@@ -197,11 +197,11 @@ def test_the_export_holds_features_json_naming_the_programs_inputs_and_outputs(t
     assert [o["name"] for o in features["outputs"]] == [o["name"] for o in m["outputs"]] == [
         "prob_click", "prob_purchase", "prob_purchase_given_click"]
     assert [i["name"] for i in features["inputs"]] == ["sparse", "dense"]
-    # a dataset without a raw form to describe: exported without features.json, with a warning
+    # a dataset without a raw form to describe: refused, nothing written
     other = OmegaConf.create({"dataset": {"name": "census"}, "graph": {"name": "esmm"}})
-    m = export.export_model(tiny_model("omoe", "esmm", schema), b, str(tmp_path / "b"), ["pt2"], trained=other)
-    assert m["files"] == ["model.pt2", "manifest.json"]
-    assert "export: no features.json (dataset 'census' has no fitted encoders" in caplog.text
+    with pytest.raises(DataError, match="^export: dataset 'census' has no fitted encoders, so features.json cannot "
+                                        "describe its raw values$"):
+        export.export_model(tiny_model("omoe", "esmm", schema), b, str(tmp_path / "b"), ["pt2"], trained=other)
     # features.json naming other outputs than the program's (the serving side's graph rule
     # drifting from the graph's eval_outputs) stops the export
     real = serving_features.output_specs
@@ -209,7 +209,7 @@ def test_the_export_holds_features_json_naming_the_programs_inputs_and_outputs(t
     with pytest.raises(RuntimeError, match=r"^features.json outputs \['prob_click', 'prob_purchase'\] differ from the "
                                            r"exported program's \['prob_click', 'prob_purchase', 'prob_purchase_given"):
         export.export_model(tiny_model("omoe", "esmm", schema), b, str(tmp_path / "c"), ["pt2"], trained=synthetic)
-    assert sorted(os.listdir(tmp_path)) == ["a", "b"]
+    assert sorted(os.listdir(tmp_path)) == ["a"]
 
 
 def test_a_schema_without_numeric_or_categorical_features_keeps_the_signature(tmp_path):
