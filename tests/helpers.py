@@ -259,27 +259,19 @@ SCALED_SCHEMA = {"categorical": ["city"], "numeric": ["x1", "x2"],
 
 
 def export_for_tests(checkpoint, out):
-    """``mode=export`` of ``checkpoint`` (run dir or file) into ``out``, with features.json
-    (written here where the exporter does not write it yet)."""
+    """``mode=export`` of ``checkpoint`` (run dir or file) into ``out`` (model.pt2, model.onnx,
+    features.json with its vocabulary files, manifest.json)."""
     from mtl_train.export import run_export
-    from mtl_train.serving.features import FILE, write_features
-    from mtl_train.train import checkpoint as ckpt
 
     run_export(make_cfg("mode=export", f"checkpoint={checkpoint}", f"export.output={out}"), str(Path(out).parent))
-    if not (Path(out) / FILE).exists():
-        state = ckpt.load(ckpt.find_checkpoint(str(checkpoint), "checkpoint", prefer=("best.pt", "last.pt")))
-        write_features(str(out), state["schema"], state["config"])
     return Path(out)
 
 
 def export_model(model, split, config, out):
-    """The exporter's export of ``model`` (checked on the rows of ``split``) into ``out``, with
-    features.json (written here where the exporter does not write it yet)."""
+    """The exporter's export of ``model`` (checked on the rows of ``split``; ``config``: the
+    resolved config of its run, a dict) into ``out``."""
     from mtl_train.export import export_model as export
     from mtl_train.export import held_out_rows
-    from mtl_train.serving.features import FILE, write_features
 
     export(model, held_out_rows(split), str(out), trained=OmegaConf.create(config))
-    if not (Path(out) / FILE).exists():
-        write_features(str(out), model.schema, config)
     return Path(out)
