@@ -238,7 +238,15 @@ def train_one(model: str, p: float, lr: float, seed: int, a) -> dict:
 
 
 def load_runs(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+    """The records of ``path`` (JSON lines), the first of each (model, p, lr, seed) only."""
+    if not path.exists():
+        return []
+    out = {}
+    for line in path.read_text().splitlines():
+        if line.strip():
+            r = json.loads(line)
+            out.setdefault((r["model"], r["p"], r["lr"], r["seed"]), r)
+    return list(out.values())
 
 
 def append_run(path: Path, rec: dict) -> None:
@@ -443,6 +451,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="runs/mmoe_synthetic")
     ap.add_argument("--runs", type=int, default=20, help="independent runs per (model, p) cell")
+    ap.add_argument("--seeds", type=int, nargs="+", default=None,
+                    help="run these seeds only (instead of 0 .. runs-1): to share the runs among processes")
     ap.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     ap.add_argument("--ps", type=float, nargs="+", default=[0.5, 0.9, 1.0])
     ap.add_argument("--train-rows", type=int, default=64000)
@@ -470,7 +480,8 @@ def main() -> None:
         (out / "params.json").write_text(json.dumps(counts, indent=2))
         print("parameters:", json.dumps(counts), flush=True)
         done = {(r["model"], r["p"], r["seed"]) for r in load_runs(path)}
-        for seed in range(a.runs):  # run by run, so that a stopped experiment has every cell alike
+        for seed in (a.seeds if a.seeds is not None else range(a.runs)):  # seed-major: a stopped experiment has
+            # every cell alike
             for p in a.ps:
                 for model in a.models:
                     if (model, p, seed) in done:
