@@ -8,10 +8,13 @@ speed then favours none); a configuration's figure is ``run.json: train_loop_sam
 (the training loop with batch loading, validation and checkpoints excluded; for the 2-rank run
 the rows of both ranks). The report gives, per round and as medians over rounds, the ratios
 2 ranks / 1 process x 1 thread (the scaling of the data-parallel step) and 2 ranks / 1 process x
-2 threads (what the second core buys either way), and the share of the 2-rank loop spent in
-collectives (``run.json: communication_seconds`` of rank 0 over its loop time: the per-step
-all-reduce of losses and flags plus the gradient all-reduce, waiting for the other rank
-included). ``--losses equal,gradnorm,pcgrad`` adds 2-rank runs of those methods and their step
+2 threads (what the second core buys either way), and two views of communication: the share of
+the 2-rank loop in the step's blocking collectives (``run.json: communication_seconds`` of rank
+0 over its loop time: the per-step all-reduce of losses, counts and flags, waiting for the other
+rank included; DDP's gradient all-reduce overlaps the backward pass and is not in it), and the
+data-parallel overhead 1 - (2-rank samples/s / 2) / (1 process x 1 thread samples/s): the share
+of a rank's step that one process alone would not spend (every collective, the gradient
+all-reduce included, and the waiting). ``--losses equal,gradnorm,pcgrad`` adds 2-rank runs of those methods and their step
 time against ``loss=equal`` under 2 ranks.
 
 Usage: python scripts/bench.py ddp [--workdir DIR] [--rounds N] [--steps S] [--losses equal,...]
@@ -87,8 +90,9 @@ def main() -> None:
         two = res["2r x 1t"]
         line = (f"round {r + 1}: " + ", ".join(f"{n} {res[n]['samples_per_s']:,.0f}/s" for n, *_ in configs)
                 + f"; 2r/1p1t x{two['samples_per_s'] / res['1p x 1t']['samples_per_s']:.2f}, 2r/1p2t "
-                  f"x{two['samples_per_s'] / res['1p x 2t']['samples_per_s']:.2f}, communication "
-                  f"{100 * two['comm_share']:.1f}% of the 2-rank loop")
+                  f"x{two['samples_per_s'] / res['1p x 2t']['samples_per_s']:.2f}, blocking collectives "
+                  f"{100 * two['comm_share']:.1f}% of the 2-rank loop, data-parallel overhead "
+                  f"{100 * overhead(res):.1f}%")
         for loss in losses[1:]:
             other = res[f"2r x 1t {loss}"]
             line += f"; {loss} step time x{two['samples_per_s'] / other['samples_per_s']:.2f} of {losses[0]}"
@@ -100,7 +104,13 @@ def main() -> None:
     print(f"median over {a.rounds} round(s): 2 ranks x 1 thread / 1 process x 1 thread "
           f"x{med(lambda x: x['2r x 1t']['samples_per_s'] / x['1p x 1t']['samples_per_s']):.2f}; "
           f"/ 1 process x 2 threads x{med(lambda x: x['2r x 1t']['samples_per_s'] / x['1p x 2t']['samples_per_s']):.2f}; "
-          f"communication {100 * med(lambda x: x['2r x 1t']['comm_share']):.1f}% of the 2-rank loop", flush=True)
+          f"blocking collectives {100 * med(lambda x: x['2r x 1t']['comm_share']):.1f}% of the 2-rank loop; "
+          f"data-parallel overhead {100 * med(overhead):.1f}%", flush=True)
+
+
+def overhead(res: dict) -> float:
+    """1 - (2-rank samples/s per rank) / (1 process x 1 thread samples/s)."""
+    return 1 - res["2r x 1t"]["samples_per_s"] / 2 / res["1p x 1t"]["samples_per_s"]
 
 
 def load_average() -> str:

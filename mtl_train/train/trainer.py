@@ -498,7 +498,7 @@ class Trainer:
             "funnel_violations": self.data.info.get("funnel_violations"),
             "diagnostics": self._diagnostics(),
         }
-        if self.world_size > 1:  # rank 0's time in the step's collectives, waiting for the other ranks included
+        if self.world_size > 1:  # rank 0's time in the step's agreement all-reduce (DDP's overlaps the backward)
             run_info["communication_seconds"] = round(self.comm_seconds, 3)
         if self.device.type == "cuda":  # the most the run's tensors held at once (data, model, activations)
             run_info["peak_gpu_memory_mb"] = round(torch.cuda.max_memory_allocated(self.device) / 2**20)
