@@ -348,37 +348,6 @@ def check_output_dir(args: list[str], composed: DictConfig) -> None:
         ensure_writable_dir(key, path)
 
 
-_HELP_FLAGS = {"--help", "-h", "--hydra-help"}
-
-
-def _share_group_listing() -> None:
-    """Make Hydra's ``--help`` list the config groups from one config repository.
-
-    Hydra's help lists every group and its options through ``ConfigLoaderImpl.get_group_options``,
-    and each of its ~90 calls builds a fresh repository (a deep copy of Hydra's ConfigStore):
-    about two thirds of the time ``mtl-train --help`` took without torch. The repository cannot
-    change within one ``--help`` process, so this process builds it once per (config name,
-    overrides) and answers every listing from it: the same groups and options, in the same
-    order. Called only for the help flags; a Hydra without that private method is left as is.
-    """
-    from hydra._internal.config_loader_impl import ConfigLoaderImpl
-    from hydra.core.object_type import ObjectType
-
-    build = getattr(ConfigLoaderImpl, "_parse_overrides_and_create_caching_repo", None)
-    if build is None or getattr(ConfigLoaderImpl.get_group_options, "_mtl_shared", False):
-        return
-    repos: dict = {}
-
-    def get_group_options(self, group_name, results_filter=ObjectType.CONFIG, config_name=None, overrides=None):
-        key = (id(self), config_name, tuple(overrides or ()))
-        if key not in repos:
-            repos[key] = build(self, config_name, list(overrides or ()))[1]
-        return repos[key].get_group_options(group_name, results_filter)
-
-    get_group_options._mtl_shared = True
-    ConfigLoaderImpl.get_group_options = get_group_options
-
-
 def _fail(err: Exception, code: int = 2) -> None:
     who = f"[rank {distributed.rank()}] " if distributed.rank() else ""
     print(f"mtl-train: error: {who}{err}", file=sys.stderr)
@@ -419,11 +388,10 @@ def distributed_overrides(args: list[str], composed: DictConfig) -> list[str]:
             the device does not support (see :func:`mtl_train.distributed.backend_for`).
         DistributedError: the process group did not form within ``trainer.dist_timeout_s``.
     """
-    from mtl_train.train.device import resolve_device
-
     env = distributed.detect()
     if env is None or _NO_JOB_FLAGS & set(args):
         return list(args)
+    from mtl_train.train.device import resolve_device  # imports torch: not for one process's --help
     if {"-m", "--multirun"} & set(args):
         raise ConfigError(f"-m/--multirun: a sweep does not run under torchrun or srun (WORLD_SIZE={env.world_size}); "
                           f"launch one distributed job per configuration (e.g. a shell loop over torchrun)")
@@ -581,8 +549,6 @@ def main() -> None:
         sys.argv[1:] = distributed_overrides(sys.argv[1:], composed)
     except MtlError as e:
         _fail(e)
-    if _HELP_FLAGS & set(sys.argv[1:]):
-        _share_group_listing()
     app()
     _leave()
     if _FAILED_JOBS:

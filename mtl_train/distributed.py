@@ -33,10 +33,12 @@ import threading
 import time
 from dataclasses import dataclass
 from datetime import timedelta
-
-import torch
+from typing import TYPE_CHECKING
 
 from mtl_train.errors import ConfigError, MtlError
+
+if TYPE_CHECKING:  # torch is imported where it is used: the CLI's --help and precheck need none of it
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +115,7 @@ def backend_for(device: torch.device, backend: str | None) -> str:
 
     Raises:
         ConfigError: an unknown backend, one this torch build lacks, or nccl without CUDA."""
+    import torch
     if backend is None:
         backend = "nccl" if device.type == "cuda" else "gloo"
     if backend not in BACKENDS:
@@ -126,7 +129,7 @@ def backend_for(device: torch.device, backend: str | None) -> str:
 
 
 _ENV: DistEnv | None = None
-_FLAG_DEVICE = torch.device("cpu")
+_FLAG_DEVICE = None  # the device of object collectives: CUDA under NCCL (set by init), else CPU
 _STEP = 0  # the training step this rank has reached (in its heartbeat)
 _TIMEOUT_S = 0.0
 
@@ -140,6 +143,7 @@ def init(env: DistEnv, device: torch.device, backend: str | None, timeout_s: flo
         ConfigError: see :func:`backend_for`. DistributedError: the group did not form within
             ``timeout_s`` seconds (a rank that never started, a wrong MASTER_ADDR/PORT).
     """
+    import torch
     global _ENV, _FLAG_DEVICE, _TIMEOUT_S
     backend = backend_for(device, backend)
     for k, v in (("RANK", env.rank), ("WORLD_SIZE", env.world_size), ("LOCAL_RANK", env.local_rank),
@@ -191,6 +195,7 @@ def is_main() -> bool:
 
 def local_device(device: torch.device) -> torch.device:
     """``device`` for this rank: a CUDA device without an index becomes ``cuda:<local rank>``."""
+    import torch
     if _ENV is not None and device.type == "cuda" and device.index is None:
         return torch.device("cuda", _ENV.local_rank % torch.cuda.device_count())
     return device
@@ -204,15 +209,17 @@ def set_step(step: int) -> None:
 
 def broadcast_object(obj, src: int = 0):
     """``obj`` of rank ``src`` on every rank (pickled); ``obj`` itself for a single process."""
+    import torch
     if _ENV is None:
         return obj
     box = [obj]
-    torch.distributed.broadcast_object_list(box, src=src, device=_FLAG_DEVICE if _FLAG_DEVICE.type == "cuda" else None)
+    torch.distributed.broadcast_object_list(box, src=src, device=_FLAG_DEVICE)
     return box[0]
 
 
 def gather_objects(obj, dst: int = 0) -> list | None:
     """[obj of rank 0, obj of rank 1, ...] on rank ``dst`` (None elsewhere); [obj] for one process."""
+    import torch
     if _ENV is None:
         return [obj]
     out = [None] * _ENV.world_size if _ENV.rank == dst else None
@@ -222,6 +229,7 @@ def gather_objects(obj, dst: int = 0) -> list | None:
 
 def all_gather_objects(obj) -> list:
     """[obj of rank 0, obj of rank 1, ...] on every rank; [obj] for one process."""
+    import torch
     if _ENV is None:
         return [obj]
     out = [None] * _ENV.world_size
@@ -231,16 +239,18 @@ def all_gather_objects(obj) -> list:
 
 def all_reduce(tensor: torch.Tensor, op: str = "sum") -> torch.Tensor:
     """A new tensor: ``tensor`` reduced over ranks (``sum`` or ``max``); a copy for one process."""
+    import torch
     out = tensor.detach().clone()
     if _ENV is None:
         return out
-    moved = out.to(_FLAG_DEVICE)
+    moved = out.to(_FLAG_DEVICE or "cpu")
     torch.distributed.all_reduce(moved, op=torch.distributed.ReduceOp.MAX if op == "max" else torch.distributed.ReduceOp.SUM)
     return moved.to(tensor.device)
 
 
 def any_rank(flag: bool) -> bool:
     """True when ``flag`` is True on any rank: a decision taken once and acted on by all."""
+    import torch
     if _ENV is None:
         return bool(flag)
     return bool(all_reduce(torch.tensor([1.0 if flag else 0.0]), "max").item())
@@ -249,6 +259,7 @@ def any_rank(flag: bool) -> bool:
 # ---- liveness ------------------------------------------------------------------------------
 def _store():
     """A client of the launcher's key-value store (torchrun's agent, or rank 0's under srun)."""
+    import torch
     return torch.distributed.TCPStore(_ENV.master_addr, _ENV.master_port, _ENV.world_size, False,
                                       timedelta(seconds=10))
 
@@ -301,6 +312,7 @@ def failure_message(err: BaseException) -> str:
 
 def is_collective_failure(err: BaseException) -> bool:
     """Whether ``err`` is a failed or timed-out collective of the process group."""
+    import torch
     if _ENV is None:
         return False
     dist_error = getattr(torch.distributed, "DistError", ())
@@ -342,6 +354,7 @@ def exit_barrier(timeout_s: float = 60.0) -> None:
 
 def shutdown() -> None:
     """Leave the process group (at the end of the job)."""
+    import torch
     global _ENV
     if _ENV is not None and torch.distributed.is_initialized():
         with contextlib.suppress(Exception):

@@ -140,5 +140,5 @@ def test_help_imports_no_torch_and_lists_every_group():
     assert out.returncode == 0
     imported = {line.rsplit("|", 1)[-1].strip() for line in out.stderr.splitlines()}
     assert "torch" not in imported and "hydra" in imported
-    assert "dataset: aliccp, aliexpress, census, hillstrom, parquet, synthetic\n" in out.stdout
+    assert "dataset: aliccp, aliexpress, census, hillstrom, mmoe_synthetic, parquet, synthetic\n" in out.stdout
     assert "loss: cagrad, dwa, equal, gradnorm, gradnorm_pcgrad, mgda, pcgrad, rlw, static, uncertainty\n" in out.stdout
