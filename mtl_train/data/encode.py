@@ -16,6 +16,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from mtl_train.data.columns import as_kind, check_list, check_scalar, flat, label_array, numeric, weight_array
+from mtl_train.data.hashing import bytes_hash, splitmix64
 from mtl_train.data.schema import NULL_ID, NUM_RESERVED_IDS, OOV_ID
 from mtl_train.data.spec import fill_value
 from mtl_train.errors import DataError
@@ -144,7 +145,7 @@ def hash_ids(column: pa.Array | pa.ChunkedArray, buckets: int, salt: int = 0) ->
     elif pa.types.is_integer(t) or pa.types.is_boolean(t):
         x = column.cast(pa.int64()).fill_null(0).to_numpy(zero_copy_only=False).view(np.uint64)
     elif pa.types.is_string(t) or pa.types.is_binary(t) or pa.types.is_large_string(t) or pa.types.is_large_binary(t):
-        x = _bytes_hash(column)
+        x = bytes_hash(column)
     elif pa.types.is_dictionary(t):
         return hash_ids(column.cast(t.value_type), buckets, salt)
     else:
@@ -153,50 +154,6 @@ def hash_ids(column: pa.Array | pa.ChunkedArray, buckets: int, salt: int = 0) ->
     ids = (h % np.uint64(buckets)).astype(np.int64) + NUM_RESERVED_IDS
     ids[null] = NULL_ID
     return ids, int(null.sum())
-
-
-def splitmix64(x: np.ndarray) -> np.ndarray:
-    """SplitMix64 finaliser of uint64 values (wrapping arithmetic), uint64 [N] -> uint64 [N]."""
-    with np.errstate(over="ignore"):
-        z = x.astype(np.uint64) + np.uint64(0x9E3779B97F4A7C15)
-        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-        return z ^ (z >> np.uint64(31))
-
-
-def _bytes_hash(column: pa.Array) -> np.ndarray:
-    """Polynomial hash of each string's bytes, uint64 [N] (nulls and empty strings hash to 0)."""
-    if pa.types.is_large_string(column.type) or pa.types.is_large_binary(column.type):
-        column = column.cast(pa.large_binary())
-        off_t = np.int64
-    else:
-        column = column.cast(pa.binary())
-        off_t = np.int32
-    column = column.fill_null(b"")
-    bufs = column.buffers()
-    n = len(column)
-    offsets = np.frombuffer(bufs[1], dtype=off_t, count=n + 1, offset=column.offset * np.dtype(off_t).itemsize)
-    offsets = offsets.astype(np.int64)
-    data = np.frombuffer(bufs[2], dtype=np.uint8) if bufs[2] is not None else np.zeros(0, np.uint8)
-    lengths = np.diff(offsets)
-    total = int(lengths.sum())
-    if total == 0:
-        return np.zeros(n, dtype=np.uint64)
-    start = offsets[0]
-    b = data[start:start + total].astype(np.uint64) + np.uint64(1)
-    # position from the end of its string: h = sum_i b_i * P^(len-1-i)  (mod 2^64)
-    row = np.repeat(np.arange(n), lengths)
-    pos_from_end = (offsets[1:][row] - start) - np.arange(start - start, total) - 1
-    maxlen = int(lengths.max())
-    powers = np.ones(maxlen, dtype=np.uint64)
-    with np.errstate(over="ignore"):
-        for k in range(1, maxlen):  # loop over string length, not rows
-            powers[k] = powers[k - 1] * np.uint64(1099511628211)
-        terms = b * powers[pos_from_end]
-    h = np.zeros(n, dtype=np.uint64)
-    nonempty = lengths > 0
-    h[nonempty] = np.add.reduceat(terms, (offsets[:-1] - start)[nonempty])  # strings are contiguous
-    return h
 
 
 class Encoder:

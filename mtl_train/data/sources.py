@@ -14,7 +14,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from mtl_train.data.encode import splitmix64
+from mtl_train.data.hashing import splitmix64
 from mtl_train.errors import ConfigError, DataError
 
 SPLITS = ("train", "val", "test")

@@ -15,6 +15,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from mtl_train.data.columns import as_kind, id_values
+from mtl_train.data.hashing import bytes_hash, splitmix64
 from mtl_train.errors import DataError
 from mtl_train.serving.features import NULL_ID, NUM_RESERVED_IDS, OOV_ID
 
@@ -37,80 +39,6 @@ def as_table(rows) -> pa.Table:
     raise DataError(f"raw rows: a pyarrow Table or a dict of column lists is needed, not {type(rows).__name__}")
 
 
-# --- hashing: the same functions as mtl_train.data.encode (which needs the training code) ---
-
-def splitmix64(x: np.ndarray) -> np.ndarray:
-    """SplitMix64 finaliser (Steele et al., OOPSLA 2014) of uint64 values, wrapping arithmetic:
-    uint64 [N] -> uint64 [N]."""
-    with np.errstate(over="ignore"):
-        z = x.astype(np.uint64) + np.uint64(0x9E3779B97F4A7C15)
-        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-        return z ^ (z >> np.uint64(31))
-
-
-_POWERS = np.ones(1, dtype=np.uint64)
-
-
-def _powers(n: int) -> np.ndarray:
-    """1099511628211^k mod 2^64 for k < n (grown and kept between calls)."""
-    global _POWERS
-    if len(_POWERS) < n:
-        p = np.ones(max(n, 2 * len(_POWERS)), dtype=np.uint64)
-        with np.errstate(over="ignore"):
-            for k in range(1, len(p)):  # over string lengths, not rows
-                p[k] = p[k - 1] * np.uint64(1099511628211)
-        _POWERS = p
-    return _POWERS[:n]
-
-
-def bytes_hash(column: pa.Array) -> np.ndarray:
-    """Polynomial hash of each string's UTF-8 bytes, sum_i (b_i + 1) * 1099511628211^(len-1-i)
-    mod 2^64, uint64 [N]; nulls and empty strings hash to 0."""
-    if pa.types.is_large_string(column.type) or pa.types.is_large_binary(column.type):
-        column, off_t = column.cast(pa.large_binary()), np.int64
-    else:
-        column, off_t = column.cast(pa.binary()), np.int32
-    column = column.fill_null(b"")
-    bufs = column.buffers()
-    n = len(column)
-    offsets = np.frombuffer(bufs[1], dtype=off_t, count=n + 1,
-                            offset=column.offset * np.dtype(off_t).itemsize).astype(np.int64)
-    data = np.frombuffer(bufs[2], dtype=np.uint8) if bufs[2] is not None else np.zeros(0, np.uint8)
-    lengths = np.diff(offsets)
-    total = int(lengths.sum())
-    if total == 0:
-        return np.zeros(n, dtype=np.uint64)
-    start = offsets[0]
-    b = data[start:start + total].astype(np.uint64) + np.uint64(1)
-    row = np.repeat(np.arange(n), lengths)
-    pos_from_end = (offsets[1:][row] - start) - np.arange(total) - 1
-    with np.errstate(over="ignore"):
-        terms = b * _powers(int(lengths.max()))[pos_from_end]
-    h = np.zeros(n, dtype=np.uint64)
-    nonempty = lengths > 0
-    h[nonempty] = np.add.reduceat(terms, (offsets[:-1] - start)[nonempty])
-    return h
-
-
-def _id_values(col: pa.Array) -> pa.Array:
-    """Ids in one type per kind, as training counts them: dictionaries decoded, integers
-    other than uint64 as int64, large strings as strings."""
-    t = col.type
-    if pa.types.is_dictionary(t):
-        col, t = col.cast(t.value_type), t.value_type
-    if pa.types.is_integer(t) and t not in (pa.int64(), pa.uint64()):
-        col = col.cast(pa.int64())
-    elif pa.types.is_large_string(t):
-        col = col.cast(pa.string())
-    return col
-
-
-def _id_kind(t: pa.DataType) -> str:
-    t = t.value_type if pa.types.is_dictionary(t) else t
-    return "integer" if pa.types.is_integer(t) or pa.types.is_boolean(t) else "string"
-
-
 def _one_line(e: Exception) -> str:
     return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
 
@@ -121,12 +49,10 @@ def hash_ids(column: pa.Array, buckets: int, salt: int, kind: str | None, name: 
 
     Raises:
         DataError: a value that does not convert, or a column neither integer, string nor binary."""
-    if kind and not pa.types.is_null(column.type) and _id_kind(column.type) != kind:
-        try:
-            column = _id_values(column).cast(pa.int64() if kind == "integer" else pa.string())
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
-            raise DataError(f"raw rows: column '{name}' holds {column.type} values where the training files hold "
-                            f"{kind} ids: {_one_line(e)}") from None
+    try:
+        column = as_kind(column, kind)  # converted as the training files' other-kind values are
+    except DataError as e:
+        raise DataError(f"raw rows: column '{name}' {e}") from None
     t = column.type
     if pa.types.is_dictionary(t):
         column, t = column.cast(t.value_type), t.value_type
@@ -223,7 +149,7 @@ def offset_ids(column: pa.Array, size: int, name: str) -> np.ndarray:
     Raises:
         DataError: values that are not integers (one line, naming the column)."""
     try:
-        col = _id_values(column).cast(pa.int64())
+        col = id_values(column).cast(pa.int64())
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
         raise DataError(f"raw rows: column '{name}' holds {column.type} values where the training ids are integers: "
                         f"{_one_line(e)}") from None
