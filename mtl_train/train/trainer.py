@@ -309,7 +309,8 @@ class Trainer:
         weights, labels = batch.get("weights"), batch["labels"]  # row weights [B, T], where the data have them
         losses, counts = (self.model.graph.losses(out, labels) if weights is None
                           else self.model.graph.losses(out, labels, weights))
-        losses, counts = ddp.global_losses(losses, counts)  # the global batch's, under several ranks
+        with self._communicating():
+            losses, counts = ddp.global_losses(losses, counts)  # the global batch's, under several ranks
         self._rows = labels.shape[0]
         if self.nonfinite.skip(self._agree(losses), self.model, out, batch):
             return None
@@ -336,22 +337,21 @@ class Trainer:
         return losses.detach(), weights, logs
 
     def _agree(self, losses: torch.Tensor) -> torch.Tensor:
-        """Several ranks: one all-reduce per step of the task losses and the stop signal, so that
-        every rank takes the same decisions at the same step: a non-finite loss on any rank is
-        seen by all (the returned [T] is the ranks' sum, non-finite where any rank's is), and
-        a SIGINT/SIGTERM caught by any rank stops all of them after this step
-        (:attr:`agreed_signal`); the step's rows over all ranks go along (:attr:`step_rows`). One
-        process: ``losses`` unchanged."""
+        """Several ranks: one all-reduce per step of the stop signal and the row count, so that a
+        SIGINT/SIGTERM caught by any rank stops all of them after this step
+        (:attr:`agreed_signal`), and :attr:`step_rows` holds the step's rows over all ranks.
+        ``losses`` is returned as it is: they are already the global batch's
+        (:func:`~mtl_train.train.ddp.global_losses`, whose all-reduce makes a non-finite loss of
+        any rank non-finite on every rank), so every rank skips or stops at the same step."""
         if self.world_size == 1:
             return losses
         sig = float(self.signals.received or 0)
-        extra = torch.tensor([sig, float(self._rows)], device=losses.device)
         with self._communicating():
-            both = distributed.all_reduce(torch.cat([losses.detach().float().reshape(-1), extra]))
+            both = distributed.all_reduce(torch.tensor([sig, float(self._rows)], device=losses.device))
         self.step_rows = int(both[-1].item())
         if self.agreed_signal is None and both[-2] > 0:
             self.agreed_signal = int(distributed.all_reduce(torch.tensor([sig]), "max").item())
-        return both[:-2]
+        return losses
 
     @contextlib.contextmanager
     def _communicating(self):
