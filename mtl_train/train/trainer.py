@@ -165,7 +165,7 @@ class Trainer:
         self.nonfinite = NonFiniteGuard(tcfg.nonfinite, self.loss_names, self.progress, self._last_good,
                                         agree=_first_reason)
         self.agreed_signal: int | None = None  # several ranks: the stop signal every rank acts on
-        self._rows = self.step_rows = 0  # rows of the current step: this rank's, all ranks' (several ranks)
+        self.step_rows = 0  # rows of the current step over all ranks (several ranks)
         self.comm_seconds = 0.0  # several ranks: time in the step's collectives (waiting for other ranks included)
         self.state = TrainState(model=self.model, optimizers=Each(self.optimizers), schedulers=Each(self.schedulers),
                                 balancer=self.balancer, data=DataPosition(self.loader), rng=RNG(),
@@ -309,10 +309,14 @@ class Trainer:
         weights, labels = batch.get("weights"), batch["labels"]  # row weights [B, T], where the data have them
         losses, counts = (self.model.graph.losses(out, labels) if weights is None
                           else self.model.graph.losses(out, labels, weights))
+        rows = labels.shape[0]
+        # under several ranks the global batch's losses and counts, with the stop signal and the
+        # row count in the same all-reduce (the identity in one process)
+        extra = None if self.world_size == 1 else torch.tensor([float(self.signals.received or 0), float(rows)])
         with self._communicating():
-            losses, counts = ddp.global_losses(losses, counts)  # the global batch's, under several ranks
-        self._rows = labels.shape[0]
-        if self.nonfinite.skip(self._agree(losses), self.model, out, batch):
+            losses, counts, sums = ddp.global_losses_and_sums(losses, counts, extra)
+        self._agree(sums)
+        if self.nonfinite.skip(losses, self.model, out, batch):
             return None
         for o in self.optimizers:
             o.zero_grad(set_to_none=True)
@@ -336,22 +340,21 @@ class Trainer:
         logs["lr"] = self.optimizers[0].param_groups[0]["lr"]
         return losses.detach(), weights, logs
 
-    def _agree(self, losses: torch.Tensor) -> torch.Tensor:
-        """Several ranks: one all-reduce per step of the stop signal and the row count, so that a
-        SIGINT/SIGTERM caught by any rank stops all of them after this step
-        (:attr:`agreed_signal`), and :attr:`step_rows` holds the step's rows over all ranks.
-        ``losses`` is returned as it is: they are already the global batch's
-        (:func:`~mtl_train.train.ddp.global_losses`, whose all-reduce makes a non-finite loss of
-        any rank non-finite on every rank), so every rank skips or stops at the same step."""
-        if self.world_size == 1:
-            return losses
-        sig = float(self.signals.received or 0)
-        with self._communicating():
-            both = distributed.all_reduce(torch.tensor([sig, float(self._rows)], device=losses.device))
-        self.step_rows = int(both[-1].item())
-        if self.agreed_signal is None and both[-2] > 0:
-            self.agreed_signal = int(distributed.all_reduce(torch.tensor([sig]), "max").item())
-        return losses
+    def _agree(self, sums: torch.Tensor | None) -> None:
+        """Several ranks: act on this step's sums over the ranks of [stop signal, rows], taken in
+        the all-reduce of the losses (:func:`~mtl_train.train.ddp.global_losses_and_sums`), so
+        that a SIGINT/SIGTERM caught by any rank stops all of them after this step
+        (:attr:`agreed_signal`) and :attr:`step_rows` holds the step's rows over all ranks. The
+        losses need no agreement of their own: they are already the global batch's, so a
+        non-finite loss of any rank is non-finite on every rank, and every rank skips or stops
+        at the same step. One process: nothing (``sums`` is None)."""
+        if sums is None:
+            return
+        self.step_rows = int(sums[-1].item())
+        if self.agreed_signal is None and sums[-2] > 0:
+            sig = float(self.signals.received or 0)
+            with self._communicating():
+                self.agreed_signal = int(distributed.all_reduce(torch.tensor([sig]), "max").item())
 
     @contextlib.contextmanager
     def _communicating(self):

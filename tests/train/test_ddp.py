@@ -181,3 +181,19 @@ def test_without_a_process_group_nothing_is_communicated_or_changed():
     assert ddp.wrap_model(model, None, torch.device("cpu")) is model
     g = [torch.ones(2), None]
     assert ddp.mean_over_ranks(g)[0] is g[0] and ddp.world_size() == 1 and not ddp.active()
+
+
+def test_model_buffers_are_constants_so_ddp_need_not_broadcast_them():
+    # wrap_model passes broadcast_buffers=False: that is exact only while no step changes a buffer
+    for case in ("mmoe", "esmm"):
+        model = _model(case, True)
+        before = {k: v.clone() for k, v in model.named_buffers()}
+        assert before  # the embedding offsets at least
+        opts = build_optimizer(model, TCFG)
+        for b in _batches(case)[:3]:
+            losses, counts = model.graph.losses(model(b), b["labels"])
+            losses.nan_to_num().sum().backward()
+            for o in opts:
+                o.step()
+        for k, v in model.named_buffers():
+            assert torch.equal(v, before[k]), k
