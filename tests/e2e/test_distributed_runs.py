@@ -193,3 +193,37 @@ def test_a_backend_the_device_lacks_is_one_line_before_anything_is_written(tmp_p
         "mtl-train: error: trainer.dist_backend: nccl needs CUDA devices; this run trains on cpu (trainer.device), "
         "where gloo works")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_non_finite_loss_on_one_rank_is_skipped_by_every_rank_at_the_same_step(tmp_path):
+    # one training row with a regression label of 1e30: its squared error is inf in float32, on
+    # the rank whose slice holds it; the global losses make it inf on both, so both skip that
+    # step (a rank skipping alone would leave the other waiting in DDP's all-reduce)
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rng = np.random.default_rng(0)
+    for name, n, bad in (("train", 200, 37), ("val", 100, None)):
+        revenue = rng.normal(size=n)
+        if bad is not None:
+            revenue[bad] = 1e30
+        pq.write_table(pa.table({"city": rng.integers(0, 5, n), "x1": rng.normal(size=n),
+                                 "click": (rng.random(n) < 0.3).astype(float), "revenue": revenue}),
+                       tmp_path / f"{name}.parquet")
+    (tmp_path / "schema.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(
+        {"categorical": ["city"], "numeric": ["x1"], "tasks": ["click", {"name": "revenue", "type": "regression"}]})))
+    proc = torchrun(["dataset=parquet", "dataset.train_path=train.parquet", "dataset.val_path=val.parquet",
+                     "dataset.test_path=val.parquet", "dataset.schema_file=schema.yaml", "trainer.batch_size=16",
+                     "trainer.epochs=2", "trainer.progress=false", "trainer.nonfinite=skip", "model.expert_hidden=[8]",
+                     "model.num_experts=2", "trainer.dist_timeout_s=60", "hydra.run.dir=run"], tmp_path)
+    info = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert info["world_size"] == 2 and info["nonfinite_skipped"] == 2  # the row once per epoch
+    assert info["steps"] == 2 * (200 // 32 + 1) - 2  # 7 global batches per epoch, two skipped
+    log = (tmp_path / "run" / "cli.log").read_text()
+    skipped = sorted(int(line.split("non-finite loss at step ")[1].split()[0]) for line in log.splitlines()
+                     if "non-finite loss at step" in line)
+    assert len(skipped) == 2
+    for step in skipped:  # rank 1 skipped the very same steps
+        assert f"[rank 1] WARNING mtl_train.train.nonfinite: non-finite loss at step {step} in task 'revenue' (inf)" \
+            in proc.stderr
