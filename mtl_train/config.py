@@ -92,8 +92,9 @@ class TrainerConfig:
     num_threads: Optional[int] = param(None, "torch intra-op threads; null: torch's default", positive=True)
     tune_malloc: bool = param(True, "keep step-sized buffers in the heap instead of mmap/munmap per step "
                                     "(mtl_train/system.py)")
-    precision: str = param("fp32", "fp32, or bf16: embedding + backbone under torch.autocast (see Trainer.autocast)",
-                           choices=("fp32", "bf16"))
+    precision: str = param("fp32", "fp32; bf16: embedding + backbone under torch.autocast (see Trainer.autocast); "
+                                   "auto: bf16 where the device has bf16 matrix units, else fp32",
+                           choices=("fp32", "bf16", "auto"))
     scheduler: str = param("none", "learning-rate schedule, stepped once per optimizer step "
                                    "(see mtl_train.train.optim.lr_factor)",
                            choices=("none", "cosine", "step"))

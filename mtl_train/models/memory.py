@@ -40,6 +40,7 @@ import torch
 from mtl_train import registry, system
 from mtl_train.data.schema import FeatureSchema
 from mtl_train.errors import ConfigError, MtlError
+from mtl_train.train.device import native_bf16
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +113,7 @@ def estimate_memory(schema: FeatureSchema, model_cfg, graph_cfg, *, optimizer: s
         optimizer: ``trainer.optimizer`` (adam, adamw, sgd) of the dense parameters.
         sparse: row-sparse embedding gradients (the resolved ``model.sparse_embedding``).
         batch_size: ``trainer.batch_size`` (rows a sparse gradient can touch).
-        precision: ``trainer.precision`` (fp32, bf16).
+        precision: the resolved ``trainer.precision`` (fp32, bf16; ``auto`` resolved by check_memory).
         task_gradients: the balancer keeps one gradient per loss term (gradient surgery).
 
     Returns:
@@ -194,8 +195,9 @@ def check_memory(schema: FeatureSchema, cfg, device: torch.device, sparse_defaul
     sparse = m.get("sparse_embedding", None)
     sparse = bool(sparse_default) if sparse is None else bool(sparse)
     surgery = bool(getattr(registry.get("loss", cfg.loss.name).target, "needs_task_gradients", False))
+    precision = "bf16" if t.precision == "bf16" or (t.precision == "auto" and native_bf16(device)) else "fp32"
     est = estimate_memory(schema, m, cfg.graph, optimizer=t.optimizer, sparse=sparse, batch_size=int(t.batch_size),
-                          precision=t.precision, task_gradients=surgery)
+                          precision=precision, task_gradients=surgery)
     limit, held, source = available(device)
     checks = [("the embeddings and optimizer state", est.total, limit, held, source)]
     if device.type != "cpu":

@@ -37,6 +37,16 @@ def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str,
 PRECISIONS = registry.field_meta(TrainerConfig, "precision")["choices"]  # the values config validation accepts
 
 
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` multiplies bfloat16 matrices in hardware: a CPU with Intel AMX tiles or
+    AVX512-BF16 instructions, an NVIDIA GPU of compute capability 8.0 (Ampere) or newer."""
+    if device.type == "cpu":
+        return bool(torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported())
+    if device.type == "cuda":
+        return torch.cuda.get_device_capability(device) >= (8, 0)
+    return False
+
+
 def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
     """``trainer.precision`` -> the autocast dtype of the training forward (None for fp32).
 
@@ -45,24 +55,24 @@ def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
     Training", 2019): float32 master weights, optimizer state, towers, losses and balancers;
     the embedding and the backbone's GEMMs in bfloat16 under ``torch.autocast``. bfloat16 keeps
     float32's exponent range, so no loss scaling is needed (fp16 would need it and is not
-    offered). Fast where the hardware has bf16 matrix units (Intel AMX / AVX512-BF16 CPUs,
-    NVIDIA Ampere and newer); elsewhere it runs, slower than fp32, with a warning.
+    offered). Fast where the hardware has bf16 matrix units (:func:`native_bf16`: Intel AMX /
+    AVX512-BF16 CPUs, NVIDIA Ampere and newer); elsewhere it runs, slower than fp32, with a
+    warning. ``auto`` is bf16 where :func:`native_bf16`, else fp32 (the default stays fp32: a
+    config then trains to the same numbers on every machine; see the README's "Precision").
     Evaluation and prediction always run in float32.
 
     Raises:
-        ConfigError: a value other than fp32 or bf16.
+        ConfigError: a value other than fp32, bf16 or auto.
     """
     if name not in PRECISIONS:
         hint = " (fp16 needs loss scaling; use bf16)" if name == "fp16" else ""
         raise ConfigError(f"trainer.precision: '{name}' is not one of {', '.join(PRECISIONS)}{hint}")
     if name == "fp32":
         return None
-    if device.type == "cpu":
-        native = torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported()
-    else:
-        native = device.type == "cuda" and torch.cuda.is_bf16_supported()
+    native = native_bf16(device)
+    if name == "auto":
+        return torch.bfloat16 if native else None
     if not native:
         log.warning("trainer.precision=bf16: this %s has no native bfloat16 matrix unit; expect it slower than fp32",
                     device.type.upper())
     return torch.bfloat16
-

@@ -182,6 +182,7 @@ class Trainer:
         check_gauc_by(cfg)
         check_monitor(data.schema, tcfg.monitor)
         self.autocast_dtype = resolve_precision(tcfg.precision, self.device)
+        self.precision = "fp32" if self.autocast_dtype is None else "bf16"  # trainer.precision=auto resolved
         if self.autocast_dtype is not None and not any(True for _ in self.model.backbone.parameters()):
             log.warning("trainer.precision=%s changes nothing here: model.backbone=%s has no layers of its own, and "
                         "the embedding lookup and the task graph run in float32", tcfg.precision, cfg.model.backbone)
@@ -223,7 +224,8 @@ class Trainer:
                  if self.world_size > 1 else "")
         log.info("training %s + %s, loss=%s: %d steps/epoch of %d, device %s, %d threads, precision %s, "
                  "sparse embedding %s%s", self.cfg.model.name or self.cfg.model.backbone, self.cfg.graph.name,
-                 self.cfg.loss.name, len(self.loader), tcfg.batch_size, self.device, torch.get_num_threads(), tcfg.precision,
+                 self.cfg.loss.name, len(self.loader), tcfg.batch_size, self.device, torch.get_num_threads(),
+                 self.precision + (" (trainer.precision=auto)" if tcfg.precision == "auto" else ""),
                  "on" if self.sparse_embedding else "off", ranks)
         t_start = time.perf_counter()
         try:
@@ -492,7 +494,7 @@ class Trainer:
             # the training loop alone: batches read, steps taken; validation and checkpoints excluded
             "train_loop_seconds": round(train_s - self.excluded_seconds, 3), "train_samples": self.samples,
             "train_loop_samples_per_s": round(self.samples / max(train_s - self.excluded_seconds, 1e-9), 1),
-            "device": str(self.device), "precision": self.cfg.trainer.precision,
+            "device": str(self.device), "precision": self.precision,
             "sparse_embedding": self.sparse_embedding, "threads": torch.get_num_threads(),
             "data": self.data.info.get("protocol"),
             # per split: rows, null ids, out-of-vocabulary ids, null numerics, null labels (parquet)

@@ -24,3 +24,19 @@ def test_bf16_cli_run_records_precision_logs_steps_and_evaluates_in_float32(tmp_
     # eval of best.pt (float32) reproduces the run's own test metrics exactly
     run_cli(["mode=eval", f"checkpoint={run}", "hydra.run.dir=ev"], cwd=tmp_path)
     assert json.loads((tmp_path / "ev" / "eval.json").read_text())["test"] == metrics["test"]
+
+
+def test_auto_precision_resolves_to_this_machines_choice_and_records_it(tmp_path):
+    import json
+
+    import torch
+    from conftest import run_cli
+
+    from mtl_train.train.device import native_bf16
+
+    proc = run_cli(["dataset.train_rows=600", "dataset.val_rows=200", "dataset.test_rows=200", "trainer.progress=false",
+                    "trainer.epochs=1", "trainer.batch_size=64", "trainer.precision=auto", "hydra.run.dir=run"],
+                   cwd=tmp_path)
+    expect = "bf16" if native_bf16(torch.device("cpu")) else "fp32"
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["precision"] == expect
+    assert f"precision {expect} (trainer.precision=auto)" in proc.stderr + proc.stdout

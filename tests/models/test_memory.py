@@ -146,3 +146,16 @@ def test_on_a_gpu_the_device_memory_bounds_the_model_and_the_cpu_its_weights(mon
     _refuse_setup(monkeypatch, 1000)  # the 1.3 GB of weights are built on the CPU first
     with pytest.raises(ConfigError, match=r"model: the weights \(built on the CPU\) need ~1\.3 GB"):
         check_memory(big, cfg, gpu)
+
+
+def test_auto_precision_counts_the_bf16_weight_copies_only_where_bf16_is_chosen(monkeypatch):
+    from mtl_train.data.datasets import load_dataset
+
+    cfg = {p: config(*MMOE, f"trainer.precision={p}") for p in ("fp32", "bf16", "auto")}
+    schema = load_dataset(cfg["fp32"].dataset, cfg["fp32"].seed).schema
+    cpu = torch.device("cpu")
+    fp32, bf16 = (check_memory(schema, cfg[p], cpu).total for p in ("fp32", "bf16"))
+    assert bf16 > fp32  # autocast's bfloat16 copy of the dense weights
+    for native, expect in ((True, bf16), (False, fp32)):
+        monkeypatch.setattr(memory, "native_bf16", lambda device, v=native: v)
+        assert check_memory(schema, cfg["auto"], cpu).total == expect

@@ -22,8 +22,23 @@ def test_resolve_precision_values_and_errors():
     assert resolve_precision("bf16", cpu) is torch.bfloat16
     with pytest.raises(ConfigError, match=r"trainer.precision: 'fp16' .*use bf16"):
         resolve_precision("fp16", cpu)
-    with pytest.raises(ConfigError, match="trainer.precision: 'fp64' is not one of fp32, bf16"):
+    with pytest.raises(ConfigError, match="trainer.precision: 'fp64' is not one of fp32, bf16, auto"):
         resolve_precision("fp64", cpu)
+
+
+def test_auto_precision_is_bf16_only_where_the_device_has_bf16_matrix_units(monkeypatch):
+    from mtl_train.train import device
+
+    cpu = torch.device("cpu")
+    for amx, avx512_bf16, expect in ((False, False, None), (True, False, torch.bfloat16), (False, True, torch.bfloat16)):
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda v=amx: v)
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda v=avx512_bf16: v)
+        assert device.native_bf16(cpu) is (expect is not None)
+        assert resolve_precision("auto", cpu) is expect
+        assert resolve_precision("bf16", cpu) is torch.bfloat16  # asked for: bf16 anyway (with a warning without units)
+    for capability, expect in (((7, 5), False), ((8, 0), True), ((9, 0), True)):
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda d=None, c=capability: c)
+        assert device.native_bf16(torch.device("cuda")) is expect
 
 
 def _grads(m, b, precision):
