@@ -13,10 +13,16 @@ In one invocation: generate the workload if needed (make_workload.py: 400,000 tr
      towers [64], batch 2048, Adam lr 1e-3, one epoch, in-memory mode;
   4. with ``--stream``: the same run with ``dataset.mode=stream``;
   5. with ``--bf16``: the in-memory run with ``trainer.precision=bf16`` (bfloat16 autocast of
-     embedding and backbone; the roofline stays roofline.py's float32 figure);
+     embedding and backbone), reported against both ceilings: roofline.py's float32 figure and
+     ``roofline.py --dtype bfloat16`` (the same GEMM in bfloat16, sampled next to every float32
+     sample: a bf16 run's own ceiling), with its val AUCs minus the float32 run's;
   6. ``scripts/bench_step.py`` (unless ``--skip-step``; with ``--bf16`` also in bf16): the
      training step and roofline.py's GEMM interleaved in one process, so that both sides
      see the same speed phase of the machine; steady state, batches in memory, no loading;
+
+``--threads N`` runs every side with N threads (roofline.py ``--threads``, ``trainer.num_threads``,
+bench_step.py ``--threads``, OMP_NUM_THREADS for raw_limit.py): ``--threads 1`` is the fair
+one-thread comparison of ../shared/bench/README.md.
 
 and print samples/s, the ratios to the roofline and to raw_limit measured in the same
 round, the peak RSS of every process (``os.wait4``) and the val AUCs of both tasks.
@@ -55,7 +61,7 @@ PyTorch, the torch.export program and ONNX Runtime, encoded inputs and raw rows)
 diagnostics (scripts/bench_diagnostics.py: a measured step over a plain one on the bench MMoE, and
 the overhead that gives at ``trainer.diagnostics_every_steps`` = N).
 
-Usage: python scripts/bench.py [--workdir DIR] [--repeat N] [--stream] [--bf16] [--big-rows N --big-steps S]
+Usage: python scripts/bench.py [--workdir DIR] [--repeat N] [--stream] [--bf16] [--threads N] [--big-rows N --big-steps S]
        python scripts/bench.py balancers [--methods ...] [--rounds N] [--clock cpu] [--threads 1]
        python scripts/bench.py ddp-balancers [--methods equal,gradnorm,pcgrad] [--rounds N] [--threads 1]
        python scripts/bench.py serve [--workdir DIR] [--threads 1] [--rounds N] [--json OUT]
@@ -159,6 +165,7 @@ def main() -> None:
                     help="alternating (in-memory, streamed) pairs for the big log; the median ratio is reported "
                          "(default: %(default)s)")
     ap.add_argument("--skip-raw", action="store_true", help="skip raw_limit.py (roofline only)")
+    ap.add_argument("--threads", type=int, default=0, help="threads of every side (default: each one's own)")
     ap.add_argument("--skip-step", action="store_true", help="skip scripts/bench_step.py (the in-process figure)")
     ap.add_argument("--extra", nargs="*", default=[],
                     help="extra mtl-train overrides for every mtl-train run, e.g. --extra trainer.num_threads=1")
@@ -166,19 +173,25 @@ def main() -> None:
     work = Path(a.workdir)
     work.mkdir(parents=True, exist_ok=True)
     train, valid = ensure_workload(work)
+    threads = ["--threads", str(a.threads)] if a.threads else []
+    if a.threads:
+        a.extra = [f"trainer.num_threads={a.threads}", *a.extra]
+    env = {"OMP_NUM_THREADS": str(a.threads)} if a.threads else None
     rounds = []
     print(f"bench: workdir {work}; load average at start {os.getloadavg()}", flush=True)
     for r in range(a.repeat):
         res = {"load_before": [round(x, 2) for x in os.getloadavg()]}
         roofs: list[float] = []
+        roofs16: list[float] = []
 
-        def roofline() -> None:  # one more sample, between the runs of the round
-            text, _, _ = run([sys.executable, str(BENCH / "roofline.py")], work)
-            roofs.append(float(re.search(r"roofline_samples_per_s=(\d+)", text).group(1)))
+        def roofline() -> None:  # one more sample (and a bfloat16 one with --bf16), between the runs of the round
+            for dtype, into in (("float32", roofs), ("bfloat16", roofs16))[:2 if a.bf16 else 1]:
+                text, _, _ = run([sys.executable, str(BENCH / "roofline.py"), "--dtype", dtype, *threads], work)
+                into.append(float(re.search(r"roofline_samples_per_s=(\d+)", text).group(1)))
 
         roofline()
         if not a.skip_raw:
-            text, _, rss = run([sys.executable, str(BENCH / "raw_limit.py"), str(train), str(valid)], work)
+            text, _, rss = run([sys.executable, str(BENCH / "raw_limit.py"), str(train), str(valid)], work, env)
             m = re.search(r"samples_per_s=(\d+) auc_click=([\d.]+) auc_purchase=([\d.]+)", text)
             res["raw_limit"] = {"samples_per_s": float(m.group(1)), "auc_click": float(m.group(2)),
                                 "auc_purchase": float(m.group(3)), "peak_rss_mb": round(rss)}
@@ -195,13 +208,16 @@ def main() -> None:
         if not a.skip_step:
             for prec in ["fp32"] + (["bf16"] if a.bf16 else []):
                 out = work / f"step-{prec}.json"
-                run([sys.executable, str(REPO / "scripts" / "bench_step.py"), "--json", str(out),
+                run([sys.executable, str(REPO / "scripts" / "bench_step.py"), "--json", str(out), *threads,
                      *(["--bf16"] if prec == "bf16" else [])], work)
                 res[f"step_{prec}"] = json.loads(out.read_text())
         # the ceiling is the best GEMM rate seen in the round: a single roofline.py sample on a
         # shared VM has read anywhere from 18.6k to 37k samples/s within minutes
         res["roofline_samples"] = roofs
         res["roofline"] = max(roofs)
+        if roofs16:
+            res["roofline_bf16_samples"] = roofs16
+            res["roofline_bf16"] = max(roofs16)
         res["load_after"] = [round(x, 2) for x in os.getloadavg()]
         rounds.append(res)
         report_round(r, res)
@@ -240,6 +256,9 @@ def report_round(r: int, res: dict) -> None:
     print(f"round {r + 1}: load {res['load_before']} -> {res['load_after']}; roofline {roof:.0f} samples/s "
           f"(the best of {len(res['roofline_samples'])} samples taken between the runs: "
           f"{', '.join(f'{x:.0f}' for x in res['roofline_samples'])})")
+    if "roofline_bf16" in res:
+        print(f"  bf16 roofline {res['roofline_bf16']:.0f} samples/s (best of "
+              f"{', '.join(f'{x:.0f}' for x in res['roofline_bf16_samples'])})")
     if raw:
         print(f"  raw_limit.py     {raw['samples_per_s']:8.0f} samples/s  x{raw['samples_per_s'] / roof:.3f} roofline  "
               f"peak RSS {raw['peak_rss_mb']} MB  val auc click {raw['auc_click']:.4f} purchase {raw['auc_purchase']:.4f}")
@@ -252,13 +271,21 @@ def report_round(r: int, res: dict) -> None:
               f"peak RSS {m['peak_rss_mb']} MB  val auc click {m['auc_click']:.4f} purchase {m['auc_purchase']:.4f}"
               + (f"  (auc - raw: {m['auc_click'] - raw['auc_click']:+.4f}, {m['auc_purchase'] - raw['auc_purchase']:+.4f})"
                  if raw else ""), flush=True)
+    bf, fp = res.get("mtl_memory_bf16"), res.get("mtl_memory")
+    if bf and "roofline_bf16" in res:
+        print(f"  bf16 run: x{bf['samples_per_s'] / res['roofline_bf16']:.3f} bf16 roofline, x"
+              f"{bf['samples_per_s'] / fp['samples_per_s']:.2f} the fp32 run; val auc bf16 - fp32: click "
+              f"{bf['auc_click'] - fp['auc_click']:+.4f}, purchase {bf['auc_purchase'] - fp['auc_purchase']:+.4f}",
+              flush=True)
     for prec in ("fp32", "bf16"):
         st = res.get(f"step_{prec}")
         if st:
             print(f"  in one process ({prec}, bench_step.py): train step {st['step_ms_median']:.1f} ms vs roofline budget "
                   f"{st['roofline_budget_ms_median']:.1f} ms, interleaved: x{st['ratio_of_medians']:.3f} roofline "
                   f"(medians), x{st['ratio_best_best']:.3f} (best/best); GEMMs alone "
-                  f"{st['gemm_time_over_budget_profiled']:.2f} x the budget", flush=True)
+                  f"{st['gemm_time_over_budget_profiled']:.2f} x the budget"
+                  + (f"; x{st['ratio_of_medians_bf16_roofline']:.3f} bf16 roofline (medians)"
+                     if "ratio_of_medians_bf16_roofline" in st else ""), flush=True)
 
 
 if __name__ == "__main__":
