@@ -349,7 +349,14 @@ def check_output_dir(args: list[str], composed: DictConfig) -> None:
 
 
 def _fail(err: Exception, code: int = 2) -> None:
-    who = f"[rank {distributed.rank()}] " if distributed.rank() else ""
+    rank = distributed.rank()
+    if not rank:  # a refusal before the process group forms: the launcher's variables say which rank this is
+        try:
+            env = distributed.detect()
+        except MtlError:
+            env = None
+        rank = env.rank if env else 0
+    who = f"[rank {rank}] " if rank else ""
     print(f"mtl-train: error: {who}{err}", file=sys.stderr)
     _leave()
     sys.exit(code)

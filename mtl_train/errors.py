@@ -38,10 +38,11 @@ class RunInterrupted(Exception):
     SIGTERM, the shell's convention), so a scheduler sees that the run did not finish.
     """
 
-    def __init__(self, signum: int, step: int, checkpoint: str, run_dir: str):
+    def __init__(self, signum: int, step: int, checkpoint: str, run_dir: str, world_size: int = 1):
         import signal
 
         self.signum, self.step, self.checkpoint, self.run_dir = signum, step, checkpoint, run_dir
         name = signal.Signals(signum).name
+        how = "" if world_size == 1 else f" under the same launcher with {world_size} ranks"
         super().__init__(f"interrupted by {name} after step {step}; checkpoint written to {checkpoint}; "
-                         f"continue with trainer.resume={run_dir}")
+                         f"continue with trainer.resume={run_dir}{how}")

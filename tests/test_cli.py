@@ -119,6 +119,21 @@ def test_distributed_overrides_refuse_before_joining_the_process_group(monkeypat
     assert str(e.value) == message and not distributed.is_distributed()
 
 
+def test_a_refusal_before_the_process_group_names_the_rank_that_prints_it(monkeypatch, capsys):
+    from mtl_train import cli
+
+    for rank, who in (("1", "[rank 1] "), ("0", "")):
+        monkeypatch.setattr("sys.argv", ["mtl-train", "-m", "seed=0,1"])
+        for k, v in {**TORCHRUN_ENV, "RANK": rank}.items():
+            monkeypatch.setenv(k, v)
+        with pytest.raises(SystemExit) as e:
+            cli.main()
+        assert e.value.code == 2
+        assert capsys.readouterr().err == (f"mtl-train: error: {who}-m/--multirun: a sweep does not run under torchrun "
+                                           "or srun (WORLD_SIZE=2); launch one distributed job per configuration (e.g. a "
+                                           "shell loop over torchrun)\n")
+
+
 def test_distributed_overrides_change_nothing_for_one_process(monkeypatch):
     from mtl_train.cli import distributed_overrides, precheck_overrides
 

@@ -560,7 +560,8 @@ class Trainer:
         self.logger.close_progress(bar)
         self.save("last.pt")
         self.logger.close()
-        raise RunInterrupted(received, self.progress.step, os.path.join(self.ckpt_dir, "last.pt"), self.run_dir)
+        raise RunInterrupted(received, self.progress.step, os.path.join(self.ckpt_dir, "last.pt"), self.run_dir,
+                             self.world_size)
 
 
 def _check_shards(data: DatasetBundle, world_size: int) -> None:

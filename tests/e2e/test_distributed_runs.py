@@ -148,6 +148,7 @@ def test_sigterm_to_one_rank_stops_every_rank_at_the_same_step(tmp_path):
     log = (run / "cli.log").read_text()
     step = int(log.split("interrupted by SIGTERM after step ")[1].split(";")[0])
     assert f"[rank 1] WARNING mtl_train: interrupted by SIGTERM after step {step};" in err
+    assert f"continue with trainer.resume={run} under the same launcher with 2 ranks" in log
     assert [p.name for p in (run / "checkpoints").iterdir()] == ["last.pt"]  # no evaluation before step 32
     assert torch.load(run / "checkpoints" / "last.pt", weights_only=False)["step"] == step > 10
     assert not (run / "metrics.json").exists()
