@@ -93,7 +93,7 @@ def starting_point(cfg: DictConfig, run_dir: str, overridden: list[str]) -> tupl
         # run did, whatever dataset.mode=auto would choose with this machine's memory
         cfg.dataset.mode = kind
         log.info("resume: dataset.mode=%s, as the interrupted run read the train split", kind)
-    log.info("resuming %s at step %d (epoch %d)", path, state["step"], state["epoch"])
+    log.info("resuming %s at step %d (%d epoch(s) completed)", path, state["step"], state["epoch"])
     source = ckpt.run_dir_of(path)
     if source and os.path.realpath(source) != os.path.realpath(run_dir):
         # continuing elsewhere: bring the best weights along, finish() tests with them
