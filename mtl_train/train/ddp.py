@@ -60,10 +60,11 @@ def wrap_model(model: torch.nn.Module, balancer, device: torch.device) -> torch.
         return model
     ids = [device.index] if device.type == "cuda" and device.index is not None else None
     # no buffer sync before each forward: the model's buffers (embedding offsets, task-type
-    # flags) are constants, made identical by DDP's broadcast at construction; re-broadcasting
-    # them before every forward (DDP's default) adds a collective, and a wait for the slower
-    # rank, to every step (measured: the 2-rank step 3-8 % longer with it). torch >= 2.13 names
-    # the setting forward_sync_buffers (broadcast_buffers is deprecated there)
+    # flags) are constants, built alike on every rank from the schema (and broadcast once at
+    # construction by torch >= 2.13); re-broadcasting them before every forward (DDP's default)
+    # adds a collective, and a wait for the slower rank, to every step (measured: the 2-rank
+    # step 3-8 % longer with it). torch >= 2.13 names the setting forward_sync_buffers
+    # (broadcast_buffers, deprecated there, would skip the broadcast at construction as well)
     ddp_cls = torch.nn.parallel.DistributedDataParallel
     no_sync = ({"forward_sync_buffers": False} if "forward_sync_buffers" in inspect.signature(ddp_cls).parameters
                else {"broadcast_buffers": False})

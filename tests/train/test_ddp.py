@@ -98,13 +98,17 @@ def _train(case, method, sparse, over, rank=0, world=1):
 
 def _sparse_gather(rank):
     """The sum over ranks of a sparse gradient by all-gather, the path of backends without a
-    sparse all-reduce (NCCL), run on gloo: rank 0 has rows {0: 1, 3: 1}, rank 1 {1: 2, 3: 2, 4: 4}."""
-    ids = torch.tensor([[0, 3]]) if rank == 0 else torch.tensor([[1, 3, 4, 4]])
+    sparse all-reduce (NCCL), run on gloo: rank 0 has rows {2: 1, 3: 1}, rank 1 {1: 2, 3: 2, 4: 4}
+    (no rank has row 0, where the padding of the shorter rank's rows would land). Returns the
+    result's (indices, values): the stored rows, not only the dense sum (a padding row kept
+    as a stored zero would be updated by a row-sparse optimizer)."""
+    ids = torch.tensor([[2, 3]]) if rank == 0 else torch.tensor([[1, 3, 4, 4]])
     t = torch.sparse_coo_tensor(ids, torch.full((ids.shape[1], 2), rank + 1.0), (5, 2)).coalesce()
     backend = dist.get_backend
     dist.get_backend = lambda *a: "nccl"
     try:
-        return ddp._sparse_sum(t).to_dense()
+        out = ddp._sparse_sum(t).coalesce()
+        return out.indices(), out.values()
     finally:
         dist.get_backend = backend
 
@@ -115,6 +119,8 @@ def _rank(rank, case, store):
     try:
         res = {lab: _train(case, m, sp, over, rank, WORLD) for lab, m, sp, over in _variants(case)}
         res["sparse_gather"] = _sparse_gather(rank)
+        wrapped = ddp.wrap_model(_model(case, True), None, torch.device("cpu"))  # a loss-weighting balancer: DDP
+        res["forward_sync_buffers"] = getattr(wrapped, "forward_sync_buffers", getattr(wrapped, "broadcast_buffers", None))
         torch.save(res, f"{store}.rank{rank}")
     finally:
         dist.destroy_process_group()
@@ -147,8 +153,10 @@ def _check(case, tmp_path):
     store = tmp_path / "store"
     mp.spawn(_rank, args=(case, str(store)), nprocs=WORLD)
     ranks = [torch.load(f"{store}.rank{r}", weights_only=False) for r in range(WORLD)]
-    want = torch.tensor([1.0, 2.0, 0.0, 3.0, 4.0]).unsqueeze(1).expand(5, 2)
-    assert all(torch.equal(r["sparse_gather"], want) for r in ranks)
+    rows, values = torch.tensor([[1, 2, 3, 4]]), torch.tensor([2.0, 1.0, 3.0, 4.0]).unsqueeze(1).expand(4, 2)
+    assert all(torch.equal(r["sparse_gather"][0], rows) and torch.equal(r["sparse_gather"][1], values) for r in ranks)
+    # the buffers are constants (see the test below): DDP must not broadcast them before every forward
+    assert all(r["forward_sync_buffers"] is False for r in ranks)
     torch.set_num_threads(1)
     for lab, m, sp, over in _variants(case):
         ref_params, ref_state = _train(case, m, sp, over)
