@@ -58,7 +58,7 @@ def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
     offered). Fast where the hardware has bf16 matrix units (:func:`native_bf16`: Intel AMX /
     AVX512-BF16 CPUs, NVIDIA Ampere and newer); elsewhere it runs, slower than fp32, with a
     warning. ``auto`` is bf16 where :func:`native_bf16`, else fp32 (the default stays fp32: a
-    config then trains to the same numbers on every machine; see the README's "Precision").
+    config then trains to the same numbers on every machine; see the README's "Speed").
     Evaluation and prediction always run in float32.
 
     Raises:
