@@ -16,7 +16,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from mtl_train.data.columns import as_kind, check_list, check_scalar, flat, label_array, numeric, weight_array
-from mtl_train.data.hashing import bytes_hash, splitmix64
+from mtl_train.data.hashing import hashed_ids
 from mtl_train.data.schema import NULL_ID, NUM_RESERVED_IDS, OOV_ID
 from mtl_train.data.spec import fill_value
 from mtl_train.errors import DataError
@@ -138,22 +138,11 @@ def hash_ids(column: pa.Array | pa.ChunkedArray, buckets: int, salt: int = 0) ->
     """
     if isinstance(column, pa.ChunkedArray):
         column = column.combine_chunks()
-    t = column.type
-    null = column.is_null().to_numpy(zero_copy_only=False)
-    if t == pa.uint64():  # its values >= 2^63 do not fit int64; below, the same bits as int64
-        x = column.fill_null(0).to_numpy(zero_copy_only=False).astype(np.uint64, copy=False)
-    elif pa.types.is_integer(t) or pa.types.is_boolean(t):
-        x = column.cast(pa.int64()).fill_null(0).to_numpy(zero_copy_only=False).view(np.uint64)
-    elif pa.types.is_string(t) or pa.types.is_binary(t) or pa.types.is_large_string(t) or pa.types.is_large_binary(t):
-        x = bytes_hash(column)
-    elif pa.types.is_dictionary(t):
-        return hash_ids(column.cast(t.value_type), buckets, salt)
-    else:
+    ids = hashed_ids(column, buckets, salt)
+    if ids is None:
+        t = column.type.value_type if pa.types.is_dictionary(column.type) else column.type
         raise DataError(f"cannot hash a column of type {t} (integer, string or binary needed)")
-    h = splitmix64(x ^ np.uint64(salt & 0xFFFFFFFFFFFFFFFF))
-    ids = (h % np.uint64(buckets)).astype(np.int64) + NUM_RESERVED_IDS
-    ids[null] = NULL_ID
-    return ids, int(null.sum())
+    return ids, int((ids == NULL_ID).sum())  # a hashed value's id is >= NUM_RESERVED_IDS
 
 
 class Encoder:

@@ -6,6 +6,12 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
+NULL_ID = 0
+"""Reserved id of a missing value in every categorical column."""
+OOV_ID = 1
+"""Reserved id of a value never seen in the training split."""
+NUM_RESERVED_IDS = 2
+
 
 def splitmix64(x: np.ndarray) -> np.ndarray:
     """SplitMix64 finaliser (Steele et al., OOPSLA 2014) of uint64 values, wrapping arithmetic:
@@ -59,3 +65,27 @@ def bytes_hash(column: pa.Array) -> np.ndarray:
     nonempty = lengths > 0
     h[nonempty] = np.add.reduceat(terms, (offsets[:-1] - start)[nonempty])
     return h
+
+
+def hashed_ids(column: pa.Array, buckets: int, salt: int) -> np.ndarray | None:
+    """Ids of a hashed id column: ``NUM_RESERVED_IDS`` + splitmix64(h(value) XOR salt) mod
+    ``buckets``, ``NULL_ID`` for nulls, int64 [N]; a dictionary column hashes its values. h is
+    the value's 64 bits for integers and booleans (uint64 as they are, the others as int64) and
+    :func:`bytes_hash` for strings and binary. None when the (decoded) type is none of these:
+    the caller names the column in its own error."""
+    t = column.type
+    if pa.types.is_dictionary(t):
+        column, t = column.cast(t.value_type), t.value_type
+    null = column.is_null().to_numpy(zero_copy_only=False)
+    if t == pa.uint64():  # its values >= 2^63 do not fit int64; below, the same bits as int64
+        x = column.fill_null(0).to_numpy(zero_copy_only=False).astype(np.uint64, copy=False)
+    elif pa.types.is_integer(t) or pa.types.is_boolean(t):
+        x = column.cast(pa.int64()).fill_null(0).to_numpy(zero_copy_only=False).view(np.uint64)
+    elif pa.types.is_string(t) or pa.types.is_binary(t) or pa.types.is_large_string(t) or pa.types.is_large_binary(t):
+        x = bytes_hash(column)
+    else:
+        return None
+    h = splitmix64(x ^ np.uint64(salt & 0xFFFFFFFFFFFFFFFF))
+    ids = (h % np.uint64(buckets)).astype(np.int64) + NUM_RESERVED_IDS
+    ids[null] = NULL_ID
+    return ids

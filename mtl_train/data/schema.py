@@ -13,13 +13,8 @@ from typing import Iterable
 
 import torch
 
+from mtl_train.data.hashing import NULL_ID, NUM_RESERVED_IDS, OOV_ID  # noqa: F401  (defined torch-free, for serving)
 from mtl_train.errors import ConfigError
-
-NULL_ID = 0
-"""Reserved id of a missing value in every categorical column."""
-OOV_ID = 1
-"""Reserved id of a value never seen in the training split."""
-NUM_RESERVED_IDS = 2
 
 TASK_TYPES = ("binary", "regression")
 

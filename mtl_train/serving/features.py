@@ -60,11 +60,11 @@ import json
 import os
 import zlib
 
+from mtl_train.data.hashing import NULL_ID, NUM_RESERVED_IDS, OOV_ID
 from mtl_train.errors import DataError
 
 FORMAT = 1
 FILE = "features.json"
-NULL_ID, OOV_ID, NUM_RESERVED_IDS = 0, 1, 2  # as mtl_train.data.schema (which imports torch)
 
 
 def conditional_head(graph: dict) -> bool:

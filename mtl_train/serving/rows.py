@@ -16,9 +16,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from mtl_train.data.columns import as_kind, id_values
-from mtl_train.data.hashing import bytes_hash, splitmix64
+from mtl_train.data.hashing import NULL_ID, NUM_RESERVED_IDS, OOV_ID, bytes_hash, hashed_ids
 from mtl_train.errors import DataError
-from mtl_train.serving.features import NULL_ID, NUM_RESERVED_IDS, OOV_ID
 
 
 def as_table(rows) -> pa.Table:
@@ -53,21 +52,12 @@ def hash_ids(column: pa.Array, buckets: int, salt: int, kind: str | None, name: 
         column = as_kind(column, kind)  # converted as the training files' other-kind values are
     except DataError as e:
         raise DataError(f"raw rows: column '{name}' {e}") from None
-    t = column.type
-    if pa.types.is_dictionary(t):
-        column, t = column.cast(t.value_type), t.value_type
-    null = column.is_null().to_numpy(zero_copy_only=False)
-    if t == pa.uint64():
-        x = column.fill_null(0).to_numpy(zero_copy_only=False).astype(np.uint64, copy=False)
-    elif pa.types.is_integer(t) or pa.types.is_boolean(t) or pa.types.is_null(t):
-        x = column.cast(pa.int64()).fill_null(0).to_numpy(zero_copy_only=False).view(np.uint64)
-    elif pa.types.is_string(t) or pa.types.is_binary(t) or pa.types.is_large_string(t) or pa.types.is_large_binary(t):
-        x = bytes_hash(column)
-    else:
+    if pa.types.is_null(column.type):  # all nulls: hashed as integers, every id NULL_ID
+        column = column.cast(pa.int64())
+    ids = hashed_ids(column, buckets, salt)
+    if ids is None:
+        t = column.type.value_type if pa.types.is_dictionary(column.type) else column.type
         raise DataError(f"raw rows: column '{name}': cannot hash values of type {t} (integer, string or binary needed)")
-    h = splitmix64(x ^ np.uint64(salt & 0xFFFFFFFFFFFFFFFF))
-    ids = (h % np.uint64(buckets)).astype(np.int64) + NUM_RESERVED_IDS
-    ids[null] = NULL_ID
     return ids
 
 

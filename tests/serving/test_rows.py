@@ -5,9 +5,10 @@ from helpers import BIG, parquet_cfg
 
 from mtl_train.data import encode as training
 from mtl_train.data.datasets import load_dataset
+from mtl_train.data.hashing import splitmix64
 from mtl_train.errors import DataError
 from mtl_train.serving.features import read_features, write_features
-from mtl_train.serving.rows import FeatureEncoder, VocabLookup, hash_ids, splitmix64
+from mtl_train.serving.rows import FeatureEncoder, VocabLookup, hash_ids
 
 STRINGS = ["", "a", "oslo", "ÅÄÖ ünïcode", "x" * 300, None, "7", "paris", "a\x00b"]
 
